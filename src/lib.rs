@@ -1,0 +1,22 @@
+//! # fewshot
+//!
+//! A benchmark harness for few-shot meta-learning: how does a learned
+//! optimizer (the Ravi & Larochelle meta-learner LSTM) compare with MAML and
+//! Reptile on the same N-way K-shot episodes?
+//!
+//! - [`data`]: dataset readers (Omniglot, mini-ImageNet, class folders),
+//!   fixed class splits, the decoded-image cache and the download step;
+//! - [`sampler`]: seeded, indexed episodes and their tensors;
+//! - [`rng`]: the one source of randomness, version-stable;
+//! - [`learner`], [`ops`], [`params`]: the functional conv-4 learner.
+
+pub mod data;
+pub mod error;
+pub mod learner;
+pub mod ops;
+pub mod params;
+pub mod rng;
+pub mod sampler;
+pub mod util;
+
+pub use error::{Error, Result};

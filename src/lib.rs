@@ -8,15 +8,26 @@
 //!   fixed class splits, the decoded-image cache and the download step;
 //! - [`sampler`]: seeded, indexed episodes and their tensors;
 //! - [`rng`]: the one source of randomness, version-stable;
-//! - [`learner`], [`ops`], [`params`]: the functional conv-4 learner.
+//! - [`learner`], [`ops`], [`params`]: the functional conv-4 learner;
+//! - [`algo`]: the `Algorithm` trait, its registry, MAML and Reptile;
+//! - [`optim`]: Adam with checkpointable state;
+//! - [`spec`]: benchmark files (YAML) and their resolved form;
+//! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
+//!   evaluation on fixed episodes, the leaderboard.
 
+pub mod algo;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod learner;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod runner;
 pub mod sampler;
+pub mod spec;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

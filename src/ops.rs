@@ -16,7 +16,8 @@
 //! gradient goes exactly to the arg-max (the finite-difference tests in
 //! `learner.rs` check this).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 /// 3x3 convolution with padding 1 and stride 1 or 2 on `[C, B, H, W]`.
 ///
@@ -24,9 +25,37 @@ use candle_core::{Result, Tensor, D};
 /// `Ho = (H - 1) / stride + 1` (as PyTorch's `Conv2d(k=3, p=1)`).
 ///
 /// y[o, n, i, j] = b[o] + sum_{c, dy, dx} w[o, c, dy, dx] * xpad[c, n, s*i + dy, s*j + dx]
+///
+/// On the CPU the patches come from the [`Im2Col`] custom op (whose
+/// backward is [`Col2Im`] and vice versa, so second derivatives work); on
+/// other devices from [`im2col_composite`], built of candle primitives.
 pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize) -> Result<Tensor> {
     let (c, n, h, wd) = x.dims4()?;
     let o = w.dim(0)?;
+    let ho = (h - 1) / stride + 1;
+    let wo = (wd - 1) / stride + 1;
+    let cols = if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(Im2Col {
+            c,
+            n,
+            h,
+            w: wd,
+            stride,
+        })?
+    } else {
+        im2col_composite(x, stride)?
+    };
+    let y = w.reshape((o, c * 9))?.matmul(&cols)?;
+    let y = y.broadcast_add(&b.reshape((o, 1))?)?;
+    y.reshape((o, n, ho, wo))
+}
+
+/// Patches of a 3x3, padding-1 convolution from candle primitives (pad,
+/// narrow, reshape, stack): `[C, B, H, W]` -> `[C*9, B*Ho*Wo]`, row index
+/// `c*9 + dy*3 + dx`. Slower than [`Im2Col`] (its backward allocates a
+/// padded tensor per tap) but runs on any device.
+pub fn im2col_composite(x: &Tensor, stride: usize) -> Result<Tensor> {
+    let (c, n, h, wd) = x.dims4()?;
     let ho = (h - 1) / stride + 1;
     let wo = (wd - 1) / stride + 1;
     // Pad 1 on top/left; on bottom/right enough that every strided window
@@ -50,12 +79,147 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize) -> Result<Tens
             cols.push(v);
         }
     }
-    // [C, 9, B, Ho, Wo] -> [C*9, B*Ho*Wo]; column index c*9 + dy*3 + dx
-    // matches w's [O, C, 3, 3] layout.
-    let cols = Tensor::stack(&cols, 1)?.reshape((c * 9, n * ho * wo))?;
-    let y = w.reshape((o, c * 9))?.matmul(&cols)?;
-    let y = y.broadcast_add(&b.reshape((o, 1))?)?;
-    y.reshape((o, n, ho, wo))
+    Tensor::stack(&cols, 1)?.reshape((c * 9, n * ho * wo))
+}
+
+/// Geometry shared by [`Im2Col`] and [`Col2Im`]: a `[c, n, h, w]` image and
+/// 3x3 windows with padding 1 and the given stride.
+#[derive(Debug, Clone, Copy)]
+pub struct Im2Col {
+    pub c: usize,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub stride: usize,
+}
+
+/// The adjoint of [`Im2Col`]: scatters-adds `[C*9, B*Ho*Wo]` patches back
+/// into a `[C, B, H, W]` image.
+#[derive(Debug, Clone, Copy)]
+pub struct Col2Im(pub Im2Col);
+
+impl Im2Col {
+    fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h - 1) / self.stride + 1,
+            (self.w - 1) / self.stride + 1,
+        )
+    }
+
+    /// For output column `j` (within one image) and tap `dx`, the input
+    /// column or None (padding).
+    #[inline]
+    fn src(&self, i: usize, d: usize, len: usize) -> Option<usize> {
+        let v = (self.stride * i + d) as isize - 1;
+        (v >= 0 && (v as usize) < len).then_some(v as usize)
+    }
+
+    fn fwd<T: Copy + Default + Send + Sync>(&self, x: &[T]) -> Vec<T> {
+        let (ho, wo) = self.out_hw();
+        let (n, h, w) = (self.n, self.h, self.w);
+        let m = n * ho * wo;
+        let mut out = vec![T::default(); self.c * 9 * m];
+        out.par_chunks_mut(9 * m)
+            .enumerate()
+            .for_each(|(ci, rows)| {
+                let img = &x[ci * n * h * w..(ci + 1) * n * h * w];
+                for k in 0..9 {
+                    let (dy, dx) = (k / 3, k % 3);
+                    let row = &mut rows[k * m..(k + 1) * m];
+                    for b in 0..n {
+                        for i in 0..ho {
+                            let Some(y) = self.src(i, dy, h) else {
+                                continue;
+                            };
+                            let src = &img[(b * h + y) * w..(b * h + y + 1) * w];
+                            let dst = &mut row[(b * ho + i) * wo..(b * ho + i + 1) * wo];
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                if let Some(xx) = self.src(j, dx, w) {
+                                    *d = src[xx];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    fn adjoint<T: Copy + Default + Send + Sync + std::ops::AddAssign>(&self, cols: &[T]) -> Vec<T> {
+        let (ho, wo) = self.out_hw();
+        let (n, h, w) = (self.n, self.h, self.w);
+        let m = n * ho * wo;
+        let mut out = vec![T::default(); self.c * n * h * w];
+        out.par_chunks_mut(n * h * w)
+            .enumerate()
+            .for_each(|(ci, img)| {
+                let rows = &cols[ci * 9 * m..(ci + 1) * 9 * m];
+                for k in 0..9 {
+                    let (dy, dx) = (k / 3, k % 3);
+                    let row = &rows[k * m..(k + 1) * m];
+                    for b in 0..n {
+                        for i in 0..ho {
+                            let Some(y) = self.src(i, dy, h) else {
+                                continue;
+                            };
+                            let dst = &mut img[(b * h + y) * w..(b * h + y + 1) * w];
+                            let src = &row[(b * ho + i) * wo..(b * ho + i + 1) * wo];
+                            for (j, s) in src.iter().enumerate() {
+                                if let Some(xx) = self.src(j, dx, w) {
+                                    dst[xx] += *s;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        out
+    }
+}
+
+fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col3x3"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (ho, wo) = self.out_hw();
+        let shape = Shape::from((self.c * 9, self.n * ho * wo));
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.fwd(contiguous_slice(v, l, "im2col")?)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.fwd(contiguous_slice(v, l, "im2col")?)),
+            _ => candle_core::bail!("im2col: only f32 and f64 are supported"),
+        };
+        Ok((out, shape))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(Col2Im(*self))?))
+    }
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im3x3"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let shape = Shape::from((g.c, g.n, g.h, g.w));
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(g.adjoint(contiguous_slice(v, l, "col2im")?)),
+            CpuStorage::F64(v) => CpuStorage::F64(g.adjoint(contiguous_slice(v, l, "col2im")?)),
+            _ => candle_core::bail!("col2im: only f32 and f64 are supported"),
+        };
+        Ok((out, shape))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(self.0)?))
+    }
 }
 
 /// Batch statistics of one layer: mean and biased variance per channel,
@@ -110,4 +274,53 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
         x.clone()
     };
     x.reshape((c, n, ho, 2, wo, 2))?.max(D::Minus1)?.max(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn im2col_matches_composite_forward_and_adjoint() {
+        let d = Device::Cpu;
+        for (h, w, stride) in [(7, 7, 2), (6, 5, 1), (28, 28, 2), (5, 8, 2), (21, 21, 1)] {
+            let x = Tensor::randn(0f64, 1., (3, 2, h, w), &d).unwrap();
+            let g = Im2Col {
+                c: 3,
+                n: 2,
+                h,
+                w,
+                stride,
+            };
+            let a = x.apply_op1(g).unwrap();
+            let b = im2col_composite(&x, stride).unwrap();
+            let diff = (a.clone() - &b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{h}x{w} stride {stride}");
+            // <im2col(x), y> == <x, col2im(y)> (adjointness).
+            let y = Tensor::randn(0f64, 1., a.shape(), &d).unwrap();
+            let lhs = (a * &y)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let back = y.apply_op1(Col2Im(g)).unwrap();
+            let rhs = (x * back)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!((lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0), "{lhs} {rhs}");
+        }
+        let _ = DType::F32;
+    }
 }

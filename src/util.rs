@@ -25,3 +25,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>24} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Save tensors to a safetensors file atomically (temp file + rename).
+pub fn save_tensors_atomic(
+    map: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &Path,
+) -> Result<()> {
+    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tensors".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    candle_core::safetensors::save(map, &tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Load a safetensors file onto the CPU.
+pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    if !path.is_file() {
+        return Err(Error::MissingData {
+            what: "checkpoint".into(),
+            path: path.to_path_buf(),
+            hint: "nothing to resume from".into(),
+        });
+    }
+    Ok(candle_core::safetensors::load(
+        path,
+        &candle_core::Device::Cpu,
+    )?)
+}

@@ -5,10 +5,18 @@
 mod data;
 mod episodes;
 mod perf;
+mod run;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// candle allocates a fresh buffer for every tensor op; glibc's malloc
+/// returns large blocks to the kernel on free, and the resulting page-fault
+/// and TLB-shootdown storm cost more than the arithmetic (measured with
+/// perf: see docs/perf.md). mimalloc keeps freed pages for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +36,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Meta-train and evaluate every algorithm of a benchmark; print the leaderboard.
+    Run(run::Args),
     /// Sample episodes from a dataset and describe them (class names, image ids).
     Episodes(episodes::Args),
     /// Download, verify and inspect datasets.
@@ -38,7 +48,14 @@ enum Command {
     Perf(perf::PerfCommand),
 }
 
+/// mimalloc's `purge_delay` option (mimalloc.h, `mi_option_purge_delay`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Never hand freed pages back to the kernel: mini-ImageNet activations
+    // are ~68 MB per tensor, and re-faulting them costs more than the math.
+    // SAFETY: setting a documented mimalloc option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -50,6 +67,7 @@ fn main() {
     let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
+        Command::Run(a) => run::run(&data_dir, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),
         Command::Perf(c) => perf::run(&data_dir, c),

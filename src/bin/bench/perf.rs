@@ -19,11 +19,27 @@ pub enum PerfCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Forward and forward+backward time of the conv-4 learner.
+    Learner {
+        /// omniglot or mini-imagenet
+        #[arg(default_value = "omniglot")]
+        dataset: String,
+        /// Batch size (75 = a 5-way 15-query set)
+        #[arg(long, default_value_t = 75)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
 }
 
 pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
     match cmd {
         PerfCommand::Data { seconds } => perf_data(data_dir, seconds),
+        PerfCommand::Learner {
+            dataset,
+            batch,
+            reps,
+        } => perf_learner(&dataset, batch, reps),
     }
 }
 
@@ -74,5 +90,45 @@ fn perf_data(data_dir: &Path, seconds: f64) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Time forward and forward+backward of the learner on a query-sized batch.
+pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use fewshot::learner::{cross_entropy, Learner};
+    use fewshot::params::Params;
+    let l = if dataset == "omniglot" {
+        Learner::omniglot(5, 28)
+    } else {
+        Learner::mini_imagenet(5, 84)
+    };
+    let dev = Device::Cpu;
+    let p = l.init(&mut fewshot::rng::Rng::new(0), &dev)?;
+    let x = Tensor::randn(
+        0f32,
+        1.,
+        (batch, l.in_channels, l.image_size, l.image_size),
+        &dev,
+    )?;
+    let y = Tensor::zeros(batch, DType::U32, &dev)?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(l.forward(&p, &x)?);
+    }
+    let fwd = t.elapsed().as_secs_f64() / reps as f64;
+    let t = Instant::now();
+    for _ in 0..reps {
+        let vars = p.to_vars()?;
+        let pv = Params::from_vars(&p.names, &vars);
+        let loss = cross_entropy(&l.forward(&pv, &x)?, &y)?;
+        std::hint::black_box(loss.backward()?);
+    }
+    let fb = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "{dataset} learner, batch {batch}: forward {:.1} ms, forward+backward {:.1} ms",
+        fwd * 1e3,
+        fb * 1e3
+    );
     Ok(())
 }

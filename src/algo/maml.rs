@@ -1,0 +1,336 @@
+//! MAML (Finn, Abbeel & Levine, ICML 2017), first- and second-order.
+//!
+//! Inner loop on the support set, from the meta-parameters theta:
+//!   theta'_{k+1} = theta'_k - alpha * grad L_support(theta'_k),  theta'_0 = theta
+//! Meta-update with Adam on the mean query loss over the meta-batch:
+//!   theta <- Adam(theta, grad_theta sum_i L_query_i(theta'_K))
+//!
+//! Second-order MAML differentiates through the inner gradients. candle
+//! detaches every gradient it computes unless `CANDLE_GRAD_DO_NOT_DETACH`
+//! is set when a thread first runs backprop (a thread-local read once), so
+//! a naive second-order MAML is silently first-order. [`second_order_pool`]
+//! sets that up itself: it builds a dedicated thread pool whose threads read
+//! the variable set, proves on every one of them that a second derivative
+//! comes out right (d/dx of d(x^3)/dx = 6x), and restores the environment.
+//! Inner gradients are taken with respect to a zero "probe" variable added
+//! to the current inner parameters, because candle only returns gradients of
+//! variables.
+//!
+//! First-order MAML uses the query gradient at the adapted parameters as the
+//! meta-gradient (the inner updates are treated as constants).
+//!
+//! Defaults (MAML paper, section 5.1 and appendix A.1; reference code):
+//! Omniglot 5-way: alpha = 0.4, 1 inner step in training and 3 at test,
+//! meta-batch 32; Omniglot 20-way: alpha = 0.1, 5 steps, meta-batch 16;
+//! mini-ImageNet: alpha = 0.01, 5 steps in training and 10 at test,
+//! meta-batch 4 (1-shot) or 2 (5-shot); Adam meta learning rate 1e-3.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use candle_core::{Tensor, Var};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    at_least_one, parse_entry, positive, sgd_adapt, sum_params, Algorithm, Context, Entry,
+    EpisodeScore, Progress,
+};
+use crate::error::{Error, Result};
+use crate::learner::{accuracy, cross_entropy};
+use crate::optim::{Adam, AdamConfig};
+use crate::params::Params;
+use crate::rng::Rng;
+use crate::sampler::{Batch, EpisodeSpec};
+
+/// Registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "maml",
+    about: "MAML (Finn et al. 2017), first- or second-order",
+    build,
+};
+
+/// MAML hyperparameters as written in a benchmark file; absent fields take
+/// the published defaults for the benchmark's dataset and shape.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MamlConfig {
+    /// Always `maml`.
+    pub algorithm: String,
+    /// Name in tables [default: `fomaml` or `maml`].
+    pub label: Option<String>,
+    /// Ignore second derivatives [default: false].
+    pub first_order: Option<bool>,
+    /// Inner-loop SGD step size alpha (dimensionless).
+    pub inner_lr: Option<f64>,
+    /// Inner SGD steps during meta-training.
+    pub inner_steps: Option<usize>,
+    /// Inner SGD steps at validation and test time.
+    pub inner_steps_test: Option<usize>,
+    /// Episodes per meta-update.
+    pub meta_batch: Option<usize>,
+    /// Adam learning rate of the meta-update [default: 1e-3].
+    pub meta_lr: Option<f64>,
+}
+
+/// Resolved MAML hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MamlResolved {
+    pub algorithm: String,
+    pub label: String,
+    pub first_order: bool,
+    pub inner_lr: f64,
+    pub inner_steps: usize,
+    pub inner_steps_test: usize,
+    pub meta_batch: usize,
+    pub meta_lr: f64,
+}
+
+impl MamlConfig {
+    /// Fill in the published defaults for `ctx` and check every value.
+    pub fn resolve(&self, ctx: &Context) -> Result<MamlResolved> {
+        let omniglot = ctx.dataset == "omniglot";
+        let (lr, steps, steps_test, batch) = if omniglot && ctx.spec.ways >= 20 {
+            (0.1, 5, 5, 16)
+        } else if omniglot {
+            (0.4, 1, 3, 32)
+        } else {
+            (0.01, 5, 10, if ctx.spec.shots >= 5 { 2 } else { 4 })
+        };
+        let first_order = self.first_order.unwrap_or(false);
+        Ok(MamlResolved {
+            algorithm: "maml".into(),
+            label: self
+                .label
+                .clone()
+                .unwrap_or_else(|| if first_order { "fomaml" } else { "maml" }.into()),
+            first_order,
+            inner_lr: positive("inner_lr", self.inner_lr.unwrap_or(lr))?,
+            inner_steps: at_least_one("inner_steps", self.inner_steps.unwrap_or(steps))?,
+            inner_steps_test: at_least_one(
+                "inner_steps_test",
+                self.inner_steps_test.unwrap_or(steps_test),
+            )?,
+            meta_batch: at_least_one("meta_batch", self.meta_batch.unwrap_or(batch))?,
+            meta_lr: positive("meta_lr", self.meta_lr.unwrap_or(1e-3))?,
+        })
+    }
+}
+
+fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
+    let cfg: MamlConfig = parse_entry(v)?;
+    Ok(Box::new(Maml::new(cfg.resolve(ctx)?, ctx)?))
+}
+
+/// MAML state: meta-parameters and their Adam optimiser.
+pub struct Maml {
+    pub config: MamlResolved,
+    ctx: Context,
+    pub theta: Params,
+    adam: Adam,
+}
+
+impl Maml {
+    /// Fresh meta-parameters from the benchmark seed.
+    pub fn new(config: MamlResolved, ctx: &Context) -> Result<Self> {
+        if !config.first_order {
+            second_order_pool()?;
+        }
+        let theta = ctx
+            .learner
+            .init(&mut Rng::derive(ctx.seed, &[0x1417]), &ctx.device)?;
+        let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &theta)?;
+        Ok(Maml {
+            config,
+            ctx: ctx.clone(),
+            theta,
+            adam,
+        })
+    }
+
+    /// Query loss, accuracy and meta-gradient of one episode.
+    pub fn task_gradient(&self, theta: &Params, batch: &Batch) -> Result<(Params, EpisodeScore)> {
+        let c = &self.config;
+        let l = &self.ctx.learner;
+        if c.first_order {
+            let adapted = sgd_adapt(
+                l,
+                theta,
+                &batch.support_x,
+                &batch.support_y,
+                c.inner_lr,
+                c.inner_steps,
+            )?;
+            let vars = adapted.to_vars()?;
+            let pv = Params::from_vars(&adapted.names, &vars);
+            let logits = self.ctx.predict(&pv, &batch.support_x, &batch.query_x)?;
+            let loss = cross_entropy(&logits, &batch.query_y)?;
+            let g = pv.grads(&loss.backward()?)?.detach();
+            let score = EpisodeScore {
+                loss: loss.to_scalar::<f32>()? as f64,
+                accuracy: accuracy(&logits, &batch.query_y)?,
+            };
+            Ok((g, score))
+        } else {
+            let vars = theta.to_vars()?;
+            let theta0 = Params::from_vars(&theta.names, &vars);
+            let mut p = theta0.clone();
+            for _ in 0..c.inner_steps {
+                // Gradient of the support loss at p, kept differentiable:
+                // taken with respect to a zero probe variable added to p.
+                let probe: Vec<Var> = p
+                    .tensors
+                    .iter()
+                    .map(|t| Var::zeros(t.shape(), t.dtype(), t.device()))
+                    .collect::<candle_core::Result<_>>()?;
+                let probe_p = Params::from_vars(&p.names, &probe);
+                let shifted = p.zip_map(&probe_p, |a, b| a + b)?;
+                let loss =
+                    cross_entropy(&l.forward(&shifted, &batch.support_x)?, &batch.support_y)?;
+                let g = probe_p.grads(&loss.backward()?)?;
+                p = p.sgd_step(&g, c.inner_lr)?;
+            }
+            let logits = self.ctx.predict(&p, &batch.support_x, &batch.query_x)?;
+            let loss = cross_entropy(&logits, &batch.query_y)?;
+            let g = theta0.grads(&loss.backward()?)?.detach();
+            let score = EpisodeScore {
+                loss: loss.to_scalar::<f32>()? as f64,
+                accuracy: accuracy(&logits, &batch.query_y)?,
+            };
+            Ok((g, score))
+        }
+    }
+
+    /// Mean meta-gradient over episodes (parallel over episodes).
+    pub fn meta_gradient(&self, episodes: &[Batch]) -> Result<(Params, EpisodeScore)> {
+        let run = || -> Result<Vec<(Params, EpisodeScore)>> {
+            episodes
+                .par_iter()
+                .map(|b| self.task_gradient(&self.theta, b))
+                .collect()
+        };
+        let results = if self.config.first_order {
+            run()?
+        } else {
+            second_order_pool()?.install(run)?
+        };
+        let n = results.len() as f64;
+        let grads: Vec<Params> = results.iter().map(|r| r.0.clone()).collect();
+        let g = sum_params(&grads)?.map(|t| t / n)?;
+        let score = EpisodeScore {
+            loss: results.iter().map(|r| r.1.loss).sum::<f64>() / n,
+            accuracy: results.iter().map(|r| r.1.accuracy).sum::<f64>() / n,
+        };
+        Ok((g, score))
+    }
+}
+
+impl Algorithm for Maml {
+    fn label(&self) -> &str {
+        &self.config.label
+    }
+    fn kind(&self) -> &'static str {
+        "maml"
+    }
+    fn meta_batch(&self) -> usize {
+        self.config.meta_batch
+    }
+    fn train_spec(&self) -> EpisodeSpec {
+        self.ctx.spec
+    }
+    fn meta_train_step(&mut self, episodes: &[Batch], _progress: Progress) -> Result<EpisodeScore> {
+        let (g, score) = self.meta_gradient(episodes)?;
+        self.theta = self.adam.step(&self.theta, &g)?;
+        Ok(score)
+    }
+    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Params> {
+        sgd_adapt(
+            &self.ctx.learner,
+            &self.theta,
+            x,
+            y,
+            self.config.inner_lr,
+            self.config.inner_steps_test,
+        )
+    }
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+    fn meta_params(&self) -> &Params {
+        &self.theta
+    }
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut m = self.theta.to_named("theta.");
+        m.extend(self.adam.to_named("adam.")?);
+        Ok(m)
+    }
+    fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
+        self.theta = self.theta.from_named_like("theta.", s)?;
+        self.adam.load_named("adam.", s)
+    }
+    fn resolved_config(&self) -> serde_yaml::Value {
+        serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
+    }
+}
+
+/// The thread pool in which second-order gradients are computed; built
+/// once per process (see the module docs).
+pub fn second_order_pool() -> Result<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<std::result::Result<rayon::ThreadPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        const VAR: &str = "CANDLE_GRAD_DO_NOT_DETACH";
+        let preset = std::env::var_os(VAR);
+        if preset.is_none() {
+            std::env::set_var(VAR, "1");
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("fewshot-2nd-order-{i}"))
+            .build()
+            .map_err(|e| e.to_string());
+        // Every pool thread reads the variable now (first backprop).
+        let checks: std::result::Result<Vec<f64>, String> = pool
+            .as_ref()
+            .map_err(|e| e.clone())
+            .and_then(|p| p.broadcast(|_| second_derivative_probe()).into_iter().collect());
+        if preset.is_none() {
+            std::env::remove_var(VAR);
+        }
+        let checks = checks?;
+        if let Some(bad) = checks.iter().find(|v| (**v - 18.0).abs() > 1e-9) {
+            return Err(format!(
+                "second derivatives are not available from candle in this process (probe gave {bad}, expected 18); \
+                 run with CANDLE_GRAD_DO_NOT_DETACH=1"
+            ));
+        }
+        pool
+    })
+    .as_ref()
+    .map_err(|e| Error::Config {
+        source_name: "first_order".into(),
+        reason: e.clone(),
+    })
+}
+
+/// d/dx [d(x*x*x)/dx] at x = 3, computed with candle's backprop twice: 18
+/// (= 6x) when gradients keep their graph; candle's default detaching gives
+/// 12 (= 4x) or nothing.
+fn second_derivative_probe() -> std::result::Result<f64, String> {
+    let f = || -> candle_core::Result<f64> {
+        let x = Var::new(&[3f64], &candle_core::Device::Cpu)?;
+        let xt = x.as_tensor();
+        let y = (xt * xt)?.mul(xt)?.sum_all()?;
+        let g = y
+            .backward()?
+            .get(x.as_tensor())
+            .cloned()
+            .unwrap_or(x.zeros_like()?);
+        let gg = g.sum_all()?.backward()?;
+        Ok(gg
+            .get(x.as_tensor())
+            .map(|t| t.to_vec1::<f64>().map(|v| v[0]))
+            .transpose()?
+            .unwrap_or(0.0))
+    };
+    f().map_err(|e| e.to_string())
+}

@@ -1,0 +1,88 @@
+//! `bench run`: meta-train and evaluate every algorithm of a benchmark.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use fewshot::runner::{self, RunOptions};
+use fewshot::spec::{Benchmark, Budget};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Benchmark name (benchmarks/<name>.yaml) or path to a YAML file
+    benchmark: String,
+    /// Override the budget: minutes of meta-training per algorithm
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Override the budget: meta-steps per algorithm
+    #[arg(long)]
+    meta_steps: Option<u64>,
+    /// Override the number of fixed test episodes
+    #[arg(long)]
+    test_episodes: Option<usize>,
+    /// Quick profile for tests and smoke checks: 150 meta-steps, 100 test and
+    /// 20 validation episodes (other overrides still apply on top)
+    #[arg(long)]
+    smoke: bool,
+    /// Only these algorithm labels (comma separated)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Run folder [default: runs/<benchmark>/<unix time>]
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in --run-dir from its checkpoints
+    #[arg(long, requires = "run_dir")]
+    resume: bool,
+}
+
+pub fn run(data_dir: &Path, a: Args) -> Result<()> {
+    let (mut bench, path) = Benchmark::load(&a.benchmark)?;
+    tracing::info!("benchmark {} from {}", bench.name, path.display());
+    if a.smoke {
+        bench.budget = Budget {
+            minutes: None,
+            meta_steps: Some(150),
+        };
+        bench.test_episodes = 100;
+        bench.val_episodes = 20;
+        bench.validate_every = 50;
+        bench.checkpoint_every = 50;
+    }
+    if a.minutes.is_some() || a.meta_steps.is_some() {
+        bench.budget = Budget {
+            minutes: a.minutes,
+            meta_steps: a.meta_steps,
+        };
+    }
+    if let Some(n) = a.test_episodes {
+        anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
+        bench.test_episodes = n;
+    }
+    if !a.only.is_empty() {
+        for l in &a.only {
+            anyhow::ensure!(
+                bench.algorithms.iter().any(|x| &x.label == l),
+                "--only {l}: no such algorithm label in {} (labels: {})",
+                bench.name,
+                bench
+                    .algorithms
+                    .iter()
+                    .map(|x| x.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        bench.algorithms.retain(|x| a.only.contains(&x.label));
+    }
+    let run_dir = a.run_dir.unwrap_or_else(|| runner::default_run_dir(&bench));
+    let results = runner::run(
+        &bench,
+        data_dir,
+        &RunOptions {
+            run_dir,
+            resume: a.resume,
+            show_progress: true,
+        },
+    )?;
+    print!("{}", runner::leaderboard(&results));
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Evaluation on fixed, indexed episodes, with confidence intervals.
+//!
+//! Episode `i` of the test split under the benchmark seed is the same for
+//! every algorithm, so leaderboard rows are paired comparisons on the same
+//! tasks. The interval is the usual 95% normal interval of the mean,
+//! 1.96 * s / sqrt(n) with s the sample standard deviation over episodes.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::algo::{Algorithm, EpisodeScore};
+use crate::data::{Dataset, Split};
+use crate::error::Result;
+use crate::sampler::{EpisodeSpec, Sampler};
+
+/// Scores of `n` fixed episodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub split: Split,
+    pub episodes: usize,
+    /// Mean query accuracy over episodes, in [0, 1].
+    pub mean: f64,
+    /// Half-width of the 95% confidence interval of the mean.
+    pub ci95: f64,
+    pub mean_loss: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Per-episode scores, in episode order.
+    pub scores: Vec<EpisodeScore>,
+}
+
+/// Mean and 95% half-width (1.96 * sample std / sqrt(n)).
+pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, 1.96 * var.sqrt() / n.sqrt())
+}
+
+/// Evaluate `algo` on episodes `0..n` of `split` (parallel over episodes).
+pub fn evaluate(
+    algo: &dyn Algorithm,
+    ds: &Dataset,
+    split: Split,
+    spec: EpisodeSpec,
+    seed: u64,
+    n: usize,
+    show_progress: bool,
+) -> Result<Evaluation> {
+    let sampler = Sampler::new(ds, split, spec, seed)?;
+    ds.preload(Some(split))?;
+    let t = Instant::now();
+    let pb = if show_progress {
+        crate::util::progress(n as u64, &format!("{} {split}", algo.label()))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let device = algo.context().device.clone();
+    let scores: Vec<EpisodeScore> = (0..n as u64)
+        .into_par_iter()
+        .map(|i| {
+            let ep = sampler.episode(i);
+            let b = sampler.batch(&ep, &device)?;
+            let s = algo.evaluate(&b);
+            pb.inc(1);
+            s
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let accs: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();
+    let (mean, ci95) = mean_ci95(&accs);
+    let mean_loss = scores.iter().map(|s| s.loss).sum::<f64>() / n.max(1) as f64;
+    Ok(Evaluation {
+        split,
+        episodes: n,
+        mean,
+        ci95,
+        mean_loss,
+        seconds: t.elapsed().as_secs_f64(),
+        scores,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_matches_hand_computation() {
+        let (m, c) = mean_ci95(&[0.0, 1.0, 1.0, 0.0]);
+        assert_eq!(m, 0.5);
+        // s = sqrt(1/3), ci = 1.96 * s / 2
+        assert!((c - 1.96 * (1.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,296 @@
+//! Benchmarks are data: `benchmarks/<name>.yaml`, parsed with unknown keys
+//! rejected, then checked into a resolved [`Benchmark`] that is saved beside
+//! every result. Nothing else receives an unchecked spec.
+//!
+//! All YAML parsing goes through [`from_str`] / [`from_value`] (serde_yaml is
+//! deprecated upstream; keep it swappable).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::algo::{self, Context};
+use crate::data::DataOptions;
+use crate::error::{Error, Result};
+use crate::learner::Learner;
+use crate::sampler::EpisodeSpec;
+
+/// Parse YAML text into `T`, naming `source` in errors.
+pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| Error::Config {
+        source_name: source.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Convert a YAML value into `T`, naming `source` in errors.
+pub fn from_value<T: DeserializeOwned>(v: serde_yaml::Value, source: &str) -> Result<T> {
+    serde_yaml::from_value(v).map_err(|e| Error::Config {
+        source_name: source.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Serialise to YAML.
+pub fn to_string<T: Serialize>(v: &T) -> Result<String> {
+    serde_yaml::to_string(v).map_err(|e| Error::Config {
+        source_name: "serialisation".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Meta-training budget per algorithm. Either limit may be absent; at least
+/// one must be present. Training stops at whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Wall-clock minutes of meta-training (validation excluded).
+    #[serde(default)]
+    pub minutes: Option<f64>,
+    /// Meta-steps (meta-updates).
+    #[serde(default)]
+    pub meta_steps: Option<u64>,
+}
+
+/// A benchmark file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `omniglot`, `mini-imagenet` or `folder`.
+    pub dataset: String,
+    #[serde(default)]
+    pub data: Option<DataOptions>,
+    pub episode: EpisodeSpec,
+    /// Seed of every episode and initialisation [default: 0].
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Fixed test episodes every algorithm sees [default: 600].
+    #[serde(default)]
+    pub test_episodes: Option<usize>,
+    /// Fixed validation episodes for model selection [default: 100].
+    #[serde(default)]
+    pub val_episodes: Option<usize>,
+    /// Query predictions with query batch statistics [default: false].
+    #[serde(default)]
+    pub transductive: Option<bool>,
+    pub budget: Budget,
+    /// Validate every this many meta-steps [default: 100].
+    #[serde(default)]
+    pub validate_every: Option<u64>,
+    /// Checkpoint every this many meta-steps [default: validate_every].
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
+    pub algorithms: Vec<serde_yaml::Value>,
+}
+
+/// One resolved algorithm entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlgorithmSpec {
+    pub label: String,
+    pub algorithm: String,
+    /// All hyperparameters, defaults filled in.
+    pub config: serde_yaml::Value,
+}
+
+/// A checked benchmark with every default made explicit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Benchmark {
+    pub name: String,
+    pub description: String,
+    pub dataset: String,
+    pub data: DataOptions,
+    pub episode: EpisodeSpec,
+    pub seed: u64,
+    pub test_episodes: usize,
+    pub val_episodes: usize,
+    pub transductive: bool,
+    pub budget: Budget,
+    pub validate_every: u64,
+    pub checkpoint_every: u64,
+    pub learner: Learner,
+    pub algorithms: Vec<AlgorithmSpec>,
+}
+
+impl Benchmark {
+    /// Parse and resolve a benchmark from YAML text.
+    pub fn parse(text: &str, source: &str) -> Result<Benchmark> {
+        let f: BenchmarkFile = from_str(text, source)?;
+        resolve(f, source)
+    }
+
+    /// Load `benchmarks/<name>.yaml` (from the current directory, then from
+    /// the crate's own folder), or a path to a YAML file.
+    pub fn load(name_or_path: &str) -> Result<(Benchmark, PathBuf)> {
+        let path = find(name_or_path)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Ok((Benchmark::parse(&text, &path.display().to_string())?, path))
+    }
+
+    /// The context algorithms are built for.
+    pub fn context(&self, device: &candle_core::Device) -> Context {
+        Context {
+            dataset: self.dataset.clone(),
+            spec: self.episode,
+            learner: self.learner.clone(),
+            transductive: self.transductive,
+            seed: self.seed,
+            device: device.clone(),
+        }
+    }
+}
+
+fn find(name_or_path: &str) -> Result<PathBuf> {
+    let p = Path::new(name_or_path);
+    if p.extension().is_some() || name_or_path.contains('/') {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::MissingData {
+                what: "benchmark file".into(),
+                path: p.to_path_buf(),
+                hint: "give a benchmark name from benchmarks/ or a path to a YAML file".into(),
+            })
+        };
+    }
+    let candidates = [
+        PathBuf::from("benchmarks").join(format!("{name_or_path}.yaml")),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benchmarks")
+            .join(format!("{name_or_path}.yaml")),
+    ];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    let mut known: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .strip_suffix(".yaml")
+                            .map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    known.sort();
+    Err(Error::MissingData {
+        what: format!("benchmark `{name_or_path}`"),
+        path: candidates[0].clone(),
+        hint: format!("known benchmarks: {}", known.join(", ")),
+    })
+}
+
+fn cfg_err(source: &str, field: &str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        source_name: format!("{source}: {field}"),
+        reason: reason.into(),
+    }
+}
+
+fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
+    f.episode
+        .validate()
+        .map_err(|e| cfg_err(source, "episode", e.to_string()))?;
+    let data = f.data.unwrap_or_default();
+    let (channels, size) = match f.dataset.as_str() {
+        "omniglot" => (1, data.image_size.unwrap_or(28)),
+        "mini-imagenet" | "folder" => (3, data.image_size.unwrap_or(84)),
+        other => {
+            return Err(cfg_err(
+                source,
+                "dataset",
+                format!("unknown dataset `{other}`; allowed: omniglot, mini-imagenet, folder"),
+            ))
+        }
+    };
+    let learner = Learner::for_dataset(&f.dataset, channels, size, f.episode.ways);
+    if learner.feature_side() == 0 {
+        return Err(cfg_err(
+            source,
+            "data.image_size",
+            format!("{size} is too small for four halvings (>= 16)"),
+        ));
+    }
+    let b = f.budget;
+    if b.minutes.is_none() && b.meta_steps.is_none() {
+        return Err(cfg_err(
+            source,
+            "budget",
+            "give `minutes`, `meta_steps` or both",
+        ));
+    }
+    if let Some(m) = b.minutes {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(cfg_err(
+                source,
+                "budget.minutes",
+                format!("must be > 0, got {m}"),
+            ));
+        }
+    }
+    if b.meta_steps == Some(0) {
+        return Err(cfg_err(source, "budget.meta_steps", "must be >= 1"));
+    }
+    let test_episodes = f.test_episodes.unwrap_or(600);
+    let val_episodes = f.val_episodes.unwrap_or(100);
+    if test_episodes == 0 {
+        return Err(cfg_err(source, "test_episodes", "must be >= 1"));
+    }
+    let validate_every = f.validate_every.unwrap_or(100);
+    if validate_every == 0 {
+        return Err(cfg_err(source, "validate_every", "must be >= 1"));
+    }
+    let checkpoint_every = f.checkpoint_every.unwrap_or(validate_every);
+    if checkpoint_every == 0 {
+        return Err(cfg_err(source, "checkpoint_every", "must be >= 1"));
+    }
+    if f.algorithms.is_empty() {
+        return Err(cfg_err(source, "algorithms", "list at least one algorithm"));
+    }
+    let mut bench = Benchmark {
+        name: f.name,
+        description: f.description.unwrap_or_default(),
+        dataset: f.dataset,
+        data,
+        episode: f.episode,
+        seed: f.seed.unwrap_or(0),
+        test_episodes,
+        val_episodes,
+        transductive: f.transductive.unwrap_or(false),
+        budget: b,
+        validate_every,
+        checkpoint_every,
+        learner,
+        algorithms: vec![],
+    };
+    let ctx = bench.context(&candle_core::Device::Cpu);
+    let mut labels = std::collections::HashSet::new();
+    for (i, entry) in f.algorithms.iter().enumerate() {
+        let field = format!("{source}: algorithms[{i}]");
+        let a = algo::build(entry, &ctx, &field)?;
+        if !labels.insert(a.label().to_string()) {
+            return Err(Error::Config {
+                source_name: format!("{field}.label"),
+                reason: format!(
+                    "label `{}` is used twice; give each entry its own `label`",
+                    a.label()
+                ),
+            });
+        }
+        bench.algorithms.push(AlgorithmSpec {
+            label: a.label().to_string(),
+            algorithm: a.kind().to_string(),
+            config: a.resolved_config(),
+        });
+    }
+    Ok(bench)
+}

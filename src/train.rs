@@ -1,0 +1,309 @@
+//! The meta-training loop: budgets, validation, checkpoints, resume.
+//!
+//! Meta-step `s` of an algorithm always trains on training episodes
+//! `s * meta_batch .. (s + 1) * meta_batch` of the train split under the
+//! benchmark seed, and every algorithm-internal random choice is derived
+//! from `(seed, s)`. A checkpoint therefore needs only the step, the
+//! algorithm's state (meta-parameters and optimiser moments, saved as
+//! safetensors) and the bookkeeping (JSON); a killed run resumed from it
+//! ends with bit-identical parameters (for a meta-step budget; a wall-clock
+//! budget stops wherever the clock says).
+//!
+//! Files in an algorithm's run folder, all written atomically:
+//! - `checkpoint.safetensors` + `checkpoint.json`: the latest state;
+//! - `best.safetensors`: the state with the best validation accuracy;
+//! - `curve.csv`: the learning curve (validation accuracy against
+//!   meta-training episodes and seconds).
+//!
+//! A NaN or infinite loss or parameter stops the run with
+//! [`Error::NonFinite`]; the last good checkpoint is left untouched.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::algo::{Algorithm, Progress};
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval;
+use crate::sampler::Sampler;
+use crate::spec::Budget;
+use crate::util::{load_tensors, save_tensors_atomic, write_atomic};
+
+/// How to meta-train one algorithm.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub budget: Budget,
+    pub validate_every: u64,
+    pub checkpoint_every: u64,
+    pub val_episodes: usize,
+    /// The algorithm's run folder.
+    pub dir: PathBuf,
+    /// Continue from `dir/checkpoint.*` if present.
+    pub resume: bool,
+    pub show_progress: bool,
+}
+
+/// One point of the learning curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CurvePoint {
+    pub step: u64,
+    pub train_episodes: u64,
+    pub train_seconds: f64,
+    /// Mean training loss over the steps since the previous point.
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub val_ci95: Option<f64>,
+}
+
+/// Bookkeeping saved with every checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    pub algorithm: String,
+    /// Meta-steps done.
+    pub step: u64,
+    pub train_episodes: u64,
+    /// Seconds spent in meta-training steps (validation excluded).
+    pub train_seconds: f64,
+    pub curve: Vec<CurvePoint>,
+    /// Step and validation accuracy of `best.safetensors`.
+    pub best_step: Option<u64>,
+    pub best_val_accuracy: Option<f64>,
+    pub finished: bool,
+}
+
+impl TrainState {
+    fn fraction(&self, b: &Budget) -> f64 {
+        let by_steps = b
+            .meta_steps
+            .map(|m| self.step as f64 / m as f64)
+            .unwrap_or(0.0);
+        let by_time = b
+            .minutes
+            .map(|m| self.train_seconds / (60.0 * m))
+            .unwrap_or(0.0);
+        by_steps.max(by_time).clamp(0.0, 1.0)
+    }
+    fn done(&self, b: &Budget) -> bool {
+        b.meta_steps.is_some_and(|m| self.step >= m)
+            || b.minutes.is_some_and(|m| self.train_seconds >= 60.0 * m)
+    }
+}
+
+/// Paths of a run folder's files.
+pub fn checkpoint_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("checkpoint.safetensors"),
+        dir.join("checkpoint.json"),
+        dir.join("best.safetensors"),
+    )
+}
+
+fn save_checkpoint(algo: &dyn Algorithm, state: &TrainState, dir: &Path) -> Result<()> {
+    let (st, js, _) = checkpoint_paths(dir);
+    let mut map = algo.state()?;
+    let dev = algo.meta_params().tensors[0].device().clone();
+    map.insert(
+        "meta.step".into(),
+        candle_core::Tensor::new(&[state.step as f64], &dev)?,
+    );
+    save_tensors_atomic(&map, &st)?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Config {
+        source_name: "checkpoint.json".into(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&js, json.as_bytes())?;
+    write_curve(&state.curve, &dir.join("curve.csv"))
+}
+
+/// Restore the latest checkpoint of `dir` into `algo`.
+pub fn load_checkpoint(algo: &mut dyn Algorithm, dir: &Path) -> Result<TrainState> {
+    let (st, js, _) = checkpoint_paths(dir);
+    let text = std::fs::read_to_string(&js).map_err(|e| Error::io(&js, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Config {
+        source_name: js.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let map = load_tensors(&st)?;
+    let step = map
+        .get("meta.step")
+        .map(|t| t.to_vec1::<f64>().map(|v| v[0] as u64))
+        .transpose()?;
+    if step != Some(state.step) {
+        return Err(Error::Config {
+            source_name: st.display().to_string(),
+            reason: format!("holds step {step:?} but checkpoint.json says {}; refusing to resume from a torn checkpoint", state.step),
+        });
+    }
+    algo.load_state(&map)?;
+    Ok(state)
+}
+
+/// Load `best.safetensors` (if any) into `algo`.
+pub fn load_best(algo: &mut dyn Algorithm, dir: &Path) -> Result<bool> {
+    let (_, _, best) = checkpoint_paths(dir);
+    if !best.is_file() {
+        return Ok(false);
+    }
+    algo.load_state(&load_tensors(&best)?)?;
+    Ok(true)
+}
+
+fn write_curve(curve: &[CurvePoint], path: &Path) -> Result<()> {
+    let mut s = String::from(
+        "step,train_episodes,train_seconds,train_loss,train_accuracy,val_accuracy,val_ci95\n",
+    );
+    for p in curve {
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+        s.push_str(&format!(
+            "{},{},{:.3},{:.6},{:.6},{},{}\n",
+            p.step,
+            p.train_episodes,
+            p.train_seconds,
+            p.train_loss,
+            p.train_accuracy,
+            opt(p.val_accuracy),
+            opt(p.val_ci95)
+        ));
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// Meta-train `algo` on the train split of `ds` until the budget is spent.
+pub fn meta_train(
+    algo: &mut dyn Algorithm,
+    ds: &Dataset,
+    opts: &TrainOptions,
+) -> Result<TrainState> {
+    let _span = tracing::info_span!("meta_train", algorithm = algo.label()).entered();
+    std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+    let (ckpt, _, best_path) = checkpoint_paths(&opts.dir);
+    let mut state = if opts.resume && ckpt.is_file() {
+        let s = load_checkpoint(algo, &opts.dir)?;
+        tracing::info!(step = s.step, "resumed from {}", ckpt.display());
+        s
+    } else {
+        TrainState {
+            algorithm: algo.label().to_string(),
+            ..Default::default()
+        }
+    };
+    if state.finished || state.done(&opts.budget) {
+        state.finished = true;
+        return Ok(state);
+    }
+    let ctx = algo.context().clone();
+    let train = Sampler::new(ds, Split::Train, algo.train_spec(), ctx.seed)?;
+    let validate = opts.val_episodes > 0 && !ds.split(Split::Val).is_empty();
+    if validate {
+        Sampler::new(ds, Split::Val, ctx.spec, ctx.seed)?;
+    }
+    ds.preload(Some(Split::Train))?;
+    let mb = algo.meta_batch() as u64;
+    let total = opts.budget.meta_steps.unwrap_or(0);
+    let pb = if opts.show_progress {
+        let pb = crate::util::progress(total.max(state.step), algo.label());
+        pb.set_position(state.step);
+        if total == 0 {
+            pb.set_length(state.step + 1);
+        }
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (mut run_loss, mut run_acc, mut run_n) = (0.0, 0.0, 0u64);
+    while !state.done(&opts.budget) {
+        let t = Instant::now();
+        let step = state.step;
+        let batches = (0..mb)
+            .map(|j| {
+                let ep = train.episode(step * mb + j);
+                train.batch(&ep, &ctx.device)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let progress = Progress {
+            step,
+            fraction: state.fraction(&opts.budget),
+        };
+        let score = algo.meta_train_step(&batches, progress)?;
+        if !score.loss.is_finite() || !algo.meta_params().all_finite()? {
+            return Err(Error::NonFinite {
+                algorithm: algo.label().to_string(),
+                what: if score.loss.is_finite() {
+                    "meta-parameter".into()
+                } else {
+                    format!("loss ({})", score.loss)
+                },
+                step: step as usize,
+                checkpoint: if ckpt.is_file() {
+                    ckpt.display().to_string()
+                } else {
+                    "(none written yet)".into()
+                },
+            });
+        }
+        state.step += 1;
+        state.train_episodes += mb;
+        state.train_seconds += t.elapsed().as_secs_f64();
+        run_loss += score.loss;
+        run_acc += score.accuracy;
+        run_n += 1;
+        pb.set_position(state.step);
+        if total == 0 {
+            pb.set_length(state.step + 1);
+        }
+        let done = state.done(&opts.budget);
+        if state.step % opts.validate_every == 0 || done {
+            let (val_accuracy, val_ci95) = if validate {
+                let v = eval::evaluate(
+                    &*algo,
+                    ds,
+                    Split::Val,
+                    ctx.spec,
+                    ctx.seed,
+                    opts.val_episodes,
+                    false,
+                )?;
+                (Some(v.mean), Some(v.ci95))
+            } else {
+                (None, None)
+            };
+            let point = CurvePoint {
+                step: state.step,
+                train_episodes: state.train_episodes,
+                train_seconds: state.train_seconds,
+                train_loss: run_loss / run_n as f64,
+                train_accuracy: run_acc / run_n as f64,
+                val_accuracy,
+                val_ci95,
+            };
+            tracing::info!(
+                step = point.step,
+                episodes = point.train_episodes,
+                seconds = format!("{:.0}", point.train_seconds),
+                train_loss = format!("{:.3}", point.train_loss),
+                val_accuracy = val_accuracy
+                    .map(|v| format!("{:.3}", v))
+                    .unwrap_or_default(),
+                "validation"
+            );
+            (run_loss, run_acc, run_n) = (0.0, 0.0, 0);
+            if let Some(v) = val_accuracy {
+                if state.best_val_accuracy.is_none_or(|b| v > b) {
+                    state.best_val_accuracy = Some(v);
+                    state.best_step = Some(state.step);
+                    save_tensors_atomic(&algo.state()?, &best_path)?;
+                }
+            }
+            state.curve.push(point);
+        }
+        if state.step % opts.checkpoint_every == 0 || done {
+            state.finished = done;
+            save_checkpoint(&*algo, &state, &opts.dir)?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(state)
+}

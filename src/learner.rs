@@ -48,9 +48,17 @@ pub struct Learner {
     pub downsample: Downsample,
     /// Batch-norm epsilon (PyTorch default 1e-5).
     pub bn_eps: f64,
+    /// Conv blocks before the linear head (4 for conv-4; 0 gives a linear
+    /// classifier on raw pixels, used by tests with hand-computed gradients).
+    #[serde(default = "default_blocks")]
+    pub blocks: usize,
 }
 
-/// Number of conv blocks.
+fn default_blocks() -> usize {
+    BLOCKS
+}
+
+/// Number of conv blocks of the standard learner.
 pub const BLOCKS: usize = 4;
 
 impl Learner {
@@ -63,6 +71,7 @@ impl Learner {
             ways,
             downsample: Downsample::Stride2,
             bn_eps: 1e-5,
+            blocks: BLOCKS,
         }
     }
 
@@ -75,6 +84,7 @@ impl Learner {
             ways,
             downsample: Downsample::MaxPool,
             bn_eps: 1e-5,
+            blocks: BLOCKS,
         }
     }
 
@@ -92,7 +102,7 @@ impl Learner {
     /// Side of the feature map after the four blocks.
     pub fn feature_side(&self) -> usize {
         let mut s = self.image_size;
-        for _ in 0..BLOCKS {
+        for _ in 0..self.blocks {
             s = match self.downsample {
                 Downsample::Stride2 => (s - 1) / 2 + 1,
                 Downsample::MaxPool => s / 2,
@@ -101,12 +111,21 @@ impl Learner {
         s
     }
 
+    /// Channels of the final feature map.
+    pub fn feature_channels(&self) -> usize {
+        if self.blocks == 0 {
+            self.in_channels
+        } else {
+            self.hidden
+        }
+    }
+
     /// Parameter names in order: `conv{i}.weight`, `conv{i}.bias`,
     /// `bn{i}.gamma`, `bn{i}.beta` for i in 1..=4, then `head.weight`,
     /// `head.bias`.
     pub fn param_names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        for i in 1..=BLOCKS {
+        for i in 1..=self.blocks {
             for n in ["conv{}.weight", "conv{}.bias", "bn{}.gamma", "bn{}.beta"] {
                 names.push(n.replace("{}", &i.to_string()));
             }
@@ -140,7 +159,7 @@ impl Learner {
             Ok(Tensor::from_vec(v, shape, device)?)
         };
         let mut cin = self.in_channels;
-        for _ in 0..BLOCKS {
+        for _ in 0..self.blocks {
             let fan_in = cin * 9;
             let bound = 1.0 / (fan_in as f64).sqrt();
             let h = self.hidden;
@@ -150,7 +169,7 @@ impl Learner {
             tensors.push(Tensor::zeros(h, DType::F32, device)?);
             cin = h;
         }
-        let feat = self.hidden * self.feature_side() * self.feature_side();
+        let feat = self.feature_channels() * self.feature_side() * self.feature_side();
         let bound = 1.0 / (feat as f64).sqrt();
         tensors.push(uniform(rng, self.ways * feat, bound, &[self.ways, feat])?);
         tensors.push(uniform(rng, self.ways, bound, &[self.ways])?);
@@ -175,8 +194,8 @@ impl Learner {
         let b = x.dim(0)?;
         // [B, C, H, W] -> channel-major [C, B, H, W] (see ops.rs).
         let mut h = x.transpose(0, 1)?.contiguous()?;
-        let mut used = Vec::with_capacity(BLOCKS);
-        for i in 0..BLOCKS {
+        let mut used = Vec::with_capacity(self.blocks);
+        for i in 0..self.blocks {
             let t = &p.tensors[4 * i..4 * i + 4];
             let stride = match self.downsample {
                 Downsample::Stride2 => 2,
@@ -192,8 +211,8 @@ impl Learner {
         }
         // Back to [B, C*H*W] in PyTorch's flatten order.
         let feat = h.transpose(0, 1)?.reshape((b, ()))?;
-        let w = &p.tensors[4 * BLOCKS];
-        let bias = &p.tensors[4 * BLOCKS + 1];
+        let w = &p.tensors[4 * self.blocks];
+        let bias = &p.tensors[4 * self.blocks + 1];
         let logits = feat.matmul(&w.t()?)?.broadcast_add(bias)?;
         Ok((logits, used))
     }

@@ -148,8 +148,17 @@ impl Maml {
         })
     }
 
-    /// Query loss, accuracy and meta-gradient of one episode.
+    /// Query loss, accuracy and meta-gradient of one episode. Second-order
+    /// gradients are always computed on the second-order pool's threads.
     pub fn task_gradient(&self, theta: &Params, batch: &Batch) -> Result<(Params, EpisodeScore)> {
+        if self.config.first_order {
+            self.task_gradient_here(theta, batch)
+        } else {
+            second_order_pool()?.install(|| self.task_gradient_here(theta, batch))
+        }
+    }
+
+    fn task_gradient_here(&self, theta: &Params, batch: &Batch) -> Result<(Params, EpisodeScore)> {
         let c = &self.config;
         let l = &self.ctx.learner;
         if c.first_order {
@@ -167,7 +176,7 @@ impl Maml {
             let loss = cross_entropy(&logits, &batch.query_y)?;
             let g = pv.grads(&loss.backward()?)?.detach();
             let score = EpisodeScore {
-                loss: loss.to_scalar::<f32>()? as f64,
+                loss: loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
                 accuracy: accuracy(&logits, &batch.query_y)?,
             };
             Ok((g, score))
@@ -194,7 +203,7 @@ impl Maml {
             let loss = cross_entropy(&logits, &batch.query_y)?;
             let g = theta0.grads(&loss.backward()?)?.detach();
             let score = EpisodeScore {
-                loss: loss.to_scalar::<f32>()? as f64,
+                loss: loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
                 accuracy: accuracy(&logits, &batch.query_y)?,
             };
             Ok((g, score))

@@ -56,7 +56,9 @@ impl Context {
     /// Query loss and accuracy of adapted parameters.
     pub fn score(&self, p: &Params, batch: &Batch) -> Result<EpisodeScore> {
         let logits = self.predict(p, &batch.support_x, &batch.query_x)?;
-        let loss = cross_entropy(&logits, &batch.query_y)?.to_scalar::<f32>()? as f64;
+        let loss = cross_entropy(&logits, &batch.query_y)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         Ok(EpisodeScore {
             loss,
             accuracy: accuracy(&logits, &batch.query_y)?,

@@ -201,6 +201,16 @@ impl Reptile {
         Ok(p)
     }
 
+    /// The generator of task `j`'s mini-batches at meta-step `step`.
+    pub fn task_rng(&self, step: u64, j: usize) -> Rng {
+        Rng::derive(self.ctx.seed, &[0x5e9, step, j as u64])
+    }
+
+    /// The persistent inner Adam state.
+    pub fn inner_adam(&self) -> &Adam {
+        &self.inner
+    }
+
     /// Current outer step size for a budget fraction in [0, 1].
     pub fn epsilon(&self, fraction: f64) -> f64 {
         let f = fraction.clamp(0.0, 1.0);
@@ -234,7 +244,7 @@ impl Algorithm for Reptile {
         let mut acc = 0.0;
         let mut adam = self.inner.clone();
         for (j, b) in episodes.iter().enumerate() {
-            let mut rng = Rng::derive(self.ctx.seed, &[0x5e9, progress.step, j as u64]);
+            let mut rng = self.task_rng(progress.step, j);
             let p = self.inner_loop(
                 &self.theta,
                 &mut adam,
@@ -246,7 +256,9 @@ impl Algorithm for Reptile {
             )?;
             // Post-adaptation training loss/accuracy, for the learning curve.
             let logits = self.ctx.learner.forward(&p, &b.support_x)?;
-            loss += cross_entropy(&logits, &b.support_y)?.to_scalar::<f32>()? as f64;
+            loss += cross_entropy(&logits, &b.support_y)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             acc += accuracy(&logits, &b.support_y)?;
             adapted.push(p);
         }

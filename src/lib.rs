@@ -13,7 +13,9 @@
 //! - [`optim`]: Adam with checkpointable state;
 //! - [`spec`]: benchmark files (YAML) and their resolved form;
 //! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
-//!   evaluation on fixed episodes, the leaderboard.
+//!   evaluation on fixed episodes, the leaderboard;
+//! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
+//!   Figure-2-style plot.
 
 pub mod algo;
 pub mod data;
@@ -27,6 +29,7 @@ pub mod rng;
 pub mod runner;
 pub mod sampler;
 pub mod spec;
+pub mod trace;
 pub mod train;
 pub mod util;
 

@@ -13,6 +13,7 @@
 //! `docs/algorithms.md`.
 
 pub mod maml;
+pub mod meta_lstm;
 pub mod reptile;
 
 use std::collections::HashMap;
@@ -123,7 +124,7 @@ pub struct Entry {
 
 /// All algorithms. Adding one is one line here.
 pub fn registry() -> &'static [Entry] {
-    &[maml::ENTRY, reptile::ENTRY]
+    &[maml::ENTRY, reptile::ENTRY, meta_lstm::ENTRY]
 }
 
 /// Build the algorithm a benchmark entry names (`algorithm: <name>`).

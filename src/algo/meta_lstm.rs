@@ -1,0 +1,449 @@
+//! The meta-learner LSTM of Ravi & Larochelle, "Optimization as a Model for
+//! Few-Shot Learning" (ICLR 2017), as the official code
+//! (twitter-research/meta-learning-lstm) does it.
+//!
+//! Gradient descent, theta_t = theta_{t-1} - alpha * grad_t, is the cell
+//! update of an LSTM whose cell state is the learner's parameters, with the
+//! forget gate fixed at 1 and the input gate at alpha. The meta-learner
+//! learns both gates, per coordinate and per step, and the initial cell
+//! state theta_0 (the learner's initial parameters):
+//!
+//! - Inputs per learner coordinate: the gradient and the loss, each
+//!   preprocessed as in Andrychowicz et al. (2016) with p = 10
+//!   ([`preprocess`]); the loss pair is broadcast to every coordinate.
+//! - Layer 1: a standard LSTM, 4 inputs -> 20 hidden units, its weights
+//!   shared by all coordinates, its state (h, c) carried across the steps of
+//!   an episode.
+//! - Layer 2, the meta-LSTM cell, per coordinate:
+//!     f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
+//!     i_t = sigmoid(W_i [h_t, theta_{t-1}, i_{t-1}] + b_i)
+//!     theta_t = f_t * theta_{t-1} - i_t * grad_t
+//!   where the fed-back f_{t-1}, i_{t-1} are pre-sigmoid values (zero at
+//!   t = 0) and the raw gradient enters only the cell update.
+//! - Initialisation: weights U(-0.01, 0.01), b_f ~ U(4, 5), b_i ~ U(-5, -4)
+//!   (so a fresh meta-learner is close to gradient descent with a small
+//!   learning rate); theta_0 from a fresh learner, then learned.
+//! - No second derivatives: the gradient and loss fed to the meta-learner
+//!   are computed on a detached copy of theta_t and are constants; the
+//!   meta-gradient flows back through time through the meta-learner's own
+//!   states to theta_0 and the LSTM weights.
+//! - T = 10 updates on the whole support set (the design's number; the
+//!   official configs used 12 for 1-shot and 8 for 5-shot: `steps`). The
+//!   query loss after the last update is the meta-loss. Adam, lr 1e-3,
+//!   global gradient-norm clip 0.25, one episode per meta-update.
+//!
+//! Departures from the official code, and why:
+//! - Batch norm uses batch statistics in every forward pass and keeps no
+//!   running statistics (the official code resets its running statistics
+//!   every episode and, at test time, uses the query batch's statistics
+//!   unless told otherwise). Query predictions use the support set's
+//!   statistics unless the benchmark is transductive, the same rule as for
+//!   every other algorithm here, so rows are comparable.
+//! - Every update uses the whole support set (in the official 1-shot and
+//!   5-shot configs the batch size equals the support size, so this is the
+//!   same there).
+//! - The layer-1 LSTM has one bias vector (PyTorch's two biases b_ih + b_hh
+//!   are one parameter in effect).
+//!
+//! Activations are laid out feature-major (`[features, coordinates]`) so
+//! every gate is a contiguous block.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, Progress};
+use crate::error::{Error, Result};
+use crate::learner::{accuracy, cross_entropy, Learner};
+use crate::optim::{clip_global_norm, Adam, AdamConfig};
+use crate::params::Params;
+use crate::rng::Rng;
+use crate::sampler::{Batch, EpisodeSpec};
+
+/// Registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "meta-lstm",
+    about: "Meta-learner LSTM (Ravi & Larochelle 2017)",
+    build,
+};
+
+/// Hidden units of the layer-1 LSTM.
+pub const HIDDEN: usize = 20;
+
+/// Meta-LSTM hyperparameters as written in a benchmark file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaLstmConfig {
+    /// Always `meta-lstm`.
+    pub algorithm: String,
+    /// Name in tables [default: `meta-lstm`].
+    pub label: Option<String>,
+    /// Learner updates per episode, T [default: 10].
+    pub steps: Option<usize>,
+    /// Updates at validation/test time [default: `steps`].
+    pub steps_test: Option<usize>,
+    /// Adam learning rate of the meta-learner [default: 1e-3].
+    pub meta_lr: Option<f64>,
+    /// Global gradient-norm clip [default: 0.25].
+    pub clip_norm: Option<f64>,
+    /// Episodes per meta-update [default: 1].
+    pub meta_batch: Option<usize>,
+    /// Preprocessing constant p of Andrychowicz et al. [default: 10].
+    pub preprocess_p: Option<f64>,
+}
+
+/// Resolved meta-LSTM hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaLstmResolved {
+    pub algorithm: String,
+    pub label: String,
+    pub steps: usize,
+    pub steps_test: usize,
+    pub meta_lr: f64,
+    pub clip_norm: f64,
+    pub meta_batch: usize,
+    pub preprocess_p: f64,
+}
+
+impl MetaLstmConfig {
+    pub fn resolve(&self, _ctx: &Context) -> Result<MetaLstmResolved> {
+        let steps = at_least_one("steps", self.steps.unwrap_or(10))?;
+        Ok(MetaLstmResolved {
+            algorithm: "meta-lstm".into(),
+            label: self.label.clone().unwrap_or_else(|| "meta-lstm".into()),
+            steps,
+            steps_test: at_least_one("steps_test", self.steps_test.unwrap_or(steps))?,
+            meta_lr: positive("meta_lr", self.meta_lr.unwrap_or(1e-3))?,
+            clip_norm: positive("clip_norm", self.clip_norm.unwrap_or(0.25))?,
+            meta_batch: at_least_one("meta_batch", self.meta_batch.unwrap_or(1))?,
+            preprocess_p: positive("preprocess_p", self.preprocess_p.unwrap_or(10.0))?,
+        })
+    }
+}
+
+fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
+    let cfg: MetaLstmConfig = parse_entry(v)?;
+    Ok(Box::new(MetaLstm::new(cfg.resolve(ctx)?, ctx)?))
+}
+
+/// Andrychowicz et al. preprocessing of one value with constant p:
+/// (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x).
+pub fn preprocess(x: f64, p: f64) -> (f64, f64) {
+    if x.abs() >= (-p).exp() {
+        (x.abs().ln() / p, x.signum())
+    } else {
+        (-1.0, p.exp() * x)
+    }
+}
+
+/// How the gates are set during an unroll.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gates {
+    /// Computed by the meta-learner.
+    Learned,
+    /// Forced to constants: `Fixed { forget: 1.0, input: lr }` is SGD.
+    Fixed { forget: f64, input: f64 },
+}
+
+/// The result of unrolling the meta-learner on a support set.
+pub struct Unrolled {
+    /// theta_T, `[1, n]`.
+    pub theta: Tensor,
+    /// Gate values after the sigmoid at steps 1..=T (`[1, n]` each), if
+    /// recorded.
+    pub gates: Vec<(Tensor, Tensor)>,
+    /// The (gradient `[1, n]`, loss) pairs fed to the meta-learner.
+    pub inputs: Vec<(Tensor, f64)>,
+}
+
+/// The meta-learner: its parameters, the learner shape, the optimiser.
+pub struct MetaLstm {
+    pub config: MetaLstmResolved,
+    ctx: Context,
+    /// `lstm.w_ih [80, 4]`, `lstm.w_hh [80, 20]`, `lstm.b [80, 1]`,
+    /// `cell.w_f [1, 22]`, `cell.w_i [1, 22]`, `cell.b_f [1, 1]`,
+    /// `cell.b_i [1, 1]`, `theta0 [1, n]`.
+    pub params: Params,
+    /// Shapes and names of the learner's parameters (values unused).
+    template: Params,
+    adam: Adam,
+}
+
+impl MetaLstm {
+    pub fn new(config: MetaLstmResolved, ctx: &Context) -> Result<Self> {
+        let dev = &ctx.device;
+        let template = ctx.learner.init(&mut Rng::derive(ctx.seed, &[0x1417]), dev)?;
+        let n = template.numel();
+        let mut rng = Rng::derive(ctx.seed, &[0x157]);
+        let mut u = |shape: &[usize], lo: f64, hi: f64| -> Result<Tensor> {
+            let len: usize = shape.iter().product();
+            let v: Vec<f32> = (0..len).map(|_| rng.uniform_range(lo, hi) as f32).collect();
+            Ok(Tensor::from_vec(v, shape, dev)?)
+        };
+        let h = HIDDEN;
+        let tensors = vec![
+            u(&[4 * h, 4], -0.01, 0.01)?,
+            u(&[4 * h, h], -0.01, 0.01)?,
+            u(&[4 * h, 1], -0.01, 0.01)?,
+            u(&[1, h + 2], -0.01, 0.01)?,
+            u(&[1, h + 2], -0.01, 0.01)?,
+            u(&[1, 1], 4.0, 5.0)?,
+            u(&[1, 1], -5.0, -4.0)?,
+            template.flatten()?.reshape((1, n))?,
+        ];
+        let names = ["lstm.w_ih", "lstm.w_hh", "lstm.b", "cell.w_f", "cell.w_i", "cell.b_f", "cell.b_i", "theta0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let params = Params::new(names, tensors);
+        let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &params)?;
+        Ok(MetaLstm {
+            config,
+            ctx: ctx.clone(),
+            params,
+            template,
+            adam,
+        })
+    }
+
+    /// The learner this meta-learner trains.
+    pub fn learner(&self) -> &Learner {
+        &self.ctx.learner
+    }
+
+    /// Coordinate ranges of each learner layer (`conv1`..`conv4`, `head`)
+    /// in the flattened parameter vector.
+    pub fn layer_ranges(&self) -> Vec<(String, Range<usize>)> {
+        let mut out: Vec<(String, Range<usize>)> = Vec::new();
+        let mut off = 0;
+        for (name, t) in self.template.names.iter().zip(&self.template.tensors) {
+            let layer = Learner::layer_of(name);
+            let n = t.elem_count();
+            match out.last_mut() {
+                Some((l, r)) if *l == layer => r.end += n,
+                _ => out.push((layer, off..off + n)),
+            }
+            off += n;
+        }
+        out
+    }
+
+    /// Learner parameters viewed from a flat `[1, n]` vector.
+    pub fn learner_params(&self, theta: &Tensor) -> Result<Params> {
+        self.template.unflatten_like(&theta.flatten_all()?)
+    }
+
+    /// Learner loss and flat gradient at `theta` (detached: constants for
+    /// the meta-learner).
+    fn loss_and_grad(&self, theta: &Tensor, x: &Tensor, y: &Tensor) -> Result<(Tensor, f64)> {
+        let p = self.learner_params(&theta.detach())?;
+        let vars = p.to_vars()?;
+        let pv = Params::from_vars(&p.names, &vars);
+        let loss = cross_entropy(&self.ctx.learner.forward(&pv, x)?, y)?;
+        let g = pv.grads(&loss.backward()?)?.flatten()?;
+        let n = g.elem_count();
+        Ok((g.reshape((1, n))?.detach(), loss.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+    }
+
+    /// The four preprocessed inputs `[4, n]` for a gradient and a loss.
+    fn inputs(&self, grad: &Tensor, loss: f64) -> Result<Tensor> {
+        let p = self.config.preprocess_p;
+        let g = grad.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let n = g.len();
+        let mut v = vec![0f64; 4 * n];
+        for (k, &x) in g.iter().enumerate() {
+            let (a, b) = preprocess(x, p);
+            v[k] = a;
+            v[n + k] = b;
+        }
+        let (la, lb) = preprocess(loss, p);
+        v[2 * n..3 * n].fill(la);
+        v[3 * n..].fill(lb);
+        Ok(Tensor::from_vec(v, (4, n), grad.device())?.to_dtype(grad.dtype())?)
+    }
+
+    /// Unroll the meta-learner for `steps` updates of the learner on
+    /// `(x, y)`, from meta-parameters `mp`. With `frozen`, the gradient and
+    /// loss inputs are taken from it instead of being computed (used to
+    /// check the meta-gradient by finite differences).
+    pub fn unroll(
+        &self,
+        mp: &Params,
+        x: &Tensor,
+        y: &Tensor,
+        steps: usize,
+        gates: Gates,
+        frozen: Option<&[(Tensor, f64)]>,
+        record: bool,
+    ) -> Result<Unrolled> {
+        let t = &mp.tensors;
+        let (w_ih, w_hh, b, w_f, w_i, b_f, b_i) = (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+        let mut theta = t[7].clone();
+        let n = theta.dim(1)?;
+        let hd = HIDDEN;
+        let dev = theta.device().clone();
+        let dt = theta.dtype();
+        let mut h = Tensor::zeros((hd, n), dt, &dev)?;
+        let mut c = Tensor::zeros((hd, n), dt, &dev)?;
+        let mut f_prev = Tensor::zeros((1, n), dt, &dev)?;
+        let mut i_prev = Tensor::zeros((1, n), dt, &dev)?;
+        let mut out = Unrolled {
+            theta: theta.clone(),
+            gates: vec![],
+            inputs: vec![],
+        };
+        // Per-coordinate weights of the cell, split once.
+        let split = |w: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
+            Ok((w.narrow(1, 0, hd)?, w.narrow(1, hd, 1)?, w.narrow(1, hd + 1, 1)?))
+        };
+        let (wf_h, wf_c, wf_f) = split(w_f)?;
+        let (wi_h, wi_c, wi_i) = split(w_i)?;
+        for step in 0..steps {
+            let (grad, loss) = match frozen {
+                Some(f) => f[step].clone(),
+                None => self.loss_and_grad(&theta, x, y)?,
+            };
+            match gates {
+                Gates::Fixed { forget, input } => {
+                    // theta_t = f * theta_{t-1} - i * grad_t with constant gates.
+                    theta = ((&theta * forget)? - (&grad * input)?)?;
+                }
+                Gates::Learned => {
+                    let xin = self.inputs(&grad, loss)?;
+                    // Layer 1: [i; f; g; o] = W_ih x + W_hh h + b   ([80, n])
+                    let z = w_ih.matmul(&xin)?.add(&w_hh.matmul(&h)?)?.broadcast_add(b)?;
+                    let ig = candle_nn::ops::sigmoid(&z.narrow(0, 0, hd)?)?;
+                    let fg = candle_nn::ops::sigmoid(&z.narrow(0, hd, hd)?)?;
+                    let gg = z.narrow(0, 2 * hd, hd)?.tanh()?;
+                    let og = candle_nn::ops::sigmoid(&z.narrow(0, 3 * hd, hd)?)?;
+                    c = ((fg * &c)? + (ig * gg)?)?;
+                    h = (og * c.tanh()?)?;
+                    // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
+                    let f_pre = wf_h
+                        .matmul(&h)?
+                        .add(&theta.broadcast_mul(&wf_c)?)?
+                        .add(&f_prev.broadcast_mul(&wf_f)?)?
+                        .broadcast_add(b_f)?;
+                    // i_t = sigmoid(W_i [h_t, theta_{t-1}, i_{t-1}] + b_i)
+                    let i_pre = wi_h
+                        .matmul(&h)?
+                        .add(&theta.broadcast_mul(&wi_c)?)?
+                        .add(&i_prev.broadcast_mul(&wi_i)?)?
+                        .broadcast_add(b_i)?;
+                    let f = candle_nn::ops::sigmoid(&f_pre)?;
+                    let i = candle_nn::ops::sigmoid(&i_pre)?;
+                    // theta_t = f_t * theta_{t-1} - i_t * grad_t
+                    theta = ((&f * &theta)? - (&i * &grad)?)?;
+                    if record {
+                        out.gates.push((f.detach(), i.detach()));
+                    }
+                    f_prev = f_pre;
+                    i_prev = i_pre;
+                }
+            }
+            out.inputs.push((grad, loss));
+        }
+        out.theta = theta;
+        Ok(out)
+    }
+
+    /// Meta-loss (query loss after the unroll) and its score.
+    pub fn meta_loss(&self, mp: &Params, b: &Batch, frozen: Option<&[(Tensor, f64)]>) -> Result<(Tensor, EpisodeScore)> {
+        let u = self.unroll(mp, &b.support_x, &b.support_y, self.config.steps, Gates::Learned, frozen, false)?;
+        let p = self.learner_params(&u.theta)?;
+        let logits = self.ctx.predict(&p, &b.support_x, &b.query_x)?;
+        let loss = cross_entropy(&logits, &b.query_y)?;
+        let score = EpisodeScore {
+            loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            accuracy: accuracy(&logits, &b.query_y)?,
+        };
+        Ok((loss, score))
+    }
+
+    /// Gate values (forget, input; after the sigmoid) at every test-time
+    /// step of an episode, flattened over all learner coordinates.
+    pub fn gate_trace(&self, b: &Batch) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let u = self.unroll(&self.params, &b.support_x, &b.support_y, self.config.steps_test, Gates::Learned, None, true)?;
+        u.gates
+            .iter()
+            .map(|(f, i)| {
+                let f = f.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let i = i.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Ok((f, i))
+            })
+            .collect()
+    }
+
+    /// Cast all meta-parameters (float64 gradient checks).
+    pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
+        self.params = self.params.to_dtype(dtype)?;
+        self.template = self.template.to_dtype(dtype)?;
+        self.adam = Adam::new(self.adam.config, &self.params)?;
+        Ok(())
+    }
+}
+
+impl Algorithm for MetaLstm {
+    fn label(&self) -> &str {
+        &self.config.label
+    }
+    fn kind(&self) -> &'static str {
+        "meta-lstm"
+    }
+    fn meta_batch(&self) -> usize {
+        self.config.meta_batch
+    }
+    fn train_spec(&self) -> EpisodeSpec {
+        self.ctx.spec
+    }
+    fn meta_train_step(&mut self, episodes: &[Batch], _progress: Progress) -> Result<EpisodeScore> {
+        let nb = episodes.len() as f64;
+        let mut total: Option<Params> = None;
+        let (mut loss, mut acc) = (0.0, 0.0);
+        for b in episodes {
+            let vars = self.params.to_vars()?;
+            let mp = Params::from_vars(&self.params.names, &vars);
+            let (l, s) = self.meta_loss(&mp, b, None)?;
+            let g = mp.grads(&l.backward()?)?;
+            total = Some(match total {
+                None => g,
+                Some(t) => t.zip_map(&g, |a, b| a + b)?,
+            });
+            loss += s.loss;
+            acc += s.accuracy;
+        }
+        let g = total
+            .ok_or_else(|| Error::invalid("meta-batch", 0, "at least one episode"))?
+            .map(|t| t / nb)?;
+        let (g, _norm) = clip_global_norm(&g, self.config.clip_norm)?;
+        self.params = self.adam.step(&self.params, &g)?;
+        Ok(EpisodeScore {
+            loss: loss / nb,
+            accuracy: acc / nb,
+        })
+    }
+    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Params> {
+        let u = self.unroll(&self.params, x, y, self.config.steps_test, Gates::Learned, None, false)?;
+        self.learner_params(&u.theta)
+    }
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+    fn meta_params(&self) -> &Params {
+        &self.params
+    }
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut m = self.params.to_named("meta.");
+        m.extend(self.adam.to_named("adam.")?);
+        Ok(m)
+    }
+    fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
+        self.params = self.params.from_named_like("meta.", s)?;
+        self.adam.load_named("adam.", s)
+    }
+    fn resolved_config(&self) -> serde_yaml::Value {
+        serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
+    }
+}

@@ -1,0 +1,700 @@
+//! Gate traces of the meta-learner LSTM: records, files and the figure.
+//!
+//! The Ravi & Larochelle (ICLR 2017) meta-learner updates a learner's
+//! parameters with a learned forget gate `f_t` and input gate `i_t` per
+//! coordinate and step,
+//!
+//! ```text
+//! theta_t = f_t * theta_{t-1} - i_t * grad_t,   t = 1..=T
+//! ```
+//!
+//! Figure 2 of the paper shows, for each learner layer, the forget and input
+//! gate values against the update step, one line per test episode. This
+//! module turns the raw gate vectors of one step (one value per learner
+//! coordinate) into one [`GateRecord`] per layer ([`summarize`]), writes and
+//! reads them as JSON lines ([`write_jsonl`], [`read_jsonl`]) and as a flat
+//! CSV ([`write_csv`]), and draws the Figure-2-style panels as SVG and PNG
+//! ([`plot`]). `docs/traces.md` describes the files and how to read the
+//! figure.
+//!
+//! Text in the PNG needs a TrueType font: the first of `$FEWSHOT_FONT` and a
+//! few usual system paths (DejaVu Sans, Liberation Sans, Arial) that exists
+//! is used. Without one, the PNG is still drawn, with lines and axes but no
+//! text, and a warning is logged. The SVG writes `<text>` elements and needs
+//! no font file.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Format version written in every record.
+///
+/// Bumped on any incompatible change of [`GateRecord`]; [`read_jsonl`]
+/// rejects records of any other version.
+pub const TRACE_VERSION: u32 = 1;
+
+/// File names inside a run's `<label>/` folder.
+pub const JSONL_FILE: &str = "gates.jsonl";
+/// See [`JSONL_FILE`].
+pub const CSV_FILE: &str = "gates.csv";
+/// See [`JSONL_FILE`].
+pub const SVG_FILE: &str = "gates.svg";
+/// See [`JSONL_FILE`].
+pub const PNG_FILE: &str = "gates.png";
+
+/// Environment variable naming a TrueType/OpenType font file for PNG text.
+pub const FONT_ENV: &str = "FEWSHOT_FONT";
+
+/// Gate statistics of one learner layer at one update step of one episode.
+///
+/// Gate values are after the sigmoid, so every value lies in (0, 1) and is
+/// dimensionless. Statistics are over the layer's coordinates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRecord {
+    /// [`TRACE_VERSION`].
+    pub version: u32,
+    /// Benchmark name.
+    pub benchmark: String,
+    /// Algorithm label, e.g. `"meta-lstm"`.
+    pub algorithm: String,
+    /// Test-episode index.
+    pub episode: u64,
+    /// Update step, `1..=T`.
+    pub step: usize,
+    /// Learner layer: `"conv1"`..`"conv4"`, `"head"`.
+    pub layer: String,
+    /// Number of learner coordinates (parameters) in this layer.
+    pub coordinates: usize,
+    /// Mean of the forget gate over the layer's coordinates.
+    pub forget_mean: f64,
+    /// Population standard deviation of the forget gate.
+    pub forget_std: f64,
+    /// Smallest forget gate value.
+    pub forget_min: f64,
+    /// Largest forget gate value.
+    pub forget_max: f64,
+    /// Mean of the input gate over the layer's coordinates.
+    pub input_mean: f64,
+    /// Population standard deviation of the input gate.
+    pub input_std: f64,
+    /// Smallest input gate value.
+    pub input_min: f64,
+    /// Largest input gate value.
+    pub input_max: f64,
+    /// A few fixed coordinate indices within the layer (0-based, relative to
+    /// the layer's first coordinate); see [`sample_indices`].
+    pub sample_index: Vec<usize>,
+    /// Forget gate values at `sample_index`.
+    pub forget_samples: Vec<f64>,
+    /// Input gate values at `sample_index`.
+    pub input_samples: Vec<f64>,
+}
+
+/// `samples` coordinate indices spread evenly over `0..coordinates`: the
+/// centres of `samples` equal bins, so they are distinct and increasing, and
+/// the same for every episode and step. At most `coordinates` indices.
+pub fn sample_indices(coordinates: usize, samples: usize) -> Vec<usize> {
+    let s = samples.min(coordinates);
+    (0..s).map(|k| (2 * k + 1) * coordinates / (2 * s)).collect()
+}
+
+/// Mean, population std, min and max of `xs` (non-empty), in f64.
+fn stats(xs: &[f32]) -> (f64, f64, f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let min = xs.iter().map(|&x| x as f64).fold(f64::INFINITY, f64::min);
+    let max = xs.iter().map(|&x| x as f64).fold(f64::NEG_INFINITY, f64::max);
+    (mean, var.sqrt(), min, max)
+}
+
+/// One record per layer for the gates of one update step.
+///
+/// `forget` and `input` hold the gate values of all learner coordinates at
+/// step `step`, flattened in parameter order; `layers` maps each layer name
+/// to its coordinate range in that order (as the meta-learner's
+/// `layer_ranges()` gives it). A layer with an empty range gives no record.
+///
+/// # Panics
+///
+/// If `forget` and `input` differ in length or a range ends past them: both
+/// come from the same meta-learner, so a mismatch is a bug, not bad input.
+pub fn summarize(
+    benchmark: &str,
+    algorithm: &str,
+    episode: u64,
+    step: usize,
+    layers: &[(String, Range<usize>)],
+    forget: &[f32],
+    input: &[f32],
+    samples_per_layer: usize,
+) -> Vec<GateRecord> {
+    assert_eq!(
+        forget.len(),
+        input.len(),
+        "forget and input gates must cover the same coordinates"
+    );
+    layers
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(name, r)| {
+            assert!(
+                r.end <= forget.len(),
+                "layer {name} spans {r:?} but only {} gate values were given",
+                forget.len()
+            );
+            let (f, i) = (&forget[r.clone()], &input[r.clone()]);
+            let (forget_mean, forget_std, forget_min, forget_max) = stats(f);
+            let (input_mean, input_std, input_min, input_max) = stats(i);
+            let sample_index = sample_indices(r.len(), samples_per_layer);
+            GateRecord {
+                version: TRACE_VERSION,
+                benchmark: benchmark.to_string(),
+                algorithm: algorithm.to_string(),
+                episode,
+                step,
+                layer: name.clone(),
+                coordinates: r.len(),
+                forget_mean,
+                forget_std,
+                forget_min,
+                forget_max,
+                input_mean,
+                input_std,
+                input_min,
+                input_max,
+                forget_samples: sample_index.iter().map(|&k| f[k] as f64).collect(),
+                input_samples: sample_index.iter().map(|&k| i[k] as f64).collect(),
+                sample_index,
+            }
+        })
+        .collect()
+}
+
+/// Records of one whole episode: `gates[t - 1]` holds the `(forget, input)`
+/// vectors of update step `t` (as the meta-learner's `gate_trace` returns
+/// them). Records are ordered by step, then layer.
+pub fn summarize_episode(
+    benchmark: &str,
+    algorithm: &str,
+    episode: u64,
+    layers: &[(String, Range<usize>)],
+    gates: &[(Vec<f32>, Vec<f32>)],
+    samples_per_layer: usize,
+) -> Vec<GateRecord> {
+    gates
+        .iter()
+        .enumerate()
+        .flat_map(|(t, (f, i))| {
+            summarize(
+                benchmark,
+                algorithm,
+                episode,
+                t + 1,
+                layers,
+                f,
+                i,
+                samples_per_layer,
+            )
+        })
+        .collect()
+}
+
+/// Write `records` as JSON lines (one record per line), atomically.
+pub fn write_jsonl(path: &Path, records: &[GateRecord]) -> Result<()> {
+    let mut out = String::new();
+    for r in records {
+        let line = serde_json::to_string(r).map_err(|e| Error::Config {
+            source_name: path.display().to_string(),
+            reason: format!(
+                "cannot encode the record of episode {} step {} layer {}: {e}",
+                r.episode, r.step, r.layer
+            ),
+        })?;
+        out.push_str(&line);
+        out.push('\n');
+    }
+    crate::util::write_atomic(path, out.as_bytes())?;
+    tracing::info!(records = records.len(), "wrote {}", path.display());
+    Ok(())
+}
+
+/// Read a JSON-lines gate trace. Blank lines are skipped; a record whose
+/// `version` is not [`TRACE_VERSION`], or that does not parse, is an
+/// [`Error::Config`] naming the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<GateRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::Config {
+            source_name: format!("{}:{}", path.display(), n + 1),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not a JSON record: {e}")))?;
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == TRACE_VERSION as u64 => {}
+            Some(v) => {
+                return Err(bad(format!(
+                    "gate trace version {v} is not supported (this build reads version \
+                     {TRACE_VERSION}); regenerate the trace with this build"
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "no numeric `version` field (expected {TRACE_VERSION}); not a gate trace?"
+                )))
+            }
+        }
+        let record: GateRecord = serde_json::from_value(value)
+            .map_err(|e| bad(format!("not a version-{TRACE_VERSION} gate record: {e}")))?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Column names of [`write_csv`], in order.
+pub const CSV_HEADER: &[&str] = &[
+    "version",
+    "benchmark",
+    "algorithm",
+    "episode",
+    "step",
+    "layer",
+    "coordinates",
+    "forget_mean",
+    "forget_std",
+    "forget_min",
+    "forget_max",
+    "input_mean",
+    "input_std",
+    "input_min",
+    "input_max",
+    "sample_index",
+    "forget_samples",
+    "input_samples",
+];
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn joined<T: ToString>(xs: &[T]) -> String {
+    xs.iter().map(T::to_string).collect::<Vec<_>>().join(";")
+}
+
+/// Write `records` as a flat CSV, one row per record (columns
+/// [`CSV_HEADER`]; the sample lists joined with `;`), atomically.
+pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
+    let mut out = CSV_HEADER.join(",");
+    out.push('\n');
+    for r in records {
+        let row = [
+            r.version.to_string(),
+            csv_field(&r.benchmark),
+            csv_field(&r.algorithm),
+            r.episode.to_string(),
+            r.step.to_string(),
+            csv_field(&r.layer),
+            r.coordinates.to_string(),
+            r.forget_mean.to_string(),
+            r.forget_std.to_string(),
+            r.forget_min.to_string(),
+            r.forget_max.to_string(),
+            r.input_mean.to_string(),
+            r.input_std.to_string(),
+            r.input_min.to_string(),
+            r.input_max.to_string(),
+            joined(&r.sample_index),
+            joined(&r.forget_samples),
+            joined(&r.input_samples),
+        ];
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    crate::util::write_atomic(path, out.as_bytes())?;
+    tracing::info!(records = records.len(), "wrote {}", path.display());
+    Ok(())
+}
+
+/// Write all four trace files ([`JSONL_FILE`], [`CSV_FILE`], [`SVG_FILE`],
+/// [`PNG_FILE`]) into `dir`; returns their paths in that order.
+pub fn write_all(dir: &Path, records: &[GateRecord], title: &str) -> Result<[PathBuf; 4]> {
+    let paths = [JSONL_FILE, CSV_FILE, SVG_FILE, PNG_FILE].map(|f| dir.join(f));
+    write_jsonl(&paths[0], records)?;
+    write_csv(&paths[1], records)?;
+    plot(records, title, &paths[2], &paths[3])?;
+    Ok(paths)
+}
+
+// ---------------------------------------------------------------- figure --
+
+/// Width of one panel of the figure, in pixels.
+pub const PANEL_WIDTH: u32 = 300;
+/// Height of one panel of the figure, in pixels.
+pub const PANEL_HEIGHT: u32 = 260;
+/// Height of the title band above the panels, in pixels.
+pub const TITLE_HEIGHT: u32 = 44;
+/// Margin left and right of the panels and below them, in pixels.
+pub const FIGURE_MARGIN: u32 = 10;
+
+/// Size in pixels of the figure for `layers` learner layers (columns): two
+/// rows of panels below a title band.
+pub fn figure_size(layers: usize) -> (u32, u32) {
+    let cols = layers.max(1) as u32;
+    (
+        2 * FIGURE_MARGIN + cols * PANEL_WIDTH,
+        TITLE_HEIGHT + 2 * PANEL_HEIGHT + FIGURE_MARGIN,
+    )
+}
+
+/// Which gate a panel row shows.
+#[derive(Clone, Copy)]
+enum Gate {
+    Forget,
+    Input,
+}
+
+impl Gate {
+    fn name(self) -> &'static str {
+        match self {
+            Gate::Forget => "forget gate",
+            Gate::Input => "input gate",
+        }
+    }
+    fn mean(self, r: &GateRecord) -> f64 {
+        match self {
+            Gate::Forget => r.forget_mean,
+            Gate::Input => r.input_mean,
+        }
+    }
+}
+
+/// The records arranged for drawing: layers in order of first appearance,
+/// and for each layer the episodes in order of first appearance, each with
+/// its records sorted by step.
+struct Figure<'a> {
+    layers: Vec<(&'a str, Vec<Vec<&'a GateRecord>>)>,
+    episodes: usize,
+    steps: Range<usize>,
+}
+
+impl<'a> Figure<'a> {
+    fn new(records: &'a [GateRecord]) -> Self {
+        let mut layers: Vec<(&str, Vec<Vec<&GateRecord>>)> = Vec::new();
+        let mut episode_slot: HashMap<u64, usize> = HashMap::new();
+        for r in records {
+            let li = match layers.iter().position(|(n, _)| *n == r.layer) {
+                Some(i) => i,
+                None => {
+                    layers.push((&r.layer, Vec::new()));
+                    layers.len() - 1
+                }
+            };
+            let next = episode_slot.len();
+            let e = *episode_slot.entry(r.episode).or_insert(next);
+            let lines = &mut layers[li].1;
+            if lines.len() <= e {
+                lines.resize(e + 1, Vec::new());
+            }
+            lines[e].push(r);
+        }
+        for (_, lines) in &mut layers {
+            for line in lines.iter_mut() {
+                line.sort_by_key(|r| r.step);
+            }
+        }
+        let lo = records.iter().map(|r| r.step).min().unwrap_or(1);
+        let hi = records.iter().map(|r| r.step).max().unwrap_or(1);
+        Figure {
+            layers,
+            episodes: episode_slot.len(),
+            steps: lo..hi + 1,
+        }
+    }
+
+    /// Value range of one panel, padded so that lines never touch the frame
+    /// and a constant gate still gets a visible span.
+    fn y_range(&self, layer: usize, gate: Gate) -> Range<f64> {
+        let values = self.layers[layer]
+            .1
+            .iter()
+            .flatten()
+            .map(|r| gate.mean(r))
+            .filter(|v| v.is_finite());
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+        if lo > hi {
+            return 0.0..1.0;
+        }
+        let pad = ((hi - lo) * 0.08).max(0.01);
+        (lo - pad)..(hi + pad)
+    }
+}
+
+/// Label formatter with as many decimals as the span needs (1 to 6).
+fn decimals_for(span: f64) -> usize {
+    if !(span > 0.0) {
+        return 3;
+    }
+    ((-span.log10()).ceil() as i64 + 2).clamp(1, 6) as usize
+}
+
+type DrawResult<DB> =
+    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// Draw the figure on `root`. With `text` false every text is fully
+/// transparent (the bitmap backend then skips it, so no font is needed).
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    fig: &Figure,
+    title: &str,
+    text: bool,
+) -> DrawResult<DB> {
+    let ink = |c: RGBColor| if text { c.to_rgba() } else { TRANSPARENT };
+    let font = |size: u32, c: RGBColor| ("sans-serif", size).into_font().color(&ink(c));
+    root.fill(&WHITE)?;
+    let (w, _) = root.dim_in_pixel();
+    let caption = format!(
+        "{title}  ({} episode{}, mean over each layer's coordinates)",
+        fig.episodes,
+        if fig.episodes == 1 { "" } else { "s" }
+    );
+    root.draw(&Text::new(
+        caption,
+        (w as i32 / 2, (TITLE_HEIGHT / 2) as i32),
+        font(18, BLACK).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
+    let body = root.margin(TITLE_HEIGHT, FIGURE_MARGIN, FIGURE_MARGIN, FIGURE_MARGIN);
+    let cols = fig.layers.len().max(1);
+    let panels = body.split_evenly((2, cols));
+    let x = fig.steps.start as f64 - 0.3..(fig.steps.end - 1) as f64 + 0.3;
+    for (row, gate) in [Gate::Forget, Gate::Input].into_iter().enumerate() {
+        for (col, (layer, lines)) in fig.layers.iter().enumerate() {
+            let area = &panels[row * cols + col];
+            let (pw, _) = area.dim_in_pixel();
+            area.draw(&Text::new(
+                format!("{layer}: {}", gate.name()),
+                (pw as i32 / 2, 4),
+                font(14, BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
+            let y = fig.y_range(col, gate);
+            let digits = decimals_for(y.end - y.start);
+            let mut chart = ChartBuilder::on(area)
+                .margin(6)
+                .margin_top(24)
+                .margin_right(10)
+                .x_label_area_size(34)
+                .y_label_area_size(54)
+                .build_cartesian_2d(x.clone(), y)?;
+            let steps = fig.steps.len();
+            chart
+                .configure_mesh()
+                .x_labels(steps.min(10))
+                .y_labels(6)
+                .x_label_formatter(&|v| format!("{}", v.round() as i64))
+                .y_label_formatter(&|v| format!("{v:.digits$}"))
+                .x_desc("update step")
+                .y_desc(gate.name())
+                .label_style(font(11, BLACK))
+                .axis_desc_style(font(12, BLACK))
+                .light_line_style(RGBColor(235, 235, 235))
+                .bold_line_style(RGBColor(215, 215, 215))
+                .draw()?;
+            for (e, line) in lines.iter().enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                let colour = Palette99::pick(e).mix(0.55);
+                chart.draw_series(LineSeries::new(
+                    line.iter().map(|r| (r.step as f64, gate.mean(r))),
+                    colour.stroke_width(1),
+                ))?;
+            }
+        }
+    }
+    root.present()
+}
+
+/// Register a TrueType font for the bitmap backend once per process; true
+/// when one was found.
+fn font_available() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        const CANDIDATES: &[&str] = &[
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+            "/System/Library/Fonts/Supplemental/Arial.ttf",
+            "/Library/Fonts/Arial.ttf",
+            "C:\\Windows\\Fonts\\arial.ttf",
+        ];
+        let from_env = std::env::var_os(FONT_ENV).map(PathBuf::from);
+        for path in from_env
+            .iter()
+            .cloned()
+            .chain(CANDIDATES.iter().map(PathBuf::from))
+        {
+            let Ok(bytes) = std::fs::read(&path) else {
+                if from_env.as_ref() == Some(&path) {
+                    tracing::warn!("{FONT_ENV}={} cannot be read", path.display());
+                }
+                continue;
+            };
+            // plotters keeps fonts for the whole process: leak one copy.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                tracing::debug!("PNG text uses the font {}", path.display());
+                return true;
+            }
+            tracing::warn!("{} is not a usable TrueType font", path.display());
+        }
+        tracing::warn!(
+            "no TrueType font found (set {FONT_ENV} to a .ttf file); PNG figures are drawn \
+             without text, the SVG keeps it"
+        );
+        false
+    })
+}
+
+fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Config {
+        source_name: path.display().to_string(),
+        reason: format!("cannot draw the gate figure: {e}"),
+    }
+}
+
+/// Render the figure into an RGB PNG held in memory.
+fn render_png(fig: &Figure, title: &str, text: bool, path: &Path) -> Result<Vec<u8>> {
+    let (w, h) = figure_size(fig.layers.len());
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root, fig, title, text).map_err(|e| draw_error(path, e))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| draw_error(path, "bitmap buffer has the wrong size"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| draw_error(path, format!("PNG encoding failed: {e}")))?;
+    Ok(png)
+}
+
+/// Draw Figure-2-style panels of `records` and write them to `svg` and `png`.
+///
+/// Two rows (forget gate mean, input gate mean) by one column per layer, in
+/// the order layers first appear in `records`; x is the update step, y the
+/// gate value, one thin semi-transparent line per episode. The size is
+/// [`figure_size`]. See the module docs for fonts.
+pub fn plot(records: &[GateRecord], title: &str, svg: &Path, png: &Path) -> Result<()> {
+    if records.is_empty() {
+        return Err(Error::Config {
+            source_name: svg.display().to_string(),
+            reason: "no gate records to plot".into(),
+        });
+    }
+    let fig = Figure::new(records);
+    let (w, h) = figure_size(fig.layers.len());
+
+    let mut svg_text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg_text, (w, h)).into_drawing_area();
+        draw(&root, &fig, title, true).map_err(|e| draw_error(svg, e))?;
+    }
+    crate::util::write_atomic(svg, svg_text.as_bytes())?;
+
+    let png_bytes = render_png(&fig, title, font_available(), png)?;
+    crate::util::write_atomic(png, &png_bytes)?;
+    tracing::info!(
+        layers = fig.layers.len(),
+        episodes = fig.episodes,
+        "wrote {} and {}",
+        svg.display(),
+        png.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records() -> Vec<GateRecord> {
+        let layers = vec![("conv1".to_string(), 0..4), ("head".to_string(), 4..6)];
+        (0..3u64)
+            .flat_map(|e| {
+                let gates: Vec<(Vec<f32>, Vec<f32>)> = (1..=5)
+                    .map(|t| {
+                        let f = vec![1.0 - 0.001 * t as f32 * (e + 1) as f32; 6];
+                        let i = vec![0.1 / t as f32 + 0.01 * e as f32; 6];
+                        (f, i)
+                    })
+                    .collect();
+                summarize_episode("b", "meta-lstm", e, &layers, &gates, 2)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sample_indices_are_distinct_and_in_range() {
+        assert_eq!(sample_indices(10, 4), vec![1, 3, 6, 8]);
+        assert_eq!(sample_indices(3, 5), vec![0, 1, 2]);
+        assert_eq!(sample_indices(0, 3), Vec::<usize>::new());
+        for n in 1..40 {
+            for s in 0..12 {
+                let ix = sample_indices(n, s);
+                assert_eq!(ix.len(), s.min(n));
+                assert!(ix.windows(2).all(|w| w[0] < w[1]));
+                assert!(ix.iter().all(|&k| k < n));
+            }
+        }
+    }
+
+    #[test]
+    fn episode_records_are_ordered_by_step_then_layer() {
+        let r = records();
+        assert_eq!(r.len(), 3 * 5 * 2);
+        assert_eq!((r[0].step, r[0].layer.as_str()), (1, "conv1"));
+        assert_eq!((r[1].step, r[1].layer.as_str()), (1, "head"));
+        assert_eq!((r[2].step, r[2].layer.as_str()), (2, "conv1"));
+    }
+
+    #[test]
+    fn png_without_a_font_still_has_lines() {
+        let r = records();
+        let fig = Figure::new(&r);
+        let png = render_png(&fig, "no text", false, Path::new("x.png")).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), figure_size(2));
+        let colours: std::collections::HashSet<_> = img.pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 2, "only {} colours", colours.len());
+    }
+
+    #[test]
+    fn decimals_follow_the_span() {
+        assert_eq!(decimals_for(1.0), 2);
+        assert_eq!(decimals_for(0.01), 4);
+        assert_eq!(decimals_for(1e-9), 6);
+        assert_eq!(decimals_for(100.0), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! Helpers shared by the integration tests: where the real data is, small
+//! synthetic datasets written into temp dirs, a loopback HTTP server and the
+//! `bench` binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared real datasets (`../shared/datasets`). Real-data tests must not
+/// pass silently without them, so a missing folder is a loud failure.
+pub fn shared_datasets() -> PathBuf {
+    let p = repo_root().join("../shared/datasets");
+    assert!(
+        p.join("omniglot").is_dir() && p.join("mini-imagenet").is_dir(),
+        "the real-data tests need the shared datasets at {} (omniglot/ and mini-imagenet/, see \
+         its README.md); they are not optional and CI always provides them",
+        p.display()
+    );
+    p
+}
+
+/// `tempfile::tempdir()`, unwrapped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create temp dir")
+}
+
+/// A small RGB test image whose pixels depend on `(a, b)` and are not
+/// symmetric under any rotation (a gradient plus a marker in one corner).
+pub fn pattern(a: u32, b: u32, w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let corner = if x < 2 && y < 2 { 200 } else { 0 };
+        image::Rgb([
+            ((x * 17 + a * 31) % 200 + corner / 4) as u8,
+            ((y * 13 + b * 29) % 200) as u8,
+            ((x * 3 + y * 7 + a * 5 + b * 11) % 200 + corner / 4) as u8,
+        ])
+    })
+}
+
+/// Write a class-per-folder dataset `<root>/<split>/<class>/<i>.png`: for
+/// each `(split, class, images)` in `layout`, `images` PNGs of `size` px.
+pub fn write_folder_dataset(root: &Path, layout: &[(&str, &str, usize)], size: u32) {
+    for (ci, (split, class, n)) in layout.iter().enumerate() {
+        let dir = root.join(split).join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..*n {
+            pattern(ci as u32, i as u32, size, size)
+                .save(dir.join(format!("{i:03}.png")))
+                .unwrap();
+        }
+    }
+}
+
+/// Write a tiny mini-ImageNet-shaped folder at `root`: `images/` with
+/// `per_class` small JPEGs per class and `train/val/test.csv` (header
+/// `filename,label`), `classes[s]` classes in split `s`. Returns the rows
+/// written per split.
+pub fn write_mini_imagenet(
+    root: &Path,
+    classes: [usize; 3],
+    per_class: usize,
+) -> Vec<Vec<(String, String)>> {
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut all = Vec::new();
+    let mut wnid = 0;
+    for (s, split) in ["train", "val", "test"].iter().enumerate() {
+        let mut rows = Vec::new();
+        for _ in 0..classes[s] {
+            wnid += 1;
+            let label = format!("n{wnid:08}");
+            for i in 0..per_class {
+                let file = format!("{label}{:08}.jpg", i + 1);
+                pattern(wnid, i as u32, 16, 16)
+                    .save(images.join(&file))
+                    .unwrap();
+                rows.push((file, label.clone()));
+            }
+        }
+        write_csv(&root.join(format!("{split}.csv")), "filename,label", &rows);
+        all.push(rows);
+    }
+    all
+}
+
+/// Write a CSV with the given header and `(filename, label)` rows.
+pub fn write_csv(path: &Path, header: &str, rows: &[(String, String)]) {
+    let mut text = format!("{header}\n");
+    for (f, l) in rows {
+        text.push_str(&format!("{f},{l}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Run the `bench` binary with `args` and no inherited `FEWSHOT_DATA`.
+pub fn bench(args: &[&str]) -> Output {
+    bench_cmd(args).output().expect("run bench")
+}
+
+/// The `bench` command, ready to run (`FEWSHOT_DATA` removed).
+pub fn bench_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bench"));
+    c.args(args)
+        .env_remove("FEWSHOT_DATA")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// Assert that `bench` failed with a non-zero exit status and that its
+/// stderr mentions every one of `needles`; returns stderr.
+pub fn assert_bench_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && out.status.code().is_some_and(|c| c != 0),
+        "bench should fail, got {:?}\nstdout:\n{}\nstderr:\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr should mention {n:?}:\n{stderr}");
+    }
+    stderr
+}
+
+/// Assert that `bench` succeeded; returns stdout.
+pub fn assert_bench_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "bench failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A minimal HTTP/1.1 file server on loopback, for the download path.
+///
+/// Serves `GET /<name>` for the listed names from `dir` (200 with
+/// `Content-Length`, connection closed after each response) and 404 for
+/// anything else. It stops by itself after `max_requests` requests or when
+/// `lifetime` has passed, whichever comes first.
+pub struct FileServer {
+    /// `http://127.0.0.1:<port>`
+    pub url_base: String,
+    /// Requests answered so far (any status).
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl FileServer {
+    pub fn start(dir: &Path, names: &[&str], max_requests: usize, lifetime: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let dir = dir.to_path_buf();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + lifetime;
+            while count.load(Ordering::SeqCst) < max_requests && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        // A failed exchange is the client's problem; the
+                        // test sees it as a download error.
+                        let _ = serve_one(stream, &dir, &names);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        FileServer {
+            url_base: format!("http://127.0.0.1:{port}"),
+            requests,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_one(stream: TcpStream, dir: &Path, names: &[String]) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+            break;
+        }
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let name = path.trim_start_matches('/');
+    let mut out = stream;
+    if method == "GET" && names.iter().any(|n| n == name) {
+        let body = std::fs::read(dir.join(name))?;
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        out.write_all(&body)?;
+    } else {
+        let body = b"not found\n";
+        write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        out.write_all(body)?;
+    }
+    out.flush()?;
+    out.shutdown(std::net::Shutdown::Write)
+}

@@ -103,7 +103,9 @@ pub struct GateRecord {
 /// the same for every episode and step. At most `coordinates` indices.
 pub fn sample_indices(coordinates: usize, samples: usize) -> Vec<usize> {
     let s = samples.min(coordinates);
-    (0..s).map(|k| (2 * k + 1) * coordinates / (2 * s)).collect()
+    (0..s)
+        .map(|k| (2 * k + 1) * coordinates / (2 * s))
+        .collect()
 }
 
 /// Mean, population std, min and max of `xs` (non-empty), in f64.
@@ -112,7 +114,10 @@ fn stats(xs: &[f32]) -> (f64, f64, f64, f64) {
     let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
     let min = xs.iter().map(|&x| x as f64).fold(f64::INFINITY, f64::min);
-    let max = xs.iter().map(|&x| x as f64).fold(f64::NEG_INFINITY, f64::max);
+    let max = xs
+        .iter()
+        .map(|&x| x as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
     (mean, var.sqrt(), min, max)
 }
 
@@ -127,6 +132,7 @@ fn stats(xs: &[f32]) -> (f64, f64, f64, f64) {
 ///
 /// If `forget` and `input` differ in length or a range ends past them: both
 /// come from the same meta-learner, so a mismatch is a bug, not bad input.
+#[allow(clippy::too_many_arguments)] // the signature is the interface the meta-learner calls
 pub fn summarize(
     benchmark: &str,
     algorithm: &str,
@@ -444,17 +450,27 @@ impl<'a> Figure<'a> {
         if lo > hi {
             return 0.0..1.0;
         }
-        let pad = ((hi - lo) * 0.08).max(0.01);
+        let pad = ((hi - lo) * 0.08).max(5e-4);
         (lo - pad)..(hi + pad)
     }
 }
 
+/// Opacity of one episode's line.
+const LINE_OPACITY: f64 = 0.6;
+
+/// A dark, saturated colour for episode `e`: hues spaced by the golden
+/// ratio, so neighbouring episodes differ and any number of them is covered.
+fn episode_colour(e: usize) -> HSLColor {
+    let hue = (e as f64 * 0.618_033_988_749_895).fract();
+    HSLColor(hue, 0.75, 0.40)
+}
+
 /// Label formatter with as many decimals as the span needs (1 to 6).
 fn decimals_for(span: f64) -> usize {
-    if !(span > 0.0) {
+    if span.is_nan() || span <= 0.0 {
         return 3;
     }
-    ((-span.log10()).ceil() as i64 + 2).clamp(1, 6) as usize
+    ((-span.log10()).ceil() as i64 + 1).clamp(1, 6) as usize
 }
 
 type DrawResult<DB> =
@@ -502,7 +518,7 @@ fn draw<DB: DrawingBackend>(
                 .margin_top(24)
                 .margin_right(10)
                 .x_label_area_size(34)
-                .y_label_area_size(54)
+                .y_label_area_size(60)
                 .build_cartesian_2d(x.clone(), y)?;
             let steps = fig.steps.len();
             chart
@@ -515,18 +531,21 @@ fn draw<DB: DrawingBackend>(
                 .y_desc(gate.name())
                 .label_style(font(11, BLACK))
                 .axis_desc_style(font(12, BLACK))
-                .light_line_style(RGBColor(235, 235, 235))
-                .bold_line_style(RGBColor(215, 215, 215))
+                .max_light_lines(0)
+                .bold_line_style(RGBColor(225, 225, 225))
                 .draw()?;
             for (e, line) in lines.iter().enumerate() {
                 if line.is_empty() {
                     continue;
                 }
-                let colour = Palette99::pick(e).mix(0.55);
-                chart.draw_series(LineSeries::new(
-                    line.iter().map(|r| (r.step as f64, gate.mean(r))),
-                    colour.stroke_width(1),
-                ))?;
+                let colour = episode_colour(e).mix(LINE_OPACITY);
+                let points = line.iter().map(|r| (r.step as f64, gate.mean(r)));
+                if steps == 1 {
+                    // A one-point line draws nothing: mark the point.
+                    chart.draw_series(points.map(|p| Circle::new(p, 3, colour.filled())))?;
+                } else {
+                    chart.draw_series(LineSeries::new(points, colour.stroke_width(1)))?;
+                }
             }
         }
     }
@@ -692,8 +711,8 @@ mod tests {
 
     #[test]
     fn decimals_follow_the_span() {
-        assert_eq!(decimals_for(1.0), 2);
-        assert_eq!(decimals_for(0.01), 4);
+        assert_eq!(decimals_for(1.0), 1);
+        assert_eq!(decimals_for(0.01), 3);
         assert_eq!(decimals_for(1e-9), 6);
         assert_eq!(decimals_for(100.0), 1);
     }

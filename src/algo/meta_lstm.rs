@@ -314,12 +314,7 @@ impl MetaLstm {
                     let xin = self.inputs(&grad, loss)?;
                     // Layer 1: [i; f; g; o] = W_ih x + W_hh h + b   ([80, n])
                     let z = w_ih.matmul(&xin)?.add(&w_hh.matmul(&h)?)?.broadcast_add(b)?;
-                    let ig = candle_nn::ops::sigmoid(&z.narrow(0, 0, hd)?)?;
-                    let fg = candle_nn::ops::sigmoid(&z.narrow(0, hd, hd)?)?;
-                    let gg = z.narrow(0, 2 * hd, hd)?.tanh()?;
-                    let og = candle_nn::ops::sigmoid(&z.narrow(0, 3 * hd, hd)?)?;
-                    c = ((fg * &c)? + (ig * gg)?)?;
-                    h = (og * c.tanh()?)?;
+                    (h, c) = crate::ops::lstm_cell(&z, &c)?;
                     // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
                     let f_pre = wf_h
                         .matmul(&h)?

@@ -361,11 +361,54 @@ pub struct LstmCell;
 #[derive(Debug, Clone, Copy)]
 struct LstmCellBwd;
 
-fn sigmoid<T: num_traits::Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+/// Activations of the fused LSTM: libm in float64 (exact reference for
+/// gradient checks), a branch-free vectorisable exp in float32 (libm's
+/// `tanhf`/`expf` were two thirds of a meta-LSTM episode under perf).
+trait Act: num_traits::Float + Send + Sync {
+    fn sig(self) -> Self;
+    fn th(self) -> Self;
 }
 
-fn lstm_fwd<T: num_traits::Float + Send + Sync>(z: &[T], cp: &[T], hd: usize, n: usize) -> Vec<T> {
+impl Act for f64 {
+    #[inline]
+    fn sig(self) -> f64 {
+        1.0 / (1.0 + (-self).exp())
+    }
+    #[inline]
+    fn th(self) -> f64 {
+        self.tanh()
+    }
+}
+
+/// e^x for f32 with relative error about 2e-7: x = k ln2 + r with integer k
+/// and |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial, 2^k by
+/// building the exponent bits.
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * std::f32::consts::LOG2_E).round();
+    // Cody-Waite: ln 2 split so that k * LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+impl Act for f32 {
+    #[inline]
+    fn sig(self) -> f32 {
+        1.0 / (1.0 + exp_f32(-self))
+    }
+    #[inline]
+    fn th(self) -> f32 {
+        // tanh x = 1 - 2 / (e^{2x} + 1): absolute error ~1e-7.
+        1.0 - 2.0 / (exp_f32(2.0 * self) + 1.0)
+    }
+}
+
+fn lstm_fwd<T: Act>(z: &[T], cp: &[T], hd: usize, n: usize) -> Vec<T> {
     let mut out = vec![T::zero(); 2 * hd * n];
     let (hs, cs) = out.split_at_mut(hd * n);
     hs.par_chunks_mut(n)
@@ -378,15 +421,15 @@ fn lstm_fwd<T: num_traits::Float + Send + Sync>(z: &[T], cp: &[T], hd: usize, n:
             let zo = &z[(3 * hd + k) * n..(3 * hd + k + 1) * n];
             let cpk = &cp[k * n..(k + 1) * n];
             for j in 0..n {
-                let cj = sigmoid(zf[j]) * cpk[j] + sigmoid(zi[j]) * zg[j].tanh();
+                let cj = zf[j].sig() * cpk[j] + zi[j].sig() * zg[j].th();
                 c[j] = cj;
-                h[j] = sigmoid(zo[j]) * cj.tanh();
+                h[j] = zo[j].sig() * cj.th();
             }
         });
     out
 }
 
-fn lstm_bwd<T: num_traits::Float + Send + Sync>(z: &[T], cp: &[T], gr: &[T], hd: usize, n: usize) -> Vec<T> {
+fn lstm_bwd<T: Act>(z: &[T], cp: &[T], gr: &[T], hd: usize, n: usize) -> Vec<T> {
     let mut out = vec![T::zero(); 5 * hd * n];
     let (dzi, rest) = out.split_at_mut(hd * n);
     let (dzf, rest) = rest.split_at_mut(hd * n);
@@ -406,9 +449,9 @@ fn lstm_bwd<T: num_traits::Float + Send + Sync>(z: &[T], cp: &[T], gr: &[T], hd:
             let gh = &gr[k * n..(k + 1) * n];
             let gc = &gr[(hd + k) * n..(hd + k + 1) * n];
             for j in 0..n {
-                let (i, f, g, o) = (sigmoid(zi[j]), sigmoid(zf[j]), zg[j].tanh(), sigmoid(zo[j]));
+                let (i, f, g, o) = (zi[j].sig(), zf[j].sig(), zg[j].th(), zo[j].sig());
                 let c = f * cpk[j] + i * g;
-                let tc = c.tanh();
+                let tc = c.th();
                 // dL/dc through h = o * tanh(c), plus the direct gradient of c.
                 let dc = gc[j] + gh[j] * o * (one - tc * tc);
                 di[j] = dc * g * i * (one - i);
@@ -499,6 +542,22 @@ impl candle_core::CustomOp3 for LstmCellBwd {
 mod lstm_tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let e = ((exp_f32(x) as f64) / (x as f64).exp() - 1.0).abs();
+            worst = worst.max(e);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        for x in [-3.0f32, -0.5, 0.0, 1e-4, 0.7, 5.0] {
+            assert!((x.th() - x.tanh()).abs() < 3e-7, "tanh({x})");
+            assert!((x.sig() - 1.0 / (1.0 + (-x).exp())).abs() < 3e-7, "sigmoid({x})");
+        }
+    }
 
     #[test]
     fn fused_lstm_cell_matches_composite_values_and_gradients() {

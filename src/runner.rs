@@ -89,6 +89,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             &TrainOptions {
                 budget: bench.budget,
                 validate_every: bench.validate_every,
+                validate_every_minutes: bench.validate_every_minutes,
                 checkpoint_every: bench.checkpoint_every,
                 val_episodes: bench.val_episodes,
                 dir: dir.clone(),

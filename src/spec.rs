@@ -78,9 +78,15 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub transductive: Option<bool>,
     pub budget: Budget,
-    /// Validate every this many meta-steps [default: 100].
+    /// Validate every this many meta-steps [default: 100 when
+    /// `validate_every_minutes` is absent, else never by steps].
     #[serde(default)]
     pub validate_every: Option<u64>,
+    /// Also validate whenever this many minutes of meta-training passed
+    /// since the last validation (useful with wall-clock budgets, where
+    /// algorithms take very different numbers of steps).
+    #[serde(default)]
+    pub validate_every_minutes: Option<f64>,
     /// Checkpoint every this many meta-steps [default: validate_every].
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
@@ -110,7 +116,8 @@ pub struct Benchmark {
     pub val_episodes: usize,
     pub transductive: bool,
     pub budget: Budget,
-    pub validate_every: u64,
+    pub validate_every: Option<u64>,
+    pub validate_every_minutes: Option<f64>,
     pub checkpoint_every: u64,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
@@ -245,11 +252,19 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     if test_episodes == 0 {
         return Err(cfg_err(source, "test_episodes", "must be >= 1"));
     }
-    let validate_every = f.validate_every.unwrap_or(100);
-    if validate_every == 0 {
+    let validate_every = match (f.validate_every, f.validate_every_minutes) {
+        (None, None) => Some(100),
+        (v, _) => v,
+    };
+    if validate_every == Some(0) {
         return Err(cfg_err(source, "validate_every", "must be >= 1"));
     }
-    let checkpoint_every = f.checkpoint_every.unwrap_or(validate_every);
+    if let Some(m) = f.validate_every_minutes {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(cfg_err(source, "validate_every_minutes", format!("must be > 0, got {m}")));
+        }
+    }
+    let checkpoint_every = f.checkpoint_every.unwrap_or(validate_every.unwrap_or(100));
     if checkpoint_every == 0 {
         return Err(cfg_err(source, "checkpoint_every", "must be >= 1"));
     }
@@ -268,6 +283,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         transductive: f.transductive.unwrap_or(false),
         budget: b,
         validate_every,
+        validate_every_minutes: f.validate_every_minutes,
         checkpoint_every,
         learner,
         algorithms: vec![],

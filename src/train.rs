@@ -35,7 +35,10 @@ use crate::util::{load_tensors, save_tensors_atomic, write_atomic};
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub budget: Budget,
-    pub validate_every: u64,
+    /// Validate every this many meta-steps (if set).
+    pub validate_every: Option<u64>,
+    /// Validate whenever this many minutes of training passed (if set).
+    pub validate_every_minutes: Option<f64>,
     pub checkpoint_every: u64,
     pub val_episodes: usize,
     /// The algorithm's run folder.
@@ -255,7 +258,12 @@ pub fn meta_train(
             pb.set_length(state.step + 1);
         }
         let done = state.done(&opts.budget);
-        if state.step % opts.validate_every == 0 || done {
+        let last_val_seconds = state.curve.last().map(|p| p.train_seconds).unwrap_or(0.0);
+        let due_by_steps = opts.validate_every.is_some_and(|v| state.step % v == 0);
+        let due_by_time = opts
+            .validate_every_minutes
+            .is_some_and(|m| state.train_seconds - last_val_seconds >= 60.0 * m);
+        if due_by_steps || due_by_time || done {
             let (val_accuracy, val_ci95) = if validate {
                 let v = eval::evaluate(
                     &*algo,
@@ -299,7 +307,7 @@ pub fn meta_train(
             }
             state.curve.push(point);
         }
-        if state.step % opts.checkpoint_every == 0 || done {
+        if state.step % opts.checkpoint_every == 0 || due_by_time || done {
             state.finished = done;
             save_checkpoint(&*algo, &state, &opts.dir)?;
         }

@@ -44,7 +44,8 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         };
         bench.test_episodes = 100;
         bench.val_episodes = 20;
-        bench.validate_every = 50;
+        bench.validate_every = Some(50);
+        bench.validate_every_minutes = None;
         bench.checkpoint_every = 50;
     }
     if a.minutes.is_some() || a.meta_steps.is_some() {

@@ -55,6 +55,45 @@ pub struct RunOptions {
     pub run_dir: PathBuf,
     pub resume: bool,
     pub show_progress: bool,
+    /// Record gate traces on this many test episodes for every algorithm
+    /// that has gates (0: none).
+    pub trace_episodes: usize,
+}
+
+/// Record the gates of `algo` on test episodes `0..episodes` and write
+/// `gates.{jsonl,csv,svg,png}` into `dir` (see `docs/traces.md`). Fails if
+/// the algorithm has no gates.
+pub fn trace(
+    bench: &Benchmark,
+    algo: &dyn algo::Algorithm,
+    ds: &data::Dataset,
+    episodes: usize,
+    dir: &Path,
+) -> Result<Vec<crate::trace::GateRecord>> {
+    let _span = tracing::info_span!("trace", label = algo.label()).entered();
+    let sampler = crate::sampler::Sampler::new(ds, Split::Test, bench.episode, bench.seed)?;
+    let mut records = Vec::new();
+    for i in 0..episodes as u64 {
+        let b = sampler.batch(&sampler.episode(i), &algo.context().device)?;
+        let Some(g) = algo.gate_trace(&b)? else {
+            return Err(Error::Config {
+                source_name: format!("algorithm `{}`", algo.label()),
+                reason: format!("{} has no gates to trace (only learned optimizers such as meta-lstm do)", algo.kind()),
+            });
+        };
+        records.extend(crate::trace::summarize_episode(&bench.name, algo.label(), i, &g.layers, &g.gates, 5));
+    }
+    let title = format!(
+        "{}: {} gates on {} test episodes ({}-way {}-shot)",
+        bench.name,
+        algo.label(),
+        episodes,
+        bench.episode.ways,
+        bench.episode.shots
+    );
+    let paths = crate::trace::write_all(dir, &records, &title)?;
+    tracing::info!("gate trace written to {}", paths[0].display());
+    Ok(records)
 }
 
 /// Run a resolved benchmark on the data in `data_dir`.
@@ -112,6 +151,9 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             opts.show_progress,
         )?;
         write_episode_scores(&ev, &dir.join("test_episodes.csv"))?;
+        if opts.trace_episodes > 0 && algorithm.has_gates() {
+            trace(bench, &*algorithm, &ds, opts.trace_episodes, &dir)?;
+        }
         out.results.push(row(a, &state, &ev, selected));
         let json = serde_json::to_string_pretty(&out).map_err(|e| Error::Config {
             source_name: "results.json".into(),

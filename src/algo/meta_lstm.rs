@@ -54,7 +54,7 @@ use std::ops::Range;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, Progress};
+use super::{at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, GateTrace, Progress};
 use crate::error::{Error, Result};
 use crate::learner::{accuracy, cross_entropy, Learner};
 use crate::optim::{clip_global_norm, Adam, AdamConfig};
@@ -440,5 +440,14 @@ impl Algorithm for MetaLstm {
     }
     fn resolved_config(&self) -> serde_yaml::Value {
         serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
+    }
+    fn has_gates(&self) -> bool {
+        true
+    }
+    fn gate_trace(&self, b: &Batch) -> Result<Option<GateTrace>> {
+        Ok(Some(GateTrace {
+            layers: self.layer_ranges(),
+            gates: MetaLstm::gate_trace(self, b)?,
+        }))
     }
 }

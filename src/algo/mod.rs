@@ -113,6 +113,28 @@ pub trait Algorithm: Send + Sync {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
     /// The fully resolved hyperparameters, as saved beside results.
     fn resolved_config(&self) -> serde_yaml::Value;
+    /// Observation hook: the gate values a learned optimizer applies while
+    /// adapting to `batch`'s support set. Algorithms without gates keep the
+    /// default (`None`); the meta-learner LSTM reports its forget and input
+    /// gates per step. Tracing reads this; it never branches inside an
+    /// algorithm.
+    fn gate_trace(&self, _batch: &Batch) -> Result<Option<GateTrace>> {
+        Ok(None)
+    }
+    /// Whether [`Algorithm::gate_trace`] reports anything.
+    fn has_gates(&self) -> bool {
+        false
+    }
+}
+
+/// Gate values of one adaptation, for [`crate::trace`].
+#[derive(Debug, Clone)]
+pub struct GateTrace {
+    /// Learner layers and their coordinate ranges in the flat parameter
+    /// vector.
+    pub layers: Vec<(String, std::ops::Range<usize>)>,
+    /// `(forget, input)` gate values over all coordinates, per step 1..=T.
+    pub gates: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A registry entry: how to build an algorithm from its YAML entry.

@@ -32,6 +32,10 @@ pub struct Args {
     /// Continue the run in --run-dir from its checkpoints
     #[arg(long, requires = "run_dir")]
     resume: bool,
+    /// Record gate traces (forget/input gates per step and layer) on this
+    /// many test episodes for algorithms that have gates (meta-lstm)
+    #[arg(long, default_value_t = 0)]
+    trace: usize,
 }
 
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
@@ -82,6 +86,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
             run_dir,
             resume: a.resume,
             show_progress: true,
+            trace_episodes: a.trace,
         },
     )?;
     print!("{}", runner::leaderboard(&results));

@@ -1,0 +1,75 @@
+//! `bench trace`: gate-value traces of a learned optimizer on test episodes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use fewshot::spec::Benchmark;
+use fewshot::{algo, data, runner, train};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Benchmark name (benchmarks/<name>.yaml) or path to a YAML file
+    benchmark: String,
+    /// Label of the algorithm entry to trace (e.g. meta-lstm)
+    #[arg(long = "algo")]
+    label: String,
+    /// Number of fixed test episodes (0..K) to trace
+    #[arg(long, default_value_t = 20)]
+    episodes: usize,
+    /// Run folder whose trained meta-learner to trace (uses <run-dir>/<label>/best.safetensors,
+    /// else checkpoint.safetensors); files are written beside it
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Trace a freshly initialised meta-learner instead (writes to --out)
+    #[arg(long, conflicts_with = "run_dir")]
+    untrained: bool,
+    /// Output folder for --untrained [default: runs/<benchmark>/untrained/<label>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(data_dir: &Path, a: Args) -> Result<()> {
+    anyhow::ensure!(a.episodes >= 1, "--episodes must be at least 1");
+    let (bench, _) = Benchmark::load(&a.benchmark)?;
+    let Some((i, spec)) = bench.algorithms.iter().enumerate().find(|(_, x)| x.label == a.label) else {
+        bail!(
+            "--algo {}: no such algorithm label in {} (labels: {})",
+            a.label,
+            bench.name,
+            bench.algorithms.iter().map(|x| x.label.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let device = candle_core::Device::Cpu;
+    let ctx = bench.context(&device);
+    let mut algorithm = algo::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;
+    anyhow::ensure!(
+        algorithm.has_gates(),
+        "{} ({}) has no gates to trace; only learned optimizers such as meta-lstm do",
+        a.label,
+        algorithm.kind()
+    );
+    let dir = if let Some(run_dir) = &a.run_dir {
+        let dir = run_dir.join(&a.label);
+        if !train::load_best(&mut *algorithm, &dir)? {
+            train::load_checkpoint(&mut *algorithm, &dir)
+                .with_context(|| format!("no trained {} in {}", a.label, dir.display()))?;
+        }
+        dir
+    } else if a.untrained {
+        a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&bench.name).join("untrained").join(&a.label))
+    } else {
+        bail!("give --run-dir <folder of a `bench run`> to trace a trained meta-learner, or --untrained");
+    };
+    let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
+    let records = runner::trace(&bench, &*algorithm, &ds, a.episodes, &dir)?;
+    println!(
+        "{} gate records ({} episodes) written to {}",
+        records.len(),
+        a.episodes,
+        dir.display()
+    );
+    for f in [fewshot::trace::JSONL_FILE, fewshot::trace::CSV_FILE, fewshot::trace::SVG_FILE, fewshot::trace::PNG_FILE] {
+        println!("  {}", dir.join(f).display());
+    }
+    Ok(())
+}

@@ -134,6 +134,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
                 dir: dir.clone(),
                 resume: opts.resume,
                 show_progress: opts.show_progress,
+                stop_after_steps: None,
             },
         )?;
         let selected = if train::load_best(&mut *algorithm, &dir)? {

@@ -46,6 +46,10 @@ pub struct TrainOptions {
     /// Continue from `dir/checkpoint.*` if present.
     pub resume: bool,
     pub show_progress: bool,
+    /// End this session after this many meta-steps as if the process had
+    /// been killed (checkpoint written, budget not finished), e.g. for
+    /// preemptible machines or to test resumption. `None`: run to the end.
+    pub stop_after_steps: Option<u64>,
 }
 
 /// One point of the learning curve.
@@ -75,6 +79,14 @@ pub struct TrainState {
     pub best_step: Option<u64>,
     pub best_val_accuracy: Option<f64>,
     pub finished: bool,
+    /// Sums over the steps since the last curve point (so that a resumed
+    /// run's curve is identical to an uninterrupted one's).
+    #[serde(default)]
+    pub pending_loss: f64,
+    #[serde(default)]
+    pub pending_accuracy: f64,
+    #[serde(default)]
+    pub pending_steps: u64,
 }
 
 impl TrainState {
@@ -193,7 +205,8 @@ pub fn meta_train(
             ..Default::default()
         }
     };
-    if state.finished || state.done(&opts.budget) {
+    // A resumed run continues until the (possibly larger) budget is spent.
+    if state.done(&opts.budget) {
         state.finished = true;
         return Ok(state);
     }
@@ -216,8 +229,12 @@ pub fn meta_train(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (mut run_loss, mut run_acc, mut run_n) = (0.0, 0.0, 0u64);
+    let session_end = opts.stop_after_steps.map(|n| state.step + n);
     while !state.done(&opts.budget) {
+        if session_end.is_some_and(|e| state.step >= e) {
+            save_checkpoint(&*algo, &state, &opts.dir)?;
+            break;
+        }
         let t = Instant::now();
         let step = state.step;
         let batches = (0..mb)
@@ -250,9 +267,9 @@ pub fn meta_train(
         state.step += 1;
         state.train_episodes += mb;
         state.train_seconds += t.elapsed().as_secs_f64();
-        run_loss += score.loss;
-        run_acc += score.accuracy;
-        run_n += 1;
+        state.pending_loss += score.loss;
+        state.pending_accuracy += score.accuracy;
+        state.pending_steps += 1;
         pb.set_position(state.step);
         if total == 0 {
             pb.set_length(state.step + 1);
@@ -282,8 +299,8 @@ pub fn meta_train(
                 step: state.step,
                 train_episodes: state.train_episodes,
                 train_seconds: state.train_seconds,
-                train_loss: run_loss / run_n as f64,
-                train_accuracy: run_acc / run_n as f64,
+                train_loss: state.pending_loss / state.pending_steps as f64,
+                train_accuracy: state.pending_accuracy / state.pending_steps as f64,
                 val_accuracy,
                 val_ci95,
             };
@@ -297,7 +314,7 @@ pub fn meta_train(
                     .unwrap_or_default(),
                 "validation"
             );
-            (run_loss, run_acc, run_n) = (0.0, 0.0, 0);
+            (state.pending_loss, state.pending_accuracy, state.pending_steps) = (0.0, 0.0, 0);
             if let Some(v) = val_accuracy {
                 if state.best_val_accuracy.is_none_or(|b| v > b) {
                     state.best_val_accuracy = Some(v);

@@ -1,0 +1,302 @@
+//! Meta-training loop and harness: kill-and-resume equality, NaN handling,
+//! bad benchmark files, and the end-to-end `bench run` on real Omniglot.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use fewshot::algo::{self, Context};
+use fewshot::data::{self, DataOptions};
+use fewshot::learner::Learner;
+use fewshot::sampler::EpisodeSpec;
+use fewshot::spec::{Benchmark, Budget};
+use fewshot::train::{self, TrainOptions};
+use fewshot::Error;
+
+fn omniglot_ctx() -> Context {
+    Context {
+        dataset: "omniglot".into(),
+        spec: EpisodeSpec { ways: 5, shots: 1, queries: 5 },
+        learner: Learner::omniglot(5, 28),
+        transductive: false,
+        seed: 3,
+        device: Device::Cpu,
+    }
+}
+
+fn entry(yaml: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainOptions {
+    TrainOptions {
+        budget: Budget { minutes: None, meta_steps: Some(steps) },
+        validate_every: Some(2),
+        validate_every_minutes: None,
+        checkpoint_every: 2,
+        val_episodes: 3,
+        dir: dir.to_path_buf(),
+        resume,
+        show_progress: false,
+        stop_after_steps: stop_after,
+    }
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let mut v: Vec<(String, Vec<u32>)> = fewshot::util::load_tensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let bits = match t.dtype() {
+                candle_core::DType::F64 => t.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|x| *x as f32).map(f32::to_bits).collect(),
+                _ => t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect(),
+            };
+            (k, bits)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn killed_and_resumed_runs_end_with_identical_parameters() {
+    let ds = data::open("omniglot", &common::shared_datasets(), &DataOptions::default()).unwrap();
+    let ctx = omniglot_ctx();
+    let entries = [
+        "{algorithm: reptile, meta_batch: 2, inner_iters: 2, eval_inner_iters: 3}",
+        "{algorithm: maml, first_order: true, meta_batch: 2}",
+        "{algorithm: meta-lstm, steps: 2}",
+    ];
+    for e in entries {
+        let tmp = common::tempdir();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        // Uninterrupted: 4 meta-steps.
+        let mut full = algo::build(&entry(e), &ctx, "test").unwrap();
+        let sa = train::meta_train(&mut *full, &ds, &opts(&a, 4, false, None)).unwrap();
+        // Stopped after 3 steps (as a preempted session: a checkpoint is
+        // written, the budget is not finished), then resumed by a fresh
+        // instance. `bench_is_killed_and_resumed` kills a real process.
+        let mut first = algo::build(&entry(e), &ctx, "test").unwrap();
+        let mut o = opts(&b, 4, false, Some(3));
+        o.checkpoint_every = 2;
+        let killed = train::meta_train(&mut *first, &ds, &o).unwrap();
+        assert_eq!(killed.step, 3);
+        assert!(!killed.finished);
+        drop(first);
+        let mut resumed = algo::build(&entry(e), &ctx, "test").unwrap();
+        let sb = train::meta_train(&mut *resumed, &ds, &opts(&b, 4, true, None)).unwrap();
+        assert_eq!(sa.step, 4);
+        assert_eq!(sb.step, 4);
+        let (ta, tb) = (tensors(&a.join("checkpoint.safetensors")), tensors(&b.join("checkpoint.safetensors")));
+        assert_eq!(ta.len(), tb.len());
+        for (x, y) in ta.iter().zip(&tb) {
+            assert!(x == y, "{e}: resumed tensor {} differs from the uninterrupted run", x.0);
+        }
+        let va: Vec<_> = sa.curve.iter().map(|p| (p.step, p.val_accuracy, p.train_loss)).collect();
+        let vb: Vec<_> = sb.curve.iter().map(|p| (p.step, p.val_accuracy, p.train_loss)).collect();
+        assert_eq!(va, vb, "{e}: learning curves differ");
+        assert!(a.join("curve.csv").is_file() && a.join("best.safetensors").is_file());
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let ds = data::open("omniglot", &common::shared_datasets(), &DataOptions::default()).unwrap();
+    let ctx = omniglot_ctx();
+    let tmp = common::tempdir();
+    // An absurd meta learning rate: Adam moves every parameter by 1e30 on
+    // the first step, and the next loss overflows.
+    let mut a = algo::build(&entry("{algorithm: maml, first_order: true, meta_batch: 2, meta_lr: 1.0e30}"), &ctx, "test").unwrap();
+    let mut o = opts(tmp.path(), 10, false, None);
+    o.checkpoint_every = 1;
+    let err = train::meta_train(&mut *a, &ds, &o).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("fomaml") && msg.contains("checkpoint.safetensors"), "{msg}");
+    let mut b = algo::build(&entry("{algorithm: maml, first_order: true, meta_batch: 2}"), &ctx, "test").unwrap();
+    let st = train::load_checkpoint(&mut *b, tmp.path()).unwrap();
+    assert!(st.step >= 1 && !st.finished);
+    // What was kept is finite (checked before every save).
+    assert!(b.meta_params().all_finite().unwrap());
+}
+
+const GOOD: &str = "
+name: t
+dataset: omniglot
+episode: {ways: 5, shots: 1, queries: 5}
+budget: {meta_steps: 2}
+algorithms:
+  - {algorithm: maml, first_order: true}
+";
+
+fn parse_err(yaml: &str) -> String {
+    Benchmark::parse(yaml, "bench.yaml").unwrap_err().to_string()
+}
+
+#[test]
+fn benchmark_files_are_checked_and_errors_name_the_field() {
+    let b = Benchmark::parse(GOOD, "bench.yaml").unwrap();
+    assert_eq!(b.algorithms[0].label, "fomaml");
+    assert_eq!(b.test_episodes, 600);
+    assert_eq!(b.algorithms[0].config["inner_lr"].as_f64(), Some(0.4));
+
+    let e = parse_err(&GOOD.replace("name: t", "name: t\nepisodes: 3"));
+    assert!(e.contains("bench.yaml") && e.contains("unknown field `episodes`"), "{e}");
+    let e = parse_err(&GOOD.replace("first_order: true", "first_order: true, inner_lrr: 0.1"));
+    assert!(e.contains("algorithms[0]") && e.contains("inner_lrr"), "{e}");
+    let e = parse_err(&GOOD.replace("first_order: true", "first_order: true, inner_lr: -0.1"));
+    assert!(e.contains("algorithms[0].inner_lr") && e.contains("positive"), "{e}");
+    let e = parse_err(&GOOD.replace("algorithm: maml", "algorithm: protonet"));
+    assert!(e.contains("unknown algorithm `protonet`") && e.contains("meta-lstm"), "{e}");
+    let e = parse_err(&GOOD.replace("ways: 5", "ways: 1"));
+    assert!(e.contains("ways"), "{e}");
+    let e = parse_err(&GOOD.replace("shots: 1", "shots: 0"));
+    assert!(e.contains("shots"), "{e}");
+    let e = parse_err(&GOOD.replace("budget: {meta_steps: 2}", "budget: {}"));
+    assert!(e.contains("budget"), "{e}");
+    let e = parse_err(&GOOD.replace("dataset: omniglot", "dataset: cifar"));
+    assert!(e.contains("dataset") && e.contains("cifar"), "{e}");
+    let e = parse_err(&format!("{GOOD}  - {{algorithm: maml, first_order: true}}\n"));
+    assert!(e.contains("label") && e.contains("twice"), "{e}");
+}
+
+#[test]
+fn more_ways_than_test_classes_fails_before_training() {
+    let tmp = common::tempdir();
+    let y = tmp.path().join("big.yaml");
+    std::fs::write(&y, GOOD.replace("ways: 5", "ways: 500")).unwrap();
+    let out = common::bench(&[
+        "--data-dir",
+        common::shared_datasets().to_str().unwrap(),
+        "run",
+        y.to_str().unwrap(),
+        "--run-dir",
+        tmp.path().join("run").to_str().unwrap(),
+    ]);
+    common::assert_bench_fails(&out, &["split `test`", "423 classes", "ways = 500"]);
+    let out = common::bench(&["run", "no-such-benchmark"]);
+    common::assert_bench_fails(&out, &["no-such-benchmark", "fewshot-5way1shot"]);
+}
+
+#[test]
+fn smoke_run_on_real_omniglot_beats_chance_and_writes_everything() {
+    let tmp = common::tempdir();
+    let run = tmp.path().join("run");
+    let out = common::bench(&[
+        "--data-dir",
+        common::shared_datasets().to_str().unwrap(),
+        "run",
+        "fewshot-5way1shot",
+        "--smoke",
+        "--trace",
+        "2",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    let table = common::assert_bench_ok(&out);
+    for l in ["fomaml", "reptile", "meta-lstm", "+/-"] {
+        assert!(table.contains(l), "{table}");
+    }
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let rows = results["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let acc = r["accuracy"].as_f64().unwrap();
+        let label = r["label"].as_str().unwrap();
+        // Chance is 20% on 5-way episodes.
+        assert!(acc > 0.35, "{label}: smoke accuracy {acc} is not clearly above chance\n{table}");
+        assert_eq!(r["test_episodes"].as_u64(), Some(100));
+        assert!(run.join(label).join("curve.csv").is_file());
+        assert_eq!(
+            std::fs::read_to_string(run.join(label).join("test_episodes.csv")).unwrap().lines().count(),
+            101
+        );
+    }
+    let resolved = std::fs::read_to_string(run.join("resolved.yaml")).unwrap();
+    assert!(resolved.contains("inner_lr") && resolved.contains("clip_norm"), "{resolved}");
+    let gates = fewshot::trace::read_jsonl(&run.join("meta-lstm").join("gates.jsonl")).unwrap();
+    assert_eq!(gates.len(), 2 * 10 * 5);
+    let png = image::open(run.join("meta-lstm").join("gates.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+    assert!(run.join("meta-lstm").join("gates.svg").is_file());
+    assert!(!run.join("fomaml").join("gates.jsonl").exists());
+}
+
+#[test]
+fn bench_is_killed_and_resumed() {
+    // A real kill (SIGKILL) of `bench run` mid-training, then `--resume`:
+    // the final parameters and test results equal an uninterrupted run's.
+    let tmp = common::tempdir();
+    let yaml = tmp.path().join("k.yaml");
+    std::fs::write(
+        &yaml,
+        "name: kill
+dataset: omniglot
+episode: {ways: 5, shots: 1, queries: 5}
+test_episodes: 10
+val_episodes: 3
+budget: {meta_steps: 30}
+validate_every: 10
+checkpoint_every: 3
+algorithms:
+  - {algorithm: reptile, inner_iters: 2, eval_inner_iters: 3}
+",
+    )
+    .unwrap();
+    let data = common::shared_datasets();
+    let args = |dir: &Path, resume: bool| {
+        let mut v = vec![
+            "--data-dir".to_string(),
+            data.to_str().unwrap().to_string(),
+            "run".into(),
+            yaml.to_str().unwrap().to_string(),
+            "--run-dir".into(),
+            dir.to_str().unwrap().to_string(),
+        ];
+        if resume {
+            v.push("--resume".into());
+        }
+        v
+    };
+    let run = |dir: &Path, resume: bool| {
+        let a = args(dir, resume);
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        common::assert_bench_ok(&common::bench(&a))
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run(&a, false);
+    let bargs = args(&b, false);
+    let bargs: Vec<&str> = bargs.iter().map(|s| s.as_str()).collect();
+    let mut child = common::bench_cmd(&bargs).spawn().unwrap();
+    let ckpt = b.join("reptile").join("checkpoint.json");
+    let start = std::time::Instant::now();
+    let killed_at = loop {
+        if let Ok(t) = std::fs::read_to_string(&ckpt) {
+            let st: train::TrainState = serde_json::from_str(&t).unwrap();
+            if st.step >= 6 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break st.step;
+            }
+        }
+        assert!(start.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let st: train::TrainState = serde_json::from_str(&std::fs::read_to_string(&ckpt).unwrap()).unwrap();
+    assert!(st.step < 30 && !st.finished, "the kill came too late (step {killed_at})");
+    assert!(!b.join("results.json").exists());
+    run(&b, true);
+    let (ta, tb) = (
+        tensors(&a.join("reptile").join("checkpoint.safetensors")),
+        tensors(&b.join("reptile").join("checkpoint.safetensors")),
+    );
+    for (x, y) in ta.iter().zip(&tb) {
+        assert!(x == y, "tensor {} differs after kill and resume", x.0);
+    }
+    let acc = |d: &Path| -> f64 {
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap()).unwrap();
+        r["results"][0]["accuracy"].as_f64().unwrap()
+    };
+    assert_eq!(acc(&a), acc(&b));
+}

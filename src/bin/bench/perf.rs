@@ -19,6 +19,22 @@ pub enum PerfCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Milliseconds per meta-training episode and test episode, and peak
+    /// memory, of every algorithm of a benchmark.
+    Algorithms {
+        /// Benchmark name or YAML path
+        #[arg(default_value = "fewshot-5way1shot")]
+        benchmark: String,
+        /// Timed meta-steps per algorithm (after one warm-up step)
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Timed test episodes per algorithm
+        #[arg(long, default_value_t = 50)]
+        episodes: usize,
+        /// Also time the meta-LSTM with these numbers of update steps
+        #[arg(long, value_delimiter = ',')]
+        lstm_steps: Vec<usize>,
+    },
     /// Forward and forward+backward time of the conv-4 learner.
     Learner {
         /// omniglot or mini-imagenet
@@ -35,6 +51,12 @@ pub enum PerfCommand {
 pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
     match cmd {
         PerfCommand::Data { seconds } => perf_data(data_dir, seconds),
+        PerfCommand::Algorithms {
+            benchmark,
+            steps,
+            episodes,
+            lstm_steps,
+        } => perf_algorithms(data_dir, &benchmark, steps, episodes, &lstm_steps),
         PerfCommand::Learner {
             dataset,
             batch,
@@ -130,5 +152,83 @@ pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
         fwd * 1e3,
         fb * 1e3
     );
+    Ok(())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak-RSS counter (Linux >= 4.0); false where unsupported.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Milliseconds per meta-training episode and per test episode, and peak
+/// memory, for each algorithm of a benchmark.
+pub fn perf_algorithms(data_dir: &Path, benchmark: &str, steps: u64, episodes: usize, lstm_steps: &[usize]) -> Result<()> {
+    use fewshot::algo::{self, Progress};
+    use fewshot::spec::Benchmark;
+    let (bench, _) = Benchmark::load(benchmark)?;
+    let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
+    ds.preload(None)?;
+    let device = candle_core::Device::Cpu;
+    let ctx = bench.context(&device);
+    println!(
+        "{} ({}-way {}-shot, {} queries), {} meta-steps and {} test episodes per algorithm, {} rayon threads",
+        bench.name,
+        bench.episode.ways,
+        bench.episode.shots,
+        bench.episode.queries,
+        steps,
+        episodes,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<24} {:>12} {:>14} {:>16} {:>14}",
+        "algorithm", "meta-step", "ms/train ep", "ms/test episode", "peak RSS MiB"
+    );
+    let mut entries: Vec<(String, serde_yaml::Value)> = bench
+        .algorithms
+        .iter()
+        .map(|a| (a.label.clone(), a.config.clone()))
+        .collect();
+    for &t in lstm_steps {
+        if let Some(m) = bench.algorithms.iter().find(|a| a.algorithm == "meta-lstm") {
+            let mut v = m.config.clone();
+            v["steps"] = serde_yaml::Value::from(t as u64);
+            v["steps_test"] = serde_yaml::Value::from(t as u64);
+            entries.push((format!("{} (T={t})", m.label), v));
+        }
+    }
+    for (label, cfg) in entries {
+        let mut a = algo::build(&cfg, &ctx, &label)?;
+        let train = Sampler::new(&ds, Split::Train, a.train_spec(), bench.seed)?;
+        let mb = a.meta_batch() as u64;
+        // One warm-up step (allocator, caches), then time.
+        let warm: Vec<_> = (0..mb).map(|j| train.batch(&train.episode(j), &device)).collect::<fewshot::Result<_>>()?;
+        a.meta_train_step(&warm, Progress { step: 0, fraction: 0.0 })?;
+        let reset = reset_peak_rss();
+        let t = Instant::now();
+        for s in 1..=steps {
+            let b: Vec<_> = (0..mb).map(|j| train.batch(&train.episode(s * mb + j), &device)).collect::<fewshot::Result<_>>()?;
+            a.meta_train_step(&b, Progress { step: s, fraction: 0.0 })?;
+        }
+        let step_ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
+        let ev = fewshot::eval::evaluate(&*a, &ds, Split::Test, bench.episode, bench.seed, episodes, false)?;
+        let peak = if reset { peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_default() } else { "n/a".into() };
+        println!(
+            "{:<24} {:>9.0} ms {:>14.1} {:>16.1} {:>14}",
+            label,
+            step_ms,
+            step_ms / mb as f64,
+            1e3 * ev.seconds / episodes as f64,
+            peak
+        );
+    }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub struct Args {
     /// Override the number of fixed test episodes
     #[arg(long)]
     test_episodes: Option<usize>,
-    /// Quick profile for tests and smoke checks: 150 meta-steps, 100 test and
+    /// Quick profile for tests and smoke checks: 100 meta-steps, 100 test and
     /// 20 validation episodes (other overrides still apply on top)
     #[arg(long)]
     smoke: bool,
@@ -44,7 +44,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     if a.smoke {
         bench.budget = Budget {
             minutes: None,
-            meta_steps: Some(150),
+            meta_steps: Some(100),
         };
         bench.test_episodes = 100;
         bench.val_episodes = 20;

@@ -392,7 +392,9 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((k as i32 + 127) as u32) << 23)
 }
 
@@ -468,7 +470,11 @@ fn lstm_dims(lz: &Layout, lc: &Layout) -> Result<(usize, usize)> {
     let (h4, n) = lz.shape().dims2()?;
     let (hd, n2) = lc.shape().dims2()?;
     if h4 != 4 * hd || n != n2 {
-        candle_core::bail!("lstm cell: z {:?} and c_prev {:?} do not match", lz.shape(), lc.shape());
+        candle_core::bail!(
+            "lstm cell: z {:?} and c_prev {:?} do not match",
+            lz.shape(),
+            lc.shape()
+        );
     }
     Ok((hd, n))
 }
@@ -477,7 +483,13 @@ impl candle_core::CustomOp2 for LstmCell {
     fn name(&self) -> &'static str {
         "lstm-cell"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (hd, n) = lstm_dims(l1, l2)?;
         let out = match (s1, s2) {
             (CpuStorage::F32(z), CpuStorage::F32(c)) => CpuStorage::F32(lstm_fwd(
@@ -496,10 +508,19 @@ impl candle_core::CustomOp2 for LstmCell {
         };
         Ok((out, Shape::from((2 * hd, n))))
     }
-    fn bwd(&self, z: &Tensor, c_prev: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        z: &Tensor,
+        c_prev: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let hd = c_prev.dim(0)?;
         let d = z.apply_op3_no_bwd(c_prev, &grad.contiguous()?, &LstmCellBwd)?;
-        Ok((Some(d.narrow(0, 0, 4 * hd)?), Some(d.narrow(0, 4 * hd, hd)?)))
+        Ok((
+            Some(d.narrow(0, 0, 4 * hd)?),
+            Some(d.narrow(0, 4 * hd, hd)?),
+        ))
     }
 }
 
@@ -518,20 +539,24 @@ impl candle_core::CustomOp3 for LstmCellBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (hd, n) = lstm_dims(l1, l2)?;
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(z), CpuStorage::F32(c), CpuStorage::F32(g)) => CpuStorage::F32(lstm_bwd(
-                contiguous_slice(z, l1, "lstm")?,
-                contiguous_slice(c, l2, "lstm")?,
-                contiguous_slice(g, l3, "lstm")?,
-                hd,
-                n,
-            )),
-            (CpuStorage::F64(z), CpuStorage::F64(c), CpuStorage::F64(g)) => CpuStorage::F64(lstm_bwd(
-                contiguous_slice(z, l1, "lstm")?,
-                contiguous_slice(c, l2, "lstm")?,
-                contiguous_slice(g, l3, "lstm")?,
-                hd,
-                n,
-            )),
+            (CpuStorage::F32(z), CpuStorage::F32(c), CpuStorage::F32(g)) => {
+                CpuStorage::F32(lstm_bwd(
+                    contiguous_slice(z, l1, "lstm")?,
+                    contiguous_slice(c, l2, "lstm")?,
+                    contiguous_slice(g, l3, "lstm")?,
+                    hd,
+                    n,
+                ))
+            }
+            (CpuStorage::F64(z), CpuStorage::F64(c), CpuStorage::F64(g)) => {
+                CpuStorage::F64(lstm_bwd(
+                    contiguous_slice(z, l1, "lstm")?,
+                    contiguous_slice(c, l2, "lstm")?,
+                    contiguous_slice(g, l3, "lstm")?,
+                    hd,
+                    n,
+                ))
+            }
             _ => candle_core::bail!("lstm cell backward: f32 or f64 inputs of one dtype"),
         };
         Ok((out, Shape::from((5 * hd, n))))
@@ -555,7 +580,10 @@ mod lstm_tests {
         assert!(worst < 5e-7, "relative error {worst}");
         for x in [-3.0f32, -0.5, 0.0, 1e-4, 0.7, 5.0] {
             assert!((x.th() - x.tanh()).abs() < 3e-7, "tanh({x})");
-            assert!((x.sig() - 1.0 / (1.0 + (-x).exp())).abs() < 3e-7, "sigmoid({x})");
+            assert!(
+                (x.sig() - 1.0 / (1.0 + (-x).exp())).abs() < 3e-7,
+                "sigmoid({x})"
+            );
         }
     }
 
@@ -580,7 +608,9 @@ mod lstm_tests {
                 let cc = ((f * c.as_tensor()).unwrap() + (i * g).unwrap()).unwrap();
                 ((o * cc.tanh().unwrap()).unwrap(), cc)
             };
-            let loss = ((&h * &wh).unwrap().sum_all().unwrap() + (&cc * &wc).unwrap().sum_all().unwrap()).unwrap();
+            let loss = ((&h * &wh).unwrap().sum_all().unwrap()
+                + (&cc * &wc).unwrap().sum_all().unwrap())
+            .unwrap();
             let g = loss.backward().unwrap();
             (
                 h,
@@ -592,7 +622,14 @@ mod lstm_tests {
         let a = run(true);
         let b = run(false);
         for (x, y) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2), (&a.3, &b.3)] {
-            let e = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let e = (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             assert!(e < 1e-12, "fused and composite LSTM differ by {e}");
         }
     }

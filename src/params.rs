@@ -162,11 +162,14 @@ impl Params {
         Ok(s)
     }
 
-    /// True if every coordinate is finite (x - x is 0 for finite x and NaN
+    /// True if every coordinate is finite (0 * x is 0 for finite x and NaN
     /// for infinities and NaN; squaring would overflow on large finite values).
     pub fn all_finite(&self) -> Result<bool> {
         for t in &self.tensors {
-            let z = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let z = (t * 0.0)?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             if z != 0.0 {
                 return Ok(false);
             }

@@ -78,10 +78,20 @@ pub fn trace(
         let Some(g) = algo.gate_trace(&b)? else {
             return Err(Error::Config {
                 source_name: format!("algorithm `{}`", algo.label()),
-                reason: format!("{} has no gates to trace (only learned optimizers such as meta-lstm do)", algo.kind()),
+                reason: format!(
+                    "{} has no gates to trace (only learned optimizers such as meta-lstm do)",
+                    algo.kind()
+                ),
             });
         };
-        records.extend(crate::trace::summarize_episode(&bench.name, algo.label(), i, &g.layers, &g.gates, 5));
+        records.extend(crate::trace::summarize_episode(
+            &bench.name,
+            algo.label(),
+            i,
+            &g.layers,
+            &g.gates,
+            5,
+        ));
     }
     let title = format!(
         "{}: {} gates on {} test episodes ({}-way {}-shot)",

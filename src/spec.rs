@@ -261,7 +261,11 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     }
     if let Some(m) = f.validate_every_minutes {
         if !(m.is_finite() && m > 0.0) {
-            return Err(cfg_err(source, "validate_every_minutes", format!("must be > 0, got {m}")));
+            return Err(cfg_err(
+                source,
+                "validate_every_minutes",
+                format!("must be > 0, got {m}"),
+            ));
         }
     }
     let checkpoint_every = f.checkpoint_every.unwrap_or(validate_every.unwrap_or(100));

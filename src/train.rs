@@ -314,7 +314,11 @@ pub fn meta_train(
                     .unwrap_or_default(),
                 "validation"
             );
-            (state.pending_loss, state.pending_accuracy, state.pending_steps) = (0.0, 0.0, 0);
+            (
+                state.pending_loss,
+                state.pending_accuracy,
+                state.pending_steps,
+            ) = (0.0, 0.0, 0);
             if let Some(v) = val_accuracy {
                 if state.best_val_accuracy.is_none_or(|b| v > b) {
                     state.best_val_accuracy = Some(v);

@@ -12,7 +12,11 @@ use fewshot::sampler::{Batch, EpisodeSpec};
 fn ctx(l: Learner, transductive: bool) -> Context {
     Context {
         dataset: "omniglot".into(),
-        spec: EpisodeSpec { ways: l.ways, shots: 2, queries: 2 },
+        spec: EpisodeSpec {
+            ways: l.ways,
+            shots: 2,
+            queries: 2,
+        },
         learner: l,
         transductive,
         seed: 5,
@@ -37,9 +41,19 @@ fn batch(l: &Learner, seed: u64, dtype: DType) -> Batch {
     let s = l.image_size;
     let mut img = |n: usize| {
         let v: Vec<f64> = (0..n * s * s).map(|_| rng.normal()).collect();
-        Tensor::from_vec(v, (n, 1, s, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        Tensor::from_vec(v, (n, 1, s, s), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     };
-    let lab = |k: usize| Tensor::from_vec((0..3 * k).map(|i| (i / k) as u32).collect::<Vec<_>>(), 3 * k, &Device::Cpu).unwrap();
+    let lab = |k: usize| {
+        Tensor::from_vec(
+            (0..3 * k).map(|i| (i / k) as u32).collect::<Vec<_>>(),
+            3 * k,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
     Batch {
         support_x: img(6),
         support_y: lab(2),
@@ -50,7 +64,10 @@ fn batch(l: &Learner, seed: u64, dtype: DType) -> Batch {
 
 fn meta(l: Learner, transductive: bool, steps: usize) -> MetaLstm {
     let c = ctx(l, transductive);
-    let cfg = MetaLstmConfig { steps: Some(steps), ..Default::default() };
+    let cfg = MetaLstmConfig {
+        steps: Some(steps),
+        ..Default::default()
+    };
     MetaLstm::new(cfg.resolve(&c).unwrap(), &c).unwrap()
 }
 
@@ -66,20 +83,49 @@ fn gradient_descent_is_a_special_case() {
             let s = l.image_size;
             let v: Vec<f64> = (0..2 * ways * s * s).map(|_| rng.normal()).collect();
             let x = Tensor::from_vec(v, (2 * ways, 1, s, s), &Device::Cpu).unwrap();
-            let y = Tensor::from_vec((0..2 * ways).map(|i| (i / 2) as u32).collect::<Vec<_>>(), 2 * ways, &Device::Cpu).unwrap();
+            let y = Tensor::from_vec(
+                (0..2 * ways).map(|i| (i / 2) as u32).collect::<Vec<_>>(),
+                2 * ways,
+                &Device::Cpu,
+            )
+            .unwrap();
             (x, y)
         };
         let lr = 0.1;
         let u = m
-            .unroll(&m.params, &b.0, &b.1, 10, Gates::Fixed { forget: 1.0, input: lr }, None, false)
+            .unroll(
+                &m.params,
+                &b.0,
+                &b.1,
+                10,
+                Gates::Fixed {
+                    forget: 1.0,
+                    input: lr,
+                },
+                None,
+                false,
+            )
             .unwrap();
         let lstm = m.learner_params(&u.theta).unwrap();
         let theta0 = m.learner_params(&m.params.tensors[7]).unwrap();
         let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, lr, 10).unwrap();
-        let diff = lstm.zip_map(&sgd, |a, b| a - b).unwrap().sum_sq().unwrap().sqrt();
-        let moved = theta0.zip_map(&sgd, |a, b| a - b).unwrap().sum_sq().unwrap().sqrt();
+        let diff = lstm
+            .zip_map(&sgd, |a, b| a - b)
+            .unwrap()
+            .sum_sq()
+            .unwrap()
+            .sqrt();
+        let moved = theta0
+            .zip_map(&sgd, |a, b| a - b)
+            .unwrap()
+            .sum_sq()
+            .unwrap()
+            .sqrt();
         assert!(moved > 1e-2, "SGD did not move ({moved})");
-        assert!(diff < 1e-10 * (1.0 + moved), "meta-LSTM with f=1, i=lr differs from SGD by {diff}");
+        assert!(
+            diff < 1e-10 * (1.0 + moved),
+            "meta-LSTM with f=1, i=lr differs from SGD by {diff}"
+        );
     }
 }
 
@@ -87,20 +133,39 @@ fn gradient_descent_is_a_special_case() {
 fn a_fresh_meta_learner_starts_near_gradient_descent_with_a_small_step() {
     let m = meta(Learner::omniglot(5, 28), false, 10);
     let p = &m.params;
-    let sig = |t: &Tensor| 1.0 / (1.0 + (-t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64).exp());
+    let sig = |t: &Tensor| {
+        1.0 / (1.0 + (-t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64).exp())
+    };
     let f = sig(p.get("cell.b_f").unwrap());
     let i = sig(p.get("cell.b_i").unwrap());
     assert!((0.98..=0.994).contains(&f), "sigmoid(b_f) = {f}");
     assert!((0.006..=0.019).contains(&i), "sigmoid(b_i) = {i}");
     for name in ["lstm.w_ih", "lstm.w_hh", "lstm.b", "cell.w_f", "cell.w_i"] {
-        let v = p.get(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(v.iter().all(|x| x.abs() <= 0.01), "{name} outside U(-0.01, 0.01)");
+        let v = p
+            .get(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            v.iter().all(|x| x.abs() <= 0.01),
+            "{name} outside U(-0.01, 0.01)"
+        );
     }
     // theta_0 is a fresh learner's initialisation, one coordinate per parameter.
     let learner = Learner::omniglot(5, 28);
-    let fresh = learner.init(&mut Rng::derive(5, &[0x1417]), &Device::Cpu).unwrap();
+    let fresh = learner
+        .init(&mut Rng::derive(5, &[0x1417]), &Device::Cpu)
+        .unwrap();
     assert_eq!(p.get("theta0").unwrap().elem_count(), fresh.numel());
-    let a = p.get("theta0").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = p
+        .get("theta0")
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let b = fresh.flatten().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a, b);
     // Its layers cover every coordinate, in order.
@@ -143,7 +208,17 @@ fn meta_gradient_matches_finite_differences() {
         let mut m = meta(tiny(), transductive, 3);
         m.to_dtype(DType::F64).unwrap();
         let b = batch(&tiny(), 8, DType::F64);
-        let base = m.unroll(&m.params, &b.support_x, &b.support_y, 3, Gates::Learned, None, false).unwrap();
+        let base = m
+            .unroll(
+                &m.params,
+                &b.support_x,
+                &b.support_y,
+                3,
+                Gates::Learned,
+                None,
+                false,
+            )
+            .unwrap();
         let frozen = base.inputs.clone();
         let f = |q: &Params| {
             m.meta_loss(q, &b, Some(&frozen))
@@ -153,7 +228,12 @@ fn meta_gradient_matches_finite_differences() {
                 .unwrap()
         };
         // Same value with computed or frozen inputs at the base point.
-        let free = m.meta_loss(&m.params, &b, None).unwrap().0.to_scalar::<f64>().unwrap();
+        let free = m
+            .meta_loss(&m.params, &b, None)
+            .unwrap()
+            .0
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((free - f(&m.params)).abs() < 1e-12);
         let vars = m.params.to_vars().unwrap();
         let pv = Params::from_vars(&m.params.names, &vars);
@@ -163,7 +243,11 @@ fn meta_gradient_matches_finite_differences() {
         let mut checked = 0;
         for (i, name) in m.params.names.iter().enumerate() {
             let t = &m.params.tensors[i];
-            let ga = g.tensors[i].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let ga = g.tensors[i]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let n = t.elem_count();
             let stride = (n / 6).max(1);
             for k in (0..n).step_by(stride) {
@@ -186,7 +270,18 @@ fn meta_gradient_matches_finite_differences() {
         assert!(checked > 40);
         // The gradient reaches the LSTM weights and theta_0.
         for name in ["lstm.w_ih", "cell.w_f", "cell.b_i", "theta0"] {
-            assert!(g.get(name).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0, "{name}");
+            assert!(
+                g.get(name)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    > 0.0,
+                "{name}"
+            );
         }
     }
 }

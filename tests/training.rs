@@ -17,7 +17,11 @@ use fewshot::Error;
 fn omniglot_ctx() -> Context {
     Context {
         dataset: "omniglot".into(),
-        spec: EpisodeSpec { ways: 5, shots: 1, queries: 5 },
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 5,
+        },
         learner: Learner::omniglot(5, 28),
         transductive: false,
         seed: 3,
@@ -31,7 +35,10 @@ fn entry(yaml: &str) -> serde_yaml::Value {
 
 fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainOptions {
     TrainOptions {
-        budget: Budget { minutes: None, meta_steps: Some(steps) },
+        budget: Budget {
+            minutes: None,
+            meta_steps: Some(steps),
+        },
         validate_every: Some(2),
         validate_every_minutes: None,
         checkpoint_every: 2,
@@ -49,8 +56,25 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
         .into_iter()
         .map(|(k, t)| {
             let bits = match t.dtype() {
-                candle_core::DType::F64 => t.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|x| *x as f32).map(f32::to_bits).collect(),
-                _ => t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect(),
+                candle_core::DType::F64 => t
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| *x as f32)
+                    .map(f32::to_bits)
+                    .collect(),
+                _ => t
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
             };
             (k, bits)
         })
@@ -61,7 +85,12 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn killed_and_resumed_runs_end_with_identical_parameters() {
-    let ds = data::open("omniglot", &common::shared_datasets(), &DataOptions::default()).unwrap();
+    let ds = data::open(
+        "omniglot",
+        &common::shared_datasets(),
+        &DataOptions::default(),
+    )
+    .unwrap();
     let ctx = omniglot_ctx();
     let entries = [
         "{algorithm: reptile, meta_batch: 2, inner_iters: 2, eval_inner_iters: 3}",
@@ -88,13 +117,28 @@ fn killed_and_resumed_runs_end_with_identical_parameters() {
         let sb = train::meta_train(&mut *resumed, &ds, &opts(&b, 4, true, None)).unwrap();
         assert_eq!(sa.step, 4);
         assert_eq!(sb.step, 4);
-        let (ta, tb) = (tensors(&a.join("checkpoint.safetensors")), tensors(&b.join("checkpoint.safetensors")));
+        let (ta, tb) = (
+            tensors(&a.join("checkpoint.safetensors")),
+            tensors(&b.join("checkpoint.safetensors")),
+        );
         assert_eq!(ta.len(), tb.len());
         for (x, y) in ta.iter().zip(&tb) {
-            assert!(x == y, "{e}: resumed tensor {} differs from the uninterrupted run", x.0);
+            assert!(
+                x == y,
+                "{e}: resumed tensor {} differs from the uninterrupted run",
+                x.0
+            );
         }
-        let va: Vec<_> = sa.curve.iter().map(|p| (p.step, p.val_accuracy, p.train_loss)).collect();
-        let vb: Vec<_> = sb.curve.iter().map(|p| (p.step, p.val_accuracy, p.train_loss)).collect();
+        let va: Vec<_> = sa
+            .curve
+            .iter()
+            .map(|p| (p.step, p.val_accuracy, p.train_loss))
+            .collect();
+        let vb: Vec<_> = sb
+            .curve
+            .iter()
+            .map(|p| (p.step, p.val_accuracy, p.train_loss))
+            .collect();
         assert_eq!(va, vb, "{e}: learning curves differ");
         assert!(a.join("curve.csv").is_file() && a.join("best.safetensors").is_file());
     }
@@ -102,19 +146,37 @@ fn killed_and_resumed_runs_end_with_identical_parameters() {
 
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
-    let ds = data::open("omniglot", &common::shared_datasets(), &DataOptions::default()).unwrap();
+    let ds = data::open(
+        "omniglot",
+        &common::shared_datasets(),
+        &DataOptions::default(),
+    )
+    .unwrap();
     let ctx = omniglot_ctx();
     let tmp = common::tempdir();
     // An absurd meta learning rate: Adam moves every parameter by 1e30 on
     // the first step, and the next loss overflows.
-    let mut a = algo::build(&entry("{algorithm: maml, first_order: true, meta_batch: 2, meta_lr: 1.0e30}"), &ctx, "test").unwrap();
+    let mut a = algo::build(
+        &entry("{algorithm: maml, first_order: true, meta_batch: 2, meta_lr: 1.0e30}"),
+        &ctx,
+        "test",
+    )
+    .unwrap();
     let mut o = opts(tmp.path(), 10, false, None);
     o.checkpoint_every = 1;
     let err = train::meta_train(&mut *a, &ds, &o).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::NonFinite { .. }), "{msg}");
-    assert!(msg.contains("fomaml") && msg.contains("checkpoint.safetensors"), "{msg}");
-    let mut b = algo::build(&entry("{algorithm: maml, first_order: true, meta_batch: 2}"), &ctx, "test").unwrap();
+    assert!(
+        msg.contains("fomaml") && msg.contains("checkpoint.safetensors"),
+        "{msg}"
+    );
+    let mut b = algo::build(
+        &entry("{algorithm: maml, first_order: true, meta_batch: 2}"),
+        &ctx,
+        "test",
+    )
+    .unwrap();
     let st = train::load_checkpoint(&mut *b, tmp.path()).unwrap();
     assert!(st.step >= 1 && !st.finished);
     // What was kept is finite (checked before every save).
@@ -131,7 +193,9 @@ algorithms:
 ";
 
 fn parse_err(yaml: &str) -> String {
-    Benchmark::parse(yaml, "bench.yaml").unwrap_err().to_string()
+    Benchmark::parse(yaml, "bench.yaml")
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -142,13 +206,25 @@ fn benchmark_files_are_checked_and_errors_name_the_field() {
     assert_eq!(b.algorithms[0].config["inner_lr"].as_f64(), Some(0.4));
 
     let e = parse_err(&GOOD.replace("name: t", "name: t\nepisodes: 3"));
-    assert!(e.contains("bench.yaml") && e.contains("unknown field `episodes`"), "{e}");
+    assert!(
+        e.contains("bench.yaml") && e.contains("unknown field `episodes`"),
+        "{e}"
+    );
     let e = parse_err(&GOOD.replace("first_order: true", "first_order: true, inner_lrr: 0.1"));
-    assert!(e.contains("algorithms[0]") && e.contains("inner_lrr"), "{e}");
+    assert!(
+        e.contains("algorithms[0]") && e.contains("inner_lrr"),
+        "{e}"
+    );
     let e = parse_err(&GOOD.replace("first_order: true", "first_order: true, inner_lr: -0.1"));
-    assert!(e.contains("algorithms[0].inner_lr") && e.contains("positive"), "{e}");
+    assert!(
+        e.contains("algorithms[0].inner_lr") && e.contains("positive"),
+        "{e}"
+    );
     let e = parse_err(&GOOD.replace("algorithm: maml", "algorithm: protonet"));
-    assert!(e.contains("unknown algorithm `protonet`") && e.contains("meta-lstm"), "{e}");
+    assert!(
+        e.contains("unknown algorithm `protonet`") && e.contains("meta-lstm"),
+        "{e}"
+    );
     let e = parse_err(&GOOD.replace("ways: 5", "ways: 1"));
     assert!(e.contains("ways"), "{e}");
     let e = parse_err(&GOOD.replace("shots: 1", "shots: 0"));
@@ -157,7 +233,9 @@ fn benchmark_files_are_checked_and_errors_name_the_field() {
     assert!(e.contains("budget"), "{e}");
     let e = parse_err(&GOOD.replace("dataset: omniglot", "dataset: cifar"));
     assert!(e.contains("dataset") && e.contains("cifar"), "{e}");
-    let e = parse_err(&format!("{GOOD}  - {{algorithm: maml, first_order: true}}\n"));
+    let e = parse_err(&format!(
+        "{GOOD}  - {{algorithm: maml, first_order: true}}\n"
+    ));
     assert!(e.contains("label") && e.contains("twice"), "{e}");
 }
 
@@ -198,23 +276,33 @@ fn smoke_run_on_real_omniglot_beats_chance_and_writes_everything() {
     for l in ["fomaml", "reptile", "meta-lstm", "+/-"] {
         assert!(table.contains(l), "{table}");
     }
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let rows = results["results"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     for r in rows {
         let acc = r["accuracy"].as_f64().unwrap();
         let label = r["label"].as_str().unwrap();
         // Chance is 20% on 5-way episodes.
-        assert!(acc > 0.3, "{label}: smoke accuracy {acc} is not clearly above chance\n{table}");
+        assert!(
+            acc > 0.3,
+            "{label}: smoke accuracy {acc} is not clearly above chance\n{table}"
+        );
         assert_eq!(r["test_episodes"].as_u64(), Some(100));
         assert!(run.join(label).join("curve.csv").is_file());
         assert_eq!(
-            std::fs::read_to_string(run.join(label).join("test_episodes.csv")).unwrap().lines().count(),
+            std::fs::read_to_string(run.join(label).join("test_episodes.csv"))
+                .unwrap()
+                .lines()
+                .count(),
             101
         );
     }
     let resolved = std::fs::read_to_string(run.join("resolved.yaml")).unwrap();
-    assert!(resolved.contains("inner_lr") && resolved.contains("clip_norm"), "{resolved}");
+    assert!(
+        resolved.contains("inner_lr") && resolved.contains("clip_norm"),
+        "{resolved}"
+    );
     let gates = fewshot::trace::read_jsonl(&run.join("meta-lstm").join("gates.jsonl")).unwrap();
     assert_eq!(gates.len(), 2 * 10 * 5);
     let png = image::open(run.join("meta-lstm").join("gates.png")).unwrap();
@@ -280,11 +368,19 @@ algorithms:
                 break st.step;
             }
         }
-        assert!(start.elapsed().as_secs() < 300, "no checkpoint appeared");
+        if start.elapsed().as_secs() > 300 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("no checkpoint appeared");
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let st: train::TrainState = serde_json::from_str(&std::fs::read_to_string(&ckpt).unwrap()).unwrap();
-    assert!(st.step < 30 && !st.finished, "the kill came too late (step {killed_at})");
+    let st: train::TrainState =
+        serde_json::from_str(&std::fs::read_to_string(&ckpt).unwrap()).unwrap();
+    assert!(
+        st.step < 30 && !st.finished,
+        "the kill came too late (step {killed_at})"
+    );
     assert!(!b.join("results.json").exists());
     run(&b, true);
     let (ta, tb) = (
@@ -295,7 +391,9 @@ algorithms:
         assert!(x == y, "tensor {} differs after kill and resume", x.0);
     }
     let acc = |d: &Path| -> f64 {
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap())
+                .unwrap();
         r["results"][0]["accuracy"].as_f64().unwrap()
     };
     assert_eq!(acc(&a), acc(&b));

@@ -15,9 +15,9 @@
 //!   shared by all coordinates, its state (h, c) carried across the steps of
 //!   an episode.
 //! - Layer 2, the meta-LSTM cell, per coordinate:
-//!     f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
-//!     i_t = sigmoid(W_i [h_t, theta_{t-1}, i_{t-1}] + b_i)
-//!     theta_t = f_t * theta_{t-1} - i_t * grad_t
+//!   `f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)`,
+//!   `i_t = sigmoid(W_i [h_t, theta_{t-1}, i_{t-1}] + b_i)`,
+//!   `theta_t = f_t * theta_{t-1} - i_t * grad_t`,
 //!   where the fed-back f_{t-1}, i_{t-1} are pre-sigmoid values (zero at
 //!   t = 0) and the raw gradient enters only the cell update.
 //! - Initialisation: weights U(-0.01, 0.01), b_f ~ U(4, 5), b_i ~ U(-5, -4)
@@ -54,7 +54,10 @@ use std::ops::Range;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, GateTrace, Progress};
+use super::{
+    at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, GateTrace,
+    Progress,
+};
 use crate::error::{Error, Result};
 use crate::learner::{accuracy, cross_entropy, Learner};
 use crate::optim::{clip_global_norm, Adam, AdamConfig};
@@ -174,7 +177,9 @@ pub struct MetaLstm {
 impl MetaLstm {
     pub fn new(config: MetaLstmResolved, ctx: &Context) -> Result<Self> {
         let dev = &ctx.device;
-        let template = ctx.learner.init(&mut Rng::derive(ctx.seed, &[0x1417]), dev)?;
+        let template = ctx
+            .learner
+            .init(&mut Rng::derive(ctx.seed, &[0x1417]), dev)?;
         let n = template.numel();
         let mut rng = Rng::derive(ctx.seed, &[0x157]);
         let mut u = |shape: &[usize], lo: f64, hi: f64| -> Result<Tensor> {
@@ -193,10 +198,19 @@ impl MetaLstm {
             u(&[1, 1], -5.0, -4.0)?,
             template.flatten()?.reshape((1, n))?,
         ];
-        let names = ["lstm.w_ih", "lstm.w_hh", "lstm.b", "cell.w_f", "cell.w_i", "cell.b_f", "cell.b_i", "theta0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let names = [
+            "lstm.w_ih",
+            "lstm.w_hh",
+            "lstm.b",
+            "cell.w_f",
+            "cell.w_i",
+            "cell.b_f",
+            "cell.b_i",
+            "theta0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let params = Params::new(names, tensors);
         let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &params)?;
         Ok(MetaLstm {
@@ -244,7 +258,10 @@ impl MetaLstm {
         let loss = cross_entropy(&self.ctx.learner.forward(&pv, x)?, y)?;
         let g = pv.grads(&loss.backward()?)?.flatten()?;
         let n = g.elem_count();
-        Ok((g.reshape((1, n))?.detach(), loss.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+        Ok((
+            g.reshape((1, n))?.detach(),
+            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        ))
     }
 
     /// The four preprocessed inputs `[4, n]` for a gradient and a loss.
@@ -268,6 +285,7 @@ impl MetaLstm {
     /// `(x, y)`, from meta-parameters `mp`. With `frozen`, the gradient and
     /// loss inputs are taken from it instead of being computed (used to
     /// check the meta-gradient by finite differences).
+    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
     pub fn unroll(
         &self,
         mp: &Params,
@@ -296,7 +314,11 @@ impl MetaLstm {
         };
         // Per-coordinate weights of the cell, split once.
         let split = |w: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-            Ok((w.narrow(1, 0, hd)?, w.narrow(1, hd, 1)?, w.narrow(1, hd + 1, 1)?))
+            Ok((
+                w.narrow(1, 0, hd)?,
+                w.narrow(1, hd, 1)?,
+                w.narrow(1, hd + 1, 1)?,
+            ))
         };
         let (wf_h, wf_c, wf_f) = split(w_f)?;
         let (wi_h, wi_c, wi_i) = split(w_i)?;
@@ -313,7 +335,10 @@ impl MetaLstm {
                 Gates::Learned => {
                     let xin = self.inputs(&grad, loss)?;
                     // Layer 1: [i; f; g; o] = W_ih x + W_hh h + b   ([80, n])
-                    let z = w_ih.matmul(&xin)?.add(&w_hh.matmul(&h)?)?.broadcast_add(b)?;
+                    let z = w_ih
+                        .matmul(&xin)?
+                        .add(&w_hh.matmul(&h)?)?
+                        .broadcast_add(b)?;
                     (h, c) = crate::ops::lstm_cell(&z, &c)?;
                     // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
                     let f_pre = wf_h
@@ -345,8 +370,21 @@ impl MetaLstm {
     }
 
     /// Meta-loss (query loss after the unroll) and its score.
-    pub fn meta_loss(&self, mp: &Params, b: &Batch, frozen: Option<&[(Tensor, f64)]>) -> Result<(Tensor, EpisodeScore)> {
-        let u = self.unroll(mp, &b.support_x, &b.support_y, self.config.steps, Gates::Learned, frozen, false)?;
+    pub fn meta_loss(
+        &self,
+        mp: &Params,
+        b: &Batch,
+        frozen: Option<&[(Tensor, f64)]>,
+    ) -> Result<(Tensor, EpisodeScore)> {
+        let u = self.unroll(
+            mp,
+            &b.support_x,
+            &b.support_y,
+            self.config.steps,
+            Gates::Learned,
+            frozen,
+            false,
+        )?;
         let p = self.learner_params(&u.theta)?;
         let logits = self.ctx.predict(&p, &b.support_x, &b.query_x)?;
         let loss = cross_entropy(&logits, &b.query_y)?;
@@ -360,7 +398,15 @@ impl MetaLstm {
     /// Gate values (forget, input; after the sigmoid) at every test-time
     /// step of an episode, flattened over all learner coordinates.
     pub fn gate_trace(&self, b: &Batch) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let u = self.unroll(&self.params, &b.support_x, &b.support_y, self.config.steps_test, Gates::Learned, None, true)?;
+        let u = self.unroll(
+            &self.params,
+            &b.support_x,
+            &b.support_y,
+            self.config.steps_test,
+            Gates::Learned,
+            None,
+            true,
+        )?;
         u.gates
             .iter()
             .map(|(f, i)| {
@@ -420,7 +466,15 @@ impl Algorithm for MetaLstm {
         })
     }
     fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Params> {
-        let u = self.unroll(&self.params, x, y, self.config.steps_test, Gates::Learned, None, false)?;
+        let u = self.unroll(
+            &self.params,
+            x,
+            y,
+            self.config.steps_test,
+            Gates::Learned,
+            None,
+            false,
+        )?;
         self.learner_params(&u.theta)
     }
     fn context(&self) -> &Context {

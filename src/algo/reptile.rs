@@ -164,6 +164,7 @@ impl Reptile {
 
     /// Train `theta` on `(x, y)` with `iters` Adam steps on mini-batches of
     /// `batch` samples cycling through reshuffled copies of the samples.
+    #[allow(clippy::too_many_arguments)] // the inner loop's inputs, each distinct
     pub fn inner_loop(
         &self,
         theta: &Params,

@@ -145,7 +145,7 @@ impl std::fmt::Debug for Dataset {
 }
 
 /// Options every reader understands.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataOptions {
     /// Side of the cached square image (Omniglot default 28, mini-ImageNet 84).
@@ -158,16 +158,6 @@ pub struct DataOptions {
     /// classes (default: true for Omniglot, false otherwise).
     #[serde(default)]
     pub rotations: Option<bool>,
-}
-
-impl Default for DataOptions {
-    fn default() -> Self {
-        DataOptions {
-            image_size: None,
-            split_scheme: None,
-            rotations: None,
-        }
-    }
 }
 
 /// A dataset reader: turns a folder (as users receive the data) into a

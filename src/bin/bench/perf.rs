@@ -170,7 +170,13 @@ fn reset_peak_rss() -> bool {
 
 /// Milliseconds per meta-training episode and per test episode, and peak
 /// memory, for each algorithm of a benchmark.
-pub fn perf_algorithms(data_dir: &Path, benchmark: &str, steps: u64, episodes: usize, lstm_steps: &[usize]) -> Result<()> {
+pub fn perf_algorithms(
+    data_dir: &Path,
+    benchmark: &str,
+    steps: u64,
+    episodes: usize,
+    lstm_steps: &[usize],
+) -> Result<()> {
     use fewshot::algo::{self, Progress};
     use fewshot::spec::Benchmark;
     let (bench, _) = Benchmark::load(benchmark)?;
@@ -210,17 +216,47 @@ pub fn perf_algorithms(data_dir: &Path, benchmark: &str, steps: u64, episodes: u
         let train = Sampler::new(&ds, Split::Train, a.train_spec(), bench.seed)?;
         let mb = a.meta_batch() as u64;
         // One warm-up step (allocator, caches), then time.
-        let warm: Vec<_> = (0..mb).map(|j| train.batch(&train.episode(j), &device)).collect::<fewshot::Result<_>>()?;
-        a.meta_train_step(&warm, Progress { step: 0, fraction: 0.0 })?;
+        let warm: Vec<_> = (0..mb)
+            .map(|j| train.batch(&train.episode(j), &device))
+            .collect::<fewshot::Result<_>>()?;
+        a.meta_train_step(
+            &warm,
+            Progress {
+                step: 0,
+                fraction: 0.0,
+            },
+        )?;
         let reset = reset_peak_rss();
         let t = Instant::now();
         for s in 1..=steps {
-            let b: Vec<_> = (0..mb).map(|j| train.batch(&train.episode(s * mb + j), &device)).collect::<fewshot::Result<_>>()?;
-            a.meta_train_step(&b, Progress { step: s, fraction: 0.0 })?;
+            let b: Vec<_> = (0..mb)
+                .map(|j| train.batch(&train.episode(s * mb + j), &device))
+                .collect::<fewshot::Result<_>>()?;
+            a.meta_train_step(
+                &b,
+                Progress {
+                    step: s,
+                    fraction: 0.0,
+                },
+            )?;
         }
         let step_ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
-        let ev = fewshot::eval::evaluate(&*a, &ds, Split::Test, bench.episode, bench.seed, episodes, false)?;
-        let peak = if reset { peak_rss_mib().map(|m| format!("{m:.0}")).unwrap_or_default() } else { "n/a".into() };
+        let ev = fewshot::eval::evaluate(
+            &*a,
+            &ds,
+            Split::Test,
+            bench.episode,
+            bench.seed,
+            episodes,
+            false,
+        )?;
+        let peak = if reset {
+            peak_rss_mib()
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_default()
+        } else {
+            "n/a".into()
+        };
         println!(
             "{:<24} {:>9.0} ms {:>14.1} {:>16.1} {:>14}",
             label,

@@ -31,12 +31,22 @@ pub struct Args {
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     anyhow::ensure!(a.episodes >= 1, "--episodes must be at least 1");
     let (bench, _) = Benchmark::load(&a.benchmark)?;
-    let Some((i, spec)) = bench.algorithms.iter().enumerate().find(|(_, x)| x.label == a.label) else {
+    let Some((i, spec)) = bench
+        .algorithms
+        .iter()
+        .enumerate()
+        .find(|(_, x)| x.label == a.label)
+    else {
         bail!(
             "--algo {}: no such algorithm label in {} (labels: {})",
             a.label,
             bench.name,
-            bench.algorithms.iter().map(|x| x.label.as_str()).collect::<Vec<_>>().join(", ")
+            bench
+                .algorithms
+                .iter()
+                .map(|x| x.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     };
     let device = candle_core::Device::Cpu;
@@ -56,7 +66,12 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         }
         dir
     } else if a.untrained {
-        a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&bench.name).join("untrained").join(&a.label))
+        a.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs")
+                .join(&bench.name)
+                .join("untrained")
+                .join(&a.label)
+        })
     } else {
         bail!("give --run-dir <folder of a `bench run`> to trace a trained meta-learner, or --untrained");
     };
@@ -68,7 +83,12 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         a.episodes,
         dir.display()
     );
-    for f in [fewshot::trace::JSONL_FILE, fewshot::trace::CSV_FILE, fewshot::trace::SVG_FILE, fewshot::trace::PNG_FILE] {
+    for f in [
+        fewshot::trace::JSONL_FILE,
+        fewshot::trace::CSV_FILE,
+        fewshot::trace::SVG_FILE,
+        fewshot::trace::PNG_FILE,
+    ] {
         println!("  {}", dir.join(f).display());
     }
     Ok(())

@@ -360,21 +360,19 @@ algorithms:
     let ckpt = b.join("reptile").join("checkpoint.json");
     let start = std::time::Instant::now();
     let killed_at = loop {
-        if let Ok(t) = std::fs::read_to_string(&ckpt) {
-            let st: train::TrainState = serde_json::from_str(&t).unwrap();
-            if st.step >= 6 {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                break st.step;
-            }
-        }
-        if start.elapsed().as_secs() > 300 {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("no checkpoint appeared");
+        let step = std::fs::read_to_string(&ckpt)
+            .ok()
+            .and_then(|t| serde_json::from_str::<train::TrainState>(&t).ok())
+            .map(|st| st.step)
+            .unwrap_or(0);
+        if step >= 6 || start.elapsed().as_secs() > 300 {
+            break step;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(killed_at >= 6, "no checkpoint appeared in time");
     let st: train::TrainState =
         serde_json::from_str(&std::fs::read_to_string(&ckpt).unwrap()).unwrap();
     assert!(

@@ -396,3 +396,19 @@ algorithms:
     };
     assert_eq!(acc(&a), acc(&b));
 }
+
+#[test]
+fn every_shipped_benchmark_parses_and_resolves() {
+    let dir = common::repo_root().join("benchmarks");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let (b, _) = Benchmark::load(p.to_str().unwrap()).unwrap();
+            assert_eq!(Some(b.name.as_str()), p.file_stem().and_then(|s| s.to_str()), "{}", p.display());
+            assert!(b.algorithms.iter().any(|a| a.algorithm == "meta-lstm"));
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+}

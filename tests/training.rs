@@ -405,7 +405,12 @@ fn every_shipped_benchmark_parses_and_resolves() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "yaml") {
             let (b, _) = Benchmark::load(p.to_str().unwrap()).unwrap();
-            assert_eq!(Some(b.name.as_str()), p.file_stem().and_then(|s| s.to_str()), "{}", p.display());
+            assert_eq!(
+                Some(b.name.as_str()),
+                p.file_stem().and_then(|s| s.to_str()),
+                "{}",
+                p.display()
+            );
             assert!(b.algorithms.iter().any(|a| a.algorithm == "meta-lstm"));
             n += 1;
         }

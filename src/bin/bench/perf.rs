@@ -34,6 +34,9 @@ pub enum PerfCommand {
         /// Also time the meta-LSTM with these numbers of update steps
         #[arg(long, value_delimiter = ',')]
         lstm_steps: Vec<usize>,
+        /// Only this algorithm label (run one per process for clean peak memory)
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Forward and forward+backward time of the conv-4 learner.
     Learner {
@@ -56,7 +59,15 @@ pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
             steps,
             episodes,
             lstm_steps,
-        } => perf_algorithms(data_dir, &benchmark, steps, episodes, &lstm_steps),
+            only,
+        } => perf_algorithms(
+            data_dir,
+            &benchmark,
+            steps,
+            episodes,
+            &lstm_steps,
+            only.as_deref(),
+        ),
         PerfCommand::Learner {
             dataset,
             batch,
@@ -181,9 +192,15 @@ pub fn perf_algorithms(
     use fewshot::spec::Benchmark;
     let (bench, _) = Benchmark::load(benchmark)?;
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
-    ds.preload(None)?;
+    ds.preload(Some(Split::Train))?;
+    ds.preload(Some(Split::Test))?;
     let device = candle_core::Device::Cpu;
     let ctx = bench.context(&device);
+    println!(
+        "decoded-image cache: {} images ({:.0} MiB, included in peak RSS)",
+        ds.cached(),
+        (ds.cached() * ds.format.pixels()) as f64 / (1 << 20) as f64
+    );
     println!(
         "{} ({}-way {}-shot, {} queries), {} meta-steps and {} test episodes per algorithm, {} rayon threads",
         bench.name,
@@ -203,6 +220,14 @@ pub fn perf_algorithms(
         .iter()
         .map(|a| (a.label.clone(), a.config.clone()))
         .collect();
+    if let Some(o) = only {
+        entries.retain(|(l, _)| l == o);
+        anyhow::ensure!(
+            !entries.is_empty(),
+            "--only {o}: no such algorithm label in {}",
+            bench.name
+        );
+    }
     for &t in lstm_steps {
         if let Some(m) = bench.algorithms.iter().find(|a| a.algorithm == "meta-lstm") {
             let mut v = m.config.clone();

@@ -187,6 +187,7 @@ pub fn perf_algorithms(
     steps: u64,
     episodes: usize,
     lstm_steps: &[usize],
+    only: Option<&str>,
 ) -> Result<()> {
     use fewshot::algo::{self, Progress};
     use fewshot::spec::Benchmark;

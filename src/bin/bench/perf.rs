@@ -221,14 +221,6 @@ pub fn perf_algorithms(
         .iter()
         .map(|a| (a.label.clone(), a.config.clone()))
         .collect();
-    if let Some(o) = only {
-        entries.retain(|(l, _)| l == o);
-        anyhow::ensure!(
-            !entries.is_empty(),
-            "--only {o}: no such algorithm label in {}",
-            bench.name
-        );
-    }
     for &t in lstm_steps {
         if let Some(m) = bench.algorithms.iter().find(|a| a.algorithm == "meta-lstm") {
             let mut v = m.config.clone();
@@ -236,6 +228,14 @@ pub fn perf_algorithms(
             v["steps_test"] = serde_yaml::Value::from(t as u64);
             entries.push((format!("{} (T={t})", m.label), v));
         }
+    }
+    if let Some(o) = only {
+        entries.retain(|(l, _)| l == o);
+        anyhow::ensure!(
+            !entries.is_empty(),
+            "--only {o}: no such algorithm label in {}",
+            bench.name
+        );
     }
     for (label, cfg) in entries {
         let mut a = algo::build(&cfg, &ctx, &label)?;

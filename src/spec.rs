@@ -40,7 +40,7 @@ pub fn to_string<T: Serialize>(v: &T) -> Result<String> {
     })
 }
 
-/// Meta-training budget per algorithm. Either limit may be absent; at least
+/// Meta-training budget per algorithm. Any limit may be absent; at least
 /// one must be present. Training stops at whichever comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +51,9 @@ pub struct Budget {
     /// Meta-steps (meta-updates).
     #[serde(default)]
     pub meta_steps: Option<u64>,
+    /// Meta-training episodes (meta-steps x meta-batch).
+    #[serde(default)]
+    pub episodes: Option<u64>,
 }
 
 /// A benchmark file as written.

@@ -16,6 +16,9 @@ pub struct Args {
     /// Override the budget: meta-steps per algorithm
     #[arg(long)]
     meta_steps: Option<u64>,
+    /// Override the budget: meta-training episodes per algorithm
+    #[arg(long)]
+    train_episodes: Option<u64>,
     /// Override the number of fixed test episodes
     #[arg(long)]
     test_episodes: Option<usize>,
@@ -45,6 +48,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         bench.budget = Budget {
             minutes: None,
             meta_steps: Some(100),
+            episodes: None,
         };
         bench.test_episodes = 100;
         bench.val_episodes = 20;
@@ -52,10 +56,14 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         bench.validate_every_minutes = None;
         bench.checkpoint_every = 50;
     }
-    if a.minutes.is_some() || a.meta_steps.is_some() {
+    if a.minutes.is_some() || a.meta_steps.is_some() || a.train_episodes.is_some() {
+        anyhow::ensure!(a.minutes.is_none_or(|m| m > 0.0), "--minutes must be > 0");
+        anyhow::ensure!(a.meta_steps != Some(0), "--meta-steps must be >= 1");
+        anyhow::ensure!(a.train_episodes != Some(0), "--train-episodes must be >= 1");
         bench.budget = Budget {
             minutes: a.minutes,
             meta_steps: a.meta_steps,
+            episodes: a.train_episodes,
         };
     }
     if let Some(n) = a.test_episodes {

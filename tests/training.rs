@@ -38,6 +38,7 @@ fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainO
         budget: Budget {
             minutes: None,
             meta_steps: Some(steps),
+            episodes: None,
         },
         validate_every: Some(2),
         validate_every_minutes: None,

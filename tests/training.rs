@@ -424,3 +424,32 @@ fn every_shipped_benchmark_parses_and_resolves() {
     }
     assert!(n >= 4);
 }
+
+#[test]
+fn an_episode_budget_stops_at_the_first_step_that_reaches_it() {
+    let ds = data::open(
+        "omniglot",
+        &common::shared_datasets(),
+        &DataOptions::default(),
+    )
+    .unwrap();
+    let ctx = omniglot_ctx();
+    let tmp = common::tempdir();
+    let mut a = algo::build(
+        &entry("{algorithm: reptile, meta_batch: 2, inner_iters: 1, eval_inner_iters: 1}"),
+        &ctx,
+        "test",
+    )
+    .unwrap();
+    let mut o = opts(tmp.path(), 100, false, None);
+    o.budget = Budget {
+        minutes: None,
+        meta_steps: None,
+        episodes: Some(5),
+    };
+    let st = train::meta_train(&mut *a, &ds, &o).unwrap();
+    assert_eq!((st.step, st.train_episodes), (3, 6));
+    assert!(st.finished);
+    let e = parse_err(&GOOD.replace("budget: {meta_steps: 2}", "budget: {episodes: 0}"));
+    assert!(e.contains("budget.episodes"), "{e}");
+}

@@ -231,12 +231,15 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         ));
     }
     let b = f.budget;
-    if b.minutes.is_none() && b.meta_steps.is_none() {
+    if b.minutes.is_none() && b.meta_steps.is_none() && b.episodes.is_none() {
         return Err(cfg_err(
             source,
             "budget",
-            "give `minutes`, `meta_steps` or both",
+            "give `minutes`, `meta_steps` and/or `episodes`",
         ));
+    }
+    if b.episodes == Some(0) {
+        return Err(cfg_err(source, "budget.episodes", "must be >= 1"));
     }
     if let Some(m) = b.minutes {
         if !(m.is_finite() && m > 0.0) {

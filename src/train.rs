@@ -99,11 +99,16 @@ impl TrainState {
             .minutes
             .map(|m| self.train_seconds / (60.0 * m))
             .unwrap_or(0.0);
-        by_steps.max(by_time).clamp(0.0, 1.0)
+        let by_episodes = b
+            .episodes
+            .map(|e| self.train_episodes as f64 / e as f64)
+            .unwrap_or(0.0);
+        by_steps.max(by_time).max(by_episodes).clamp(0.0, 1.0)
     }
     fn done(&self, b: &Budget) -> bool {
         b.meta_steps.is_some_and(|m| self.step >= m)
             || b.minutes.is_some_and(|m| self.train_seconds >= 60.0 * m)
+            || b.episodes.is_some_and(|e| self.train_episodes >= e)
     }
 }
 

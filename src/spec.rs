@@ -141,6 +141,23 @@ impl Benchmark {
         Ok((Benchmark::parse(&text, &path.display().to_string())?, path))
     }
 
+    /// Index and entry of the algorithm labelled `label`; the error names
+    /// the benchmark and lists its labels.
+    pub fn algorithm(&self, label: &str) -> Result<(usize, &AlgorithmSpec)> {
+        self.algorithms
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.label == label)
+            .ok_or_else(|| {
+                let labels: Vec<&str> = self.algorithms.iter().map(|a| a.label.as_str()).collect();
+                Error::invalid(
+                    "algorithm label",
+                    label,
+                    format!("labels in {}: {}", self.name, labels.join(", ")),
+                )
+            })
+    }
+
     /// The context algorithms are built for.
     pub fn context(&self, device: &candle_core::Device) -> Context {
         Context {

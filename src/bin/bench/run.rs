@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use fewshot::runner::{self, RunOptions};
 use fewshot::spec::{Benchmark, Budget};
 
@@ -72,17 +72,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     }
     if !a.only.is_empty() {
         for l in &a.only {
-            anyhow::ensure!(
-                bench.algorithms.iter().any(|x| &x.label == l),
-                "--only {l}: no such algorithm label in {} (labels: {})",
-                bench.name,
-                bench
-                    .algorithms
-                    .iter()
-                    .map(|x| x.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            bench.algorithm(l).with_context(|| format!("--only {l}"))?;
         }
         bench.algorithms.retain(|x| a.only.contains(&x.label));
     }

@@ -31,24 +31,9 @@ pub struct Args {
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     anyhow::ensure!(a.episodes >= 1, "--episodes must be at least 1");
     let (bench, _) = Benchmark::load(&a.benchmark)?;
-    let Some((i, spec)) = bench
-        .algorithms
-        .iter()
-        .enumerate()
-        .find(|(_, x)| x.label == a.label)
-    else {
-        bail!(
-            "--algo {}: no such algorithm label in {} (labels: {})",
-            a.label,
-            bench.name,
-            bench
-                .algorithms
-                .iter()
-                .map(|x| x.label.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let (i, spec) = bench
+        .algorithm(&a.label)
+        .with_context(|| format!("--algo {}", a.label))?;
     let device = candle_core::Device::Cpu;
     let ctx = bench.context(&device);
     let mut algorithm = algo::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;

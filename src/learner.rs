@@ -8,16 +8,29 @@
 //!   padding 1, 32 filters, batch norm, ReLU, max-pool 2x2], flatten
 //!   (32 x 5 x 5 on 84x84), linear: 32,901 parameters for 5 ways.
 //!
-//! Batch norm always normalises with batch statistics: there are no
-//! running statistics, so nothing leaks across episodes. Which batch
-//! supplies the statistics at prediction time is the caller's choice
-//! ([`Learner::forward_with`]): the query batch itself (transductive, as the
-//! MAML reference code evaluates) or the support set (non-transductive: each
-//! query prediction depends only on the support set and that query).
+//! The comparison benchmarks give every algorithm this one shared network
+//! (a comparison needs one network). The reference networks differ in
+//! details that [`Learner`]'s options reproduce (docs/fidelity.md):
+//! - `head: mean-pool`: MAML's Omniglot head averages the final 2x2 map to
+//!   64 features (cbfinn/maml `maml.py`, `reduce_mean(hidden4, [1, 2])`).
+//! - `bn_scale: false`: `tf.contrib.layers.batch_norm` has no scale gamma by
+//!   default (MAML); `tf.layers.batch_normalization` has one (Reptile).
+//! - `bn_eps`: 1e-3 in both TensorFlow references, 1e-5 in PyTorch.
+//! - `padding: tf-same`: TensorFlow's `SAME` padding, which for a stride-2
+//!   convolution of an even-sized input pads only at the bottom and right
+//!   (PyTorch's `padding=1` pads every side; the two grids differ by one
+//!   pixel on 28x28 and 14x14 inputs).
+//! - `init`: PyTorch's default, Xavier/Glorot as TensorFlow's layers.
 //!
-//! Initialisation follows PyTorch's defaults (what the PyTorch ports of MAML
-//! and Reptile use): weights and biases of conv and linear layers
-//! U(-1/sqrt(fan_in), 1/sqrt(fan_in)); batch-norm gamma = 1, beta = 0.
+//! Batch norm always normalises with batch statistics unless the caller
+//! passes statistics ([`Learner::forward_with`]): the support set's
+//! (non-transductive prediction), or running statistics accumulated over
+//! the adaptation (the meta-LSTM reference's `evaluate` mode, see
+//! [`crate::norm`]). No state is kept across episodes.
+//!
+//! Initialisation follows PyTorch's defaults unless `init` says otherwise:
+//! weights and biases of conv and linear layers U(-1/sqrt(fan_in),
+//! 1/sqrt(fan_in)); batch-norm gamma = 1, beta = 0.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -37,8 +50,50 @@ pub enum Downsample {
     MaxPool,
 }
 
+/// What the linear head reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// The whole final map, flattened in PyTorch's `[C, H, W]` order.
+    Flatten,
+    /// The mean over the final map's positions: one feature per channel
+    /// (MAML's Omniglot network).
+    MeanPool,
+}
+
+/// Convolution padding convention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Padding {
+    /// One pixel on every side (PyTorch `Conv2d(3, padding=1)`).
+    Torch,
+    /// TensorFlow `SAME`: total padding `max((out - 1) * s + 3 - in, 0)`,
+    /// the odd pixel at the bottom/right (both TensorFlow references).
+    TfSame,
+}
+
+/// Initialisation scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// PyTorch defaults: U(+-1/sqrt(fan_in)) for weights and biases.
+    Torch,
+    /// Torch7 (Lua `nn`) defaults, as the meta-LSTM reference's learner:
+    /// conv and linear as PyTorch, batch-norm scale gamma ~ U(0, 1)
+    /// (`BatchNormalization:reset`, `self.weight:uniform()`).
+    Torch7,
+    /// TensorFlow Glorot/Xavier uniform for every weight, zero biases
+    /// (`tf.layers` defaults: Reptile; MAML's conv layers).
+    Glorot,
+    /// MAML's: Glorot uniform conv weights, zero biases; the head Glorot
+    /// uniform after a flatten, N(0, 1) after the mean-pool
+    /// (`tf.random_normal`, cbfinn/maml `maml.py` `construct_conv_weights`).
+    Maml,
+}
+
 /// Shape of a conv-4 learner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Learner {
     pub in_channels: usize,
     pub image_size: usize,
@@ -46,20 +101,76 @@ pub struct Learner {
     pub hidden: usize,
     pub ways: usize,
     pub downsample: Downsample,
-    /// Batch-norm epsilon (PyTorch default 1e-5).
+    /// Batch-norm epsilon (PyTorch default 1e-5; 1e-3 in the TensorFlow
+    /// references).
     pub bn_eps: f64,
     /// Conv blocks before the linear head (4 for conv-4; 0 gives a linear
     /// classifier on raw pixels, used by tests with hand-computed gradients).
     #[serde(default = "default_blocks")]
     pub blocks: usize,
+    /// Classifier input [default: flatten].
+    #[serde(default = "default_head")]
+    pub head: Head,
+    /// Batch norm has a learned scale gamma [default: true].
+    #[serde(default = "default_true")]
+    pub bn_scale: bool,
+    /// Padding convention [default: torch].
+    #[serde(default = "default_padding")]
+    pub padding: Padding,
+    /// Initialisation [default: torch].
+    #[serde(default = "default_init")]
+    pub init: Init,
+    /// Max-pool padding of odd-sized maps: `valid` drops the last row and
+    /// column (PyTorch, MAML, meta-LSTM: 84 -> 42 -> 21 -> 10 -> 5), `same`
+    /// pads them (Reptile's `max_pooling2d(padding='same')`: ... 21 -> 11
+    /// -> 6) [default: valid].
+    #[serde(default = "default_pool_padding")]
+    pub pool_padding: PoolPadding,
+}
+
+/// Max-pool treatment of an odd last row/column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolPadding {
+    Valid,
+    Same,
 }
 
 fn default_blocks() -> usize {
     BLOCKS
 }
+fn default_head() -> Head {
+    Head::Flatten
+}
+fn default_true() -> bool {
+    true
+}
+fn default_padding() -> Padding {
+    Padding::Torch
+}
+fn default_init() -> Init {
+    Init::Torch
+}
+fn default_pool_padding() -> PoolPadding {
+    PoolPadding::Valid
+}
 
 /// Number of conv blocks of the standard learner.
 pub const BLOCKS: usize = 4;
+
+/// Overrides of the dataset's standard learner, as a benchmark's `learner:`
+/// block writes them (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnerOptions {
+    pub hidden: Option<usize>,
+    pub bn_eps: Option<f64>,
+    pub head: Option<Head>,
+    pub bn_scale: Option<bool>,
+    pub padding: Option<Padding>,
+    pub init: Option<Init>,
+    pub pool_padding: Option<PoolPadding>,
+}
 
 impl Learner {
     /// The Omniglot conv-4 (stride 2, 64 filters, 1x28x28).
@@ -72,6 +183,11 @@ impl Learner {
             downsample: Downsample::Stride2,
             bn_eps: 1e-5,
             blocks: BLOCKS,
+            head: Head::Flatten,
+            bn_scale: true,
+            padding: Padding::Torch,
+            init: Init::Torch,
+            pool_padding: PoolPadding::Valid,
         }
     }
 
@@ -79,12 +195,9 @@ impl Learner {
     pub fn mini_imagenet(ways: usize, image_size: usize) -> Self {
         Learner {
             in_channels: 3,
-            image_size,
             hidden: 32,
-            ways,
             downsample: Downsample::MaxPool,
-            bn_eps: 1e-5,
-            blocks: BLOCKS,
+            ..Learner::omniglot(ways, image_size)
         }
     }
 
@@ -99,13 +212,48 @@ impl Learner {
         }
     }
 
+    /// This learner with `o`'s overrides applied and checked.
+    pub fn with_options(mut self, o: &LearnerOptions) -> Result<Self> {
+        if let Some(h) = o.hidden {
+            if h == 0 {
+                return Err(Error::invalid("learner.hidden", h, "at least 1"));
+            }
+            self.hidden = h;
+        }
+        if let Some(e) = o.bn_eps {
+            if !(e.is_finite() && e > 0.0) {
+                return Err(Error::invalid("learner.bn_eps", e, "a positive number"));
+            }
+            self.bn_eps = e;
+        }
+        if let Some(h) = o.head {
+            self.head = h;
+        }
+        if let Some(s) = o.bn_scale {
+            self.bn_scale = s;
+        }
+        if let Some(p) = o.padding {
+            self.padding = p;
+        }
+        if let Some(i) = o.init {
+            self.init = i;
+        }
+        if let Some(p) = o.pool_padding {
+            self.pool_padding = p;
+        }
+        Ok(self)
+    }
+
     /// Side of the feature map after the four blocks.
     pub fn feature_side(&self) -> usize {
         let mut s = self.image_size;
         for _ in 0..self.blocks {
             s = match self.downsample {
                 Downsample::Stride2 => (s - 1) / 2 + 1,
-                Downsample::MaxPool => s / 2,
+                Downsample::MaxPool => match self.pool_padding {
+                    PoolPadding::Valid => s / 2,
+                    PoolPadding::Same => s.div_ceil(2),
+                },
             };
         }
         s
@@ -120,19 +268,44 @@ impl Learner {
         }
     }
 
+    /// Inputs of the linear head.
+    pub fn features(&self) -> usize {
+        match self.head {
+            Head::Flatten => self.feature_channels() * self.feature_side() * self.feature_side(),
+            Head::MeanPool => self.feature_channels(),
+        }
+    }
+
+    /// Parameter tensors per conv block (3 without a batch-norm scale).
+    pub fn per_block(&self) -> usize {
+        if self.bn_scale {
+            4
+        } else {
+            3
+        }
+    }
+
     /// Parameter names in order: `conv{i}.weight`, `conv{i}.bias`,
-    /// `bn{i}.gamma`, `bn{i}.beta` for i in 1..=4, then `head.weight`,
-    /// `head.bias`.
+    /// `bn{i}.gamma` (when `bn_scale`), `bn{i}.beta` for i in 1..=4, then
+    /// `head.weight`, `head.bias`.
     pub fn param_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for i in 1..=self.blocks {
             for n in ["conv{}.weight", "conv{}.bias", "bn{}.gamma", "bn{}.beta"] {
+                if n.contains("gamma") && !self.bn_scale {
+                    continue;
+                }
                 names.push(n.replace("{}", &i.to_string()));
             }
         }
         names.push("head.weight".into());
         names.push("head.bias".into());
         names
+    }
+
+    /// Whether a parameter is a batch-norm parameter (`bn{i}.gamma`/`beta`).
+    pub fn is_bn_param(name: &str) -> bool {
+        name.starts_with("bn")
     }
 
     /// Layer a parameter belongs to (`conv1`..`conv4` with its batch norm,
@@ -142,7 +315,7 @@ impl Learner {
         prefix.replace("bn", "conv")
     }
 
-    /// Fresh parameters (PyTorch default initialisation) from `rng`.
+    /// Fresh parameters (initialisation per [`Learner::init`]) from `rng`.
     pub fn init(&self, rng: &mut Rng, device: &Device) -> Result<Params> {
         if self.feature_side() == 0 {
             return Err(Error::invalid(
@@ -158,21 +331,52 @@ impl Learner {
                 .collect();
             Ok(Tensor::from_vec(v, shape, device)?)
         };
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, device);
         let mut cin = self.in_channels;
         for _ in 0..self.blocks {
-            let fan_in = cin * 9;
-            let bound = 1.0 / (fan_in as f64).sqrt();
             let h = self.hidden;
-            tensors.push(uniform(rng, h * fan_in, bound, &[h, cin, 3, 3])?);
-            tensors.push(uniform(rng, h, bound, &[h])?);
-            tensors.push(Tensor::ones(h, DType::F32, device)?);
-            tensors.push(Tensor::zeros(h, DType::F32, device)?);
+            let (fan_in, fan_out) = (cin * 9, h * 9);
+            match self.init {
+                Init::Torch | Init::Torch7 => {
+                    let bound = 1.0 / (fan_in as f64).sqrt();
+                    tensors.push(uniform(rng, h * fan_in, bound, &[h, cin, 3, 3])?);
+                    tensors.push(uniform(rng, h, bound, &[h])?);
+                }
+                Init::Glorot | Init::Maml => {
+                    // Glorot uniform: limit sqrt(6 / (fan_in + fan_out)).
+                    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                    tensors.push(uniform(rng, h * fan_in, bound, &[h, cin, 3, 3])?);
+                    tensors.push(zeros(&[h])?);
+                }
+            }
+            if self.bn_scale {
+                tensors.push(match self.init {
+                    Init::Torch7 => uniform(rng, h, 0.5, &[h])?.affine(1.0, 0.5)?,
+                    _ => Tensor::ones(h, DType::F32, device)?,
+                });
+            }
+            tensors.push(zeros(&[h])?);
             cin = h;
         }
-        let feat = self.feature_channels() * self.feature_side() * self.feature_side();
-        let bound = 1.0 / (feat as f64).sqrt();
-        tensors.push(uniform(rng, self.ways * feat, bound, &[self.ways, feat])?);
-        tensors.push(uniform(rng, self.ways, bound, &[self.ways])?);
+        let feat = self.features();
+        let n = self.ways * feat;
+        match (self.init, self.head) {
+            (Init::Torch | Init::Torch7, _) => {
+                let bound = 1.0 / (feat as f64).sqrt();
+                tensors.push(uniform(rng, n, bound, &[self.ways, feat])?);
+                tensors.push(uniform(rng, self.ways, bound, &[self.ways])?);
+            }
+            (Init::Maml, Head::MeanPool) => {
+                let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+                tensors.push(Tensor::from_vec(v, &[self.ways, feat], device)?);
+                tensors.push(zeros(&[self.ways])?);
+            }
+            (Init::Glorot | Init::Maml, _) => {
+                let bound = (6.0 / (feat + self.ways) as f64).sqrt();
+                tensors.push(uniform(rng, n, bound, &[self.ways, feat])?);
+                tensors.push(zeros(&[self.ways])?);
+            }
+        }
         Ok(Params::new(self.param_names(), tensors))
     }
 
@@ -192,29 +396,97 @@ impl Learner {
         stats: Option<&[BnStats]>,
     ) -> Result<(Tensor, Vec<BnStats>)> {
         let b = x.dim(0)?;
+        let k = self.per_block();
         // [B, C, H, W] -> channel-major [C, B, H, W] (see ops.rs).
         let mut h = x.transpose(0, 1)?.contiguous()?;
         let mut used = Vec::with_capacity(self.blocks);
         for i in 0..self.blocks {
-            let t = &p.tensors[4 * i..4 * i + 4];
-            let stride = match self.downsample {
-                Downsample::Stride2 => 2,
-                Downsample::MaxPool => 1,
+            let t = &p.tensors[k * i..k * i + k];
+            let (gamma, beta) = if self.bn_scale {
+                (Some(&t[2]), &t[3])
+            } else {
+                (None, &t[2])
             };
-            h = ops::conv3x3(&h, &t[0], &t[1], stride)?;
-            let (y, st) = ops::batch_norm(&h, &t[2], &t[3], self.bn_eps, stats.map(|s| &s[i]))?;
+            h = self.conv(&h, &t[0], &t[1])?;
+            let (y, st) = ops::batch_norm(&h, gamma, beta, self.bn_eps, stats.map(|s| &s[i]))?;
             used.push(st);
             h = y.relu()?;
             if self.downsample == Downsample::MaxPool {
+                let (_, _, hh, ww) = h.dims4()?;
+                if self.pool_padding == PoolPadding::Same && (hh % 2 == 1 || ww % 2 == 1) {
+                    // After the ReLU every value is >= 0, so a zero pad
+                    // gives the same maxima as TensorFlow's -inf pad
+                    // (max and ReLU commute).
+                    h = h
+                        .pad_with_zeros(2, 0, hh % 2)?
+                        .pad_with_zeros(3, 0, ww % 2)?;
+                }
                 h = ops::max_pool2x2(&h)?;
             }
         }
-        // Back to [B, C*H*W] in PyTorch's flatten order.
-        let feat = h.transpose(0, 1)?.reshape((b, ()))?;
-        let w = &p.tensors[4 * self.blocks];
-        let bias = &p.tensors[4 * self.blocks + 1];
+        let feat = match self.head {
+            // Back to [B, C*H*W] in PyTorch's flatten order.
+            Head::Flatten => h.transpose(0, 1)?.reshape((b, ()))?,
+            // mean over positions: [C, B, H*W] -> [B, C]
+            Head::MeanPool => {
+                let c = h.dim(0)?;
+                h.reshape((c, b, ()))?.mean(2)?.t()?
+            }
+        };
+        let w = &p.tensors[k * self.blocks];
+        let bias = &p.tensors[k * self.blocks + 1];
         let logits = feat.matmul(&w.t()?)?.broadcast_add(bias)?;
         Ok((logits, used))
+    }
+
+    /// Mean cross-entropy at `p` on `(x, y)` with batch statistics, its
+    /// gradient (detached: a constant for any outer graph) and the detached
+    /// batch-norm statistics of the pass.
+    pub fn loss_and_grad(
+        &self,
+        p: &Params,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<(f64, Params, Vec<BnStats>)> {
+        let vars = p.to_vars()?;
+        let pv = Params::from_vars(&p.names, &vars);
+        let (logits, stats) = self.forward_with(&pv, x, None)?;
+        let loss = cross_entropy(&logits, y)?;
+        let g = pv.grads(&loss.backward()?)?.detach();
+        let stats = stats
+            .into_iter()
+            .map(|s| BnStats {
+                mean: s.mean.detach(),
+                var: s.var.detach(),
+                count: s.count,
+            })
+            .collect();
+        let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok((loss, g, stats))
+    }
+
+    /// One 3x3 convolution of a block, with this learner's stride and
+    /// padding convention.
+    fn conv(&self, h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let stride = match self.downsample {
+            Downsample::Stride2 => 2,
+            Downsample::MaxPool => 1,
+        };
+        let (_, _, hh, ww) = h.dims4()?;
+        if stride == 1 || self.padding == Padding::Torch || (hh % 2 == 1 && ww % 2 == 1) {
+            // Odd sizes and stride 1: TensorFlow's SAME pads one pixel on
+            // every side too.
+            return Ok(ops::conv3x3(h, w, b, stride)?);
+        }
+        // TensorFlow SAME, stride 2, even side: output i reads input rows
+        // 2i, 2i+1, 2i+2 (zero past the end). A zero row/column in front
+        // shifts PyTorch's grid (rows 2i-1..2i+1) by one input pixel: output
+        // i+1 of the padded input is output i of SAME; drop output 0.
+        let (ph, pw) = ((hh % 2 == 0) as usize, (ww % 2 == 0) as usize);
+        let hp = h.pad_with_zeros(2, ph, 0)?.pad_with_zeros(3, pw, 0)?;
+        let y = ops::conv3x3(&hp, w, b, 2)?;
+        let (ho, wo) = ((hh - 1) / 2 + 1, (ww - 1) / 2 + 1);
+        Ok(y.narrow(2, ph, ho)?.narrow(3, pw, wo)?)
     }
 }
 

@@ -9,7 +9,10 @@
 //! - [`sampler`]: seeded, indexed episodes and their tensors;
 //! - [`rng`]: the one source of randomness, version-stable;
 //! - [`learner`], [`ops`], [`params`]: the functional conv-4 learner;
-//! - [`algo`]: the `Algorithm` trait, its registry, MAML and Reptile;
+//! - [`norm`]: where batch norm takes its statistics (the references'
+//!   protocols, per benchmark);
+//! - [`algo`]: the `Algorithm` trait, its registry, MAML, Reptile and the
+//!   meta-learner LSTM;
 //! - [`optim`]: Adam with checkpointable state;
 //! - [`spec`]: benchmark files (YAML) and their resolved form;
 //! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
@@ -22,6 +25,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod learner;
+pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -228,16 +228,19 @@ impl CustomOp1 for Col2Im {
 pub struct BnStats {
     pub mean: Tensor,
     pub var: Tensor,
+    /// Values per channel the statistics were taken over (B*H*W).
+    pub count: usize,
 }
 
 /// Batch norm on `[C, B, H, W]` with the statistics of this batch (returned)
 /// or with given ones (e.g. the support set's, for non-transductive
 /// prediction). No running statistics exist.
 ///
-/// y = gamma * (x - mean) / sqrt(var + eps) + beta
+/// y = gamma * (x - mean) / sqrt(var + eps) + beta (gamma = 1 when absent,
+/// as `tf.contrib.layers.batch_norm(scale=False)`).
 pub fn batch_norm(
     x: &Tensor,
-    gamma: &Tensor,
+    gamma: Option<&Tensor>,
     beta: &Tensor,
     eps: f64,
     stats: Option<&BnStats>,
@@ -250,11 +253,18 @@ pub fn batch_norm(
         None => {
             let mean = flat.mean_keepdim(1)?;
             let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-            BnStats { mean, var }
+            BnStats {
+                mean,
+                var,
+                count: flat.dim(1)?,
+            }
         }
     };
     let inv = (st.var.clone() + eps)?.sqrt()?.recip()?;
-    let scale = gamma.reshape((c, 1))?.mul(&inv)?;
+    let scale = match gamma {
+        Some(g) => g.reshape((c, 1))?.mul(&inv)?,
+        None => inv,
+    };
     let y = flat
         .broadcast_sub(&st.mean)?
         .broadcast_mul(&scale)?

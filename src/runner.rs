@@ -16,7 +16,8 @@ use crate::algo;
 use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
-use crate::spec::{self, Benchmark};
+use crate::norm::NormProtocol;
+use crate::spec::{self, Benchmark, Select};
 use crate::train::{self, TrainOptions, TrainState};
 use crate::util::write_atomic;
 
@@ -45,6 +46,13 @@ pub struct RunResults {
     pub dataset: String,
     pub episode: crate::sampler::EpisodeSpec,
     pub transductive: bool,
+    /// The batch-norm protocol (query statistics in meta-training and at
+    /// test time).
+    #[serde(default)]
+    pub batch_norm: NormProtocol,
+    /// Which model was tested: `best` on validation or `final`.
+    #[serde(default)]
+    pub select: Select,
     pub run_dir: PathBuf,
     pub results: Vec<AlgoResult>,
 }
@@ -125,6 +133,8 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         dataset: bench.dataset.clone(),
         episode: bench.episode,
         transductive: bench.transductive,
+        batch_norm: bench.batch_norm,
+        select: bench.select,
         run_dir: opts.run_dir.clone(),
         results: vec![],
     };
@@ -147,7 +157,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
                 stop_after_steps: None,
             },
         )?;
-        let selected = if train::load_best(&mut *algorithm, &dir)? {
+        let selected = if bench.select == Select::Best && train::load_best(&mut *algorithm, &dir)? {
             format!("best@{}", state.best_step.unwrap_or(0))
         } else {
             "final".to_string()
@@ -204,7 +214,7 @@ fn write_episode_scores(ev: &Evaluation, path: &Path) -> Result<()> {
 /// distinguishable from the best at this sample size); the best is `*`.
 pub fn leaderboard(r: &RunResults) -> String {
     let mut s = format!(
-        "{} ({}, {}-way {}-shot, {} queries, {})\n",
+        "{} ({}, {}-way {}-shot, {} queries, {}; batch norm: meta-train {}, test {})\n",
         r.benchmark,
         r.dataset,
         r.episode.ways,
@@ -214,7 +224,9 @@ pub fn leaderboard(r: &RunResults) -> String {
             "transductive"
         } else {
             "non-transductive"
-        }
+        },
+        kebab(&r.batch_norm.meta_train),
+        kebab(&r.batch_norm.eval),
     );
     s.push_str(&format!(
         "{:<2}{:<14} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
@@ -257,6 +269,13 @@ pub fn leaderboard(r: &RunResults) -> String {
         r.run_dir.join("results.json").display()
     ));
     s
+}
+
+/// A unit enum variant as its YAML (kebab-case) name.
+fn kebab<T: Serialize>(v: &T) -> String {
+    spec::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Default run folder: `runs/<benchmark>/<unix seconds>`.

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::algo::{self, Context};
 use crate::data::DataOptions;
 use crate::error::{Error, Result};
-use crate::learner::Learner;
+use crate::learner::{Learner, LearnerOptions};
+use crate::norm::{EvalStats, NormProtocol, TrainStats};
 use crate::sampler::EpisodeSpec;
 
 /// Parse YAML text into `T`, naming `source` in errors.
@@ -77,9 +78,21 @@ pub struct BenchmarkFile {
     /// Fixed validation episodes for model selection [default: 100].
     #[serde(default)]
     pub val_episodes: Option<usize>,
-    /// Query predictions with query batch statistics [default: false].
+    /// Evaluation only: query predictions with the query batch's statistics
+    /// (true) or the support set's (false) [default: false]. Shorthand for
+    /// `batch_norm.eval: query | support`.
     #[serde(default)]
     pub transductive: Option<bool>,
+    /// Where batch norm takes its statistics (see `fewshot::norm`).
+    #[serde(default)]
+    pub batch_norm: Option<BatchNormFile>,
+    /// Overrides of the dataset's standard learner (reference networks).
+    #[serde(default)]
+    pub learner: Option<LearnerOptions>,
+    /// Test the `best` checkpoint on validation or the `final` one
+    /// [default: best].
+    #[serde(default)]
+    pub select: Option<Select>,
     pub budget: Budget,
     /// Validate every this many meta-steps [default: 100 when
     /// `validate_every_minutes` is absent, else never by steps].
@@ -95,6 +108,31 @@ pub struct BenchmarkFile {
     pub checkpoint_every: Option<u64>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<serde_yaml::Value>,
+}
+
+/// The `batch_norm:` block as written; absent fields take the defaults of
+/// [`NormProtocol`] (`eval` from `transductive`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNormFile {
+    #[serde(default)]
+    pub meta_train: Option<TrainStats>,
+    #[serde(default)]
+    pub eval: Option<EvalStats>,
+    #[serde(default)]
+    pub momentum: Option<f64>,
+}
+
+/// Which meta-parameters are tested after meta-training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// The checkpoint with the best validation accuracy (fewshot's
+    /// default; model selection on the validation split).
+    #[default]
+    Best,
+    /// The final meta-parameters (what the reference codes test).
+    Final,
 }
 
 /// One resolved algorithm entry.
@@ -117,7 +155,10 @@ pub struct Benchmark {
     pub seed: u64,
     pub test_episodes: usize,
     pub val_episodes: usize,
+    /// Whether evaluation is transductive (`batch_norm.eval == query`).
     pub transductive: bool,
+    pub batch_norm: NormProtocol,
+    pub select: Select,
     pub budget: Budget,
     pub validate_every: Option<u64>,
     pub validate_every_minutes: Option<f64>,
@@ -164,7 +205,7 @@ impl Benchmark {
             dataset: self.dataset.clone(),
             spec: self.episode,
             learner: self.learner.clone(),
-            transductive: self.transductive,
+            norm: self.batch_norm,
             seed: self.seed,
             device: device.clone(),
         }
@@ -239,7 +280,51 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             ))
         }
     };
-    let learner = Learner::for_dataset(&f.dataset, channels, size, f.episode.ways);
+    let learner = Learner::for_dataset(&f.dataset, channels, size, f.episode.ways)
+        .with_options(&f.learner.clone().unwrap_or_default())
+        .map_err(|e| cfg_err(source, "learner", e.to_string()))?;
+    let bn = f.batch_norm.clone().unwrap_or_default();
+    let eval = match (f.transductive, bn.eval) {
+        (None, None) => EvalStats::Support,
+        (Some(t), None) => {
+            if t {
+                EvalStats::Query
+            } else {
+                EvalStats::Support
+            }
+        }
+        (None, Some(e)) => e,
+        (Some(t), Some(e)) => {
+            if t != e.transductive() {
+                return Err(cfg_err(
+                    source,
+                    "batch_norm.eval",
+                    format!(
+                        "`transductive: {t}` contradicts `batch_norm.eval: {}`; give one of them",
+                        to_string(&e)?.trim()
+                    ),
+                ));
+            }
+            e
+        }
+    };
+    // The meta-LSTM reference's BN_momentum: 0.9 in
+    // config/lstm/train-imagenet-1shot.lua, 0.95 in ...-5shot.lua.
+    let momentum = bn
+        .momentum
+        .unwrap_or(if f.episode.shots >= 5 { 0.95 } else { 0.9 });
+    if !(momentum.is_finite() && momentum > 0.0 && momentum <= 1.0) {
+        return Err(cfg_err(
+            source,
+            "batch_norm.momentum",
+            format!("must be in (0, 1], got {momentum}"),
+        ));
+    }
+    let batch_norm = NormProtocol {
+        meta_train: bn.meta_train.unwrap_or(TrainStats::Query),
+        eval,
+        momentum,
+    };
     if learner.feature_side() == 0 {
         return Err(cfg_err(
             source,
@@ -307,7 +392,9 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         seed: f.seed.unwrap_or(0),
         test_episodes,
         val_episodes,
-        transductive: f.transductive.unwrap_or(false),
+        transductive: eval.transductive(),
+        batch_norm,
+        select: f.select.unwrap_or_default(),
         budget: b,
         validate_every,
         validate_every_minutes: f.validate_every_minutes,

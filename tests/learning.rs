@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::maml::{Maml, MamlConfig};
 use fewshot::algo::reptile::{Reptile, ReptileConfig};
-use fewshot::algo::{sgd_adapt, Algorithm, Context, Progress};
+use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd, Progress};
 use fewshot::learner::{cross_entropy, Downsample, Learner};
+use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
 use fewshot::params::Params;
 use fewshot::rng::Rng;
 use fewshot::sampler::{Batch, EpisodeSpec};
@@ -25,6 +26,22 @@ fn tiny(downsample: Downsample, size: usize, hidden: usize, ways: usize) -> Lear
         downsample,
         bn_eps: 1e-5,
         blocks: 4,
+        ..Learner::omniglot(ways, size)
+    }
+}
+
+/// Meta-training and evaluation both with query statistics (transductive)
+/// or both with support statistics.
+fn protocol(transductive: bool) -> NormProtocol {
+    let (meta_train, eval) = if transductive {
+        (TrainStats::Query, EvalStats::Query)
+    } else {
+        (TrainStats::Support, EvalStats::Support)
+    };
+    NormProtocol {
+        meta_train,
+        eval,
+        momentum: 0.9,
     }
 }
 
@@ -37,7 +54,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
             queries: 2,
         },
         learner,
-        transductive,
+        norm: protocol(transductive),
         seed: 7,
         device: cpu(),
     }
@@ -188,7 +205,8 @@ fn sgd_adaptation_lowers_the_support_loss() {
         scalar(&cross_entropy(&l.forward(q, &b.support_x).unwrap(), &b.support_y).unwrap())
     };
     let before = loss(&p);
-    let after = loss(&sgd_adapt(&l, &p, &b.support_x, &b.support_y, 0.4, 3).unwrap());
+    let step = InnerSgd::plain(0.4, &p);
+    let after = loss(&sgd_adapt(&l, &p, &b.support_x, &b.support_y, &step, 3, None).unwrap());
     assert!(after < 0.5 * before, "support loss {before} -> {after}");
 }
 
@@ -202,7 +220,7 @@ fn reptile_adaptation_lowers_the_support_loss() {
         scalar(&cross_entropy(&l.forward(q, &b.support_x).unwrap(), &b.support_y).unwrap())
     };
     let before = loss(&r.theta);
-    let after = loss(&r.adapt(&b.support_x, &b.support_y).unwrap());
+    let after = loss(&r.adapt(&b.support_x, &b.support_y).unwrap().params);
     assert!(after < 0.75 * before, "support loss {before} -> {after}");
 }
 
@@ -309,10 +327,20 @@ fn first_order_maml_meta_gradient_equals_hand_computation_on_a_linear_model() {
 
 /// The full MAML objective L_query(adapt(theta)) in float64.
 fn maml_objective(c: &Context, theta: &Params, b: &Batch, lr: f64, steps: usize) -> f64 {
-    let p = sgd_adapt(&c.learner, theta, &b.support_x, &b.support_y, lr, steps).unwrap();
+    let step = InnerSgd::plain(lr, theta);
+    let p = sgd_adapt(
+        &c.learner,
+        theta,
+        &b.support_x,
+        &b.support_y,
+        &step,
+        steps,
+        None,
+    )
+    .unwrap();
     scalar(
         &cross_entropy(
-            &c.predict(&p, &b.support_x, &b.query_x).unwrap(),
+            &c.predict_train(&p, &b.support_x, &b.query_x).unwrap(),
             &b.query_y,
         )
         .unwrap(),
@@ -387,6 +415,7 @@ fn reptile_outer_step_is_the_interpolation_formula() {
             4,
             3,
             &mut r.task_rng(4, 0),
+            None,
         )
         .unwrap();
     let t2 = r
@@ -398,6 +427,7 @@ fn reptile_outer_step_is_the_interpolation_formula() {
             4,
             3,
             &mut r.task_rng(4, 1),
+            None,
         )
         .unwrap();
     let eps = 0.5 * 0.7 + 0.5 * 0.1;

@@ -3,8 +3,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig};
-use fewshot::algo::{sgd_adapt, Context};
+use fewshot::algo::{sgd_adapt, Context, InnerSgd};
 use fewshot::learner::{Downsample, Learner};
+use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
 use fewshot::params::Params;
 use fewshot::rng::Rng;
 use fewshot::sampler::{Batch, EpisodeSpec};
@@ -18,7 +19,7 @@ fn ctx(l: Learner, transductive: bool) -> Context {
             queries: 2,
         },
         learner: l,
-        transductive,
+        norm: protocol(transductive),
         seed: 5,
         device: Device::Cpu,
     }
@@ -33,6 +34,25 @@ fn tiny() -> Learner {
         downsample: Downsample::Stride2,
         bn_eps: 1e-5,
         blocks: 4,
+        ..Learner::omniglot(3, 8)
+    }
+}
+
+/// Meta-training and evaluation both with query statistics (transductive)
+/// or both with support statistics.
+fn protocol(transductive: bool) -> NormProtocol {
+    if transductive {
+        NormProtocol {
+            meta_train: TrainStats::Query,
+            eval: EvalStats::Query,
+            momentum: 0.9,
+        }
+    } else {
+        NormProtocol {
+            meta_train: TrainStats::Support,
+            eval: EvalStats::Support,
+            momentum: 0.9,
+        }
     }
 }
 
@@ -73,9 +93,17 @@ fn meta(l: Learner, transductive: bool, steps: usize) -> MetaLstm {
 
 #[test]
 fn gradient_descent_is_a_special_case() {
-    // With f = 1 and i = lr, ten meta-LSTM updates are ten SGD steps.
-    for l in [tiny(), Learner::omniglot(5, 28)] {
+    // With f = 1 and i = lr, ten meta-LSTM updates are ten SGD steps: with
+    // step lr on the mean loss, or lr / B when the gradient is divided by
+    // the batch size B as in the reference.
+    for (l, div) in [
+        (tiny(), false),
+        (tiny(), true),
+        (Learner::omniglot(5, 28), false),
+        (Learner::omniglot(5, 28), true),
+    ] {
         let mut m = meta(l.clone(), false, 10);
+        m.config.grad_div_batch = div;
         m.to_dtype(DType::F64).unwrap();
         let ways = l.ways;
         let b = {
@@ -91,7 +119,8 @@ fn gradient_descent_is_a_special_case() {
             .unwrap();
             (x, y)
         };
-        let lr = 0.1;
+        let lr = if div { 0.1 * (2 * ways) as f64 } else { 0.1 };
+        let sgd_lr = 0.1;
         let u = m
             .unroll(
                 &m.params,
@@ -104,11 +133,13 @@ fn gradient_descent_is_a_special_case() {
                 },
                 None,
                 false,
+                None,
             )
             .unwrap();
         let lstm = m.learner_params(&u.theta).unwrap();
         let theta0 = m.learner_params(&m.params.tensors[7]).unwrap();
-        let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, lr, 10).unwrap();
+        let step = InnerSgd::plain(sgd_lr, &theta0);
+        let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, &step, 10, None).unwrap();
         let diff = lstm
             .zip_map(&sgd, |a, b| a - b)
             .unwrap()
@@ -179,11 +210,15 @@ fn a_fresh_meta_learner_starts_near_gradient_descent_with_a_small_step() {
 fn preprocessing_matches_the_formula_at_the_boundaries() {
     let p = 10.0f64;
     let b = (-p).exp();
-    // At |x| = e^-p the first branch applies: (log|x| / p, sign x) = (-1, +-1).
+    // At |x| = e^-p the reference's strict `torch.gt` picks the second
+    // branch, (-1, e^p x); both branches give (-1, +-1) there.
     let (a, s) = preprocess(b, p);
-    assert!((a + 1.0).abs() < 1e-12 && s == 1.0);
+    assert!(a == -1.0 && (s - 1.0).abs() < 1e-12);
     let (a, s) = preprocess(-b, p);
-    assert!((a + 1.0).abs() < 1e-12 && s == -1.0);
+    assert!(a == -1.0 && (s + 1.0).abs() < 1e-12);
+    // Just above: the first branch, (log|x| / p, sign x).
+    let (a, s) = preprocess(1.5 * b, p);
+    assert!((a - (1.5 * b).ln() / p).abs() < 1e-12 && s == 1.0);
     // Just below: (-1, e^p x), continuous with the first branch's sign.
     let (a, s) = preprocess(0.5 * b, p);
     assert!(a == -1.0 && (s - 0.5).abs() < 1e-12);
@@ -217,6 +252,7 @@ fn meta_gradient_matches_finite_differences() {
                 Gates::Learned,
                 None,
                 false,
+                None,
             )
             .unwrap();
         let frozen = base.inputs.clone();

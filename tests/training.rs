@@ -23,7 +23,7 @@ fn omniglot_ctx() -> Context {
             queries: 5,
         },
         learner: Learner::omniglot(5, 28),
-        transductive: false,
+        norm: fewshot::norm::NormProtocol::default(),
         seed: 3,
         device: Device::Cpu,
     }

@@ -33,11 +33,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    at_least_one, parse_entry, positive, sgd_adapt, sum_params, Algorithm, Context, Entry,
-    EpisodeScore, Progress,
+    at_least_one, parse_entry, positive, sgd_adapt, sum_params, Adapted, Algorithm, Context, Entry,
+    EpisodeScore, InnerSgd, Progress,
 };
 use crate::error::{Error, Result};
-use crate::learner::{accuracy, cross_entropy};
+use crate::learner::{cross_entropy, Learner};
 use crate::optim::{Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
@@ -71,6 +71,31 @@ pub struct MamlConfig {
     pub meta_batch: Option<usize>,
     /// Adam learning rate of the meta-update [default: 1e-3].
     pub meta_lr: Option<f64>,
+    /// Loss convention: `mean` cross-entropy, or `per-shot`, the reference's
+    /// sum(CE)/K (= N x mean on the support set) for inner and outer loss
+    /// [default: mean].
+    pub loss: Option<LossScale>,
+    /// Batch-norm parameters adapted in the inner loop [default: true; the
+    /// reference keeps its batch-norm offset outer-only: false].
+    pub adapt_bn: Option<bool>,
+    /// Clip each meta-gradient coordinate to [-c, c] before Adam
+    /// [default: 10 on mini-ImageNet, none on Omniglot, as the reference].
+    pub clip_value: Option<f64>,
+    /// Query images per class in meta-training episodes [default: the
+    /// benchmark's `queries`; the reference uses K].
+    pub train_queries: Option<usize>,
+}
+
+/// How the cross-entropy is scaled (cbfinn/maml `utils.py` `xent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossScale {
+    /// Mean over examples (PyTorch ports, learn2learn).
+    Mean,
+    /// Sum over examples divided by the shots K (the reference:
+    /// `softmax_cross_entropy(pred, label) / FLAGS.update_batch_size`,
+    /// summed by `tf.gradients` and `reduce_sum`).
+    PerShot,
 }
 
 /// Resolved MAML hyperparameters.
@@ -84,6 +109,10 @@ pub struct MamlResolved {
     pub inner_steps_test: usize,
     pub meta_batch: usize,
     pub meta_lr: f64,
+    pub loss: LossScale,
+    pub adapt_bn: bool,
+    pub clip_value: Option<f64>,
+    pub train_queries: usize,
 }
 
 impl MamlConfig {
@@ -113,6 +142,16 @@ impl MamlConfig {
             )?,
             meta_batch: at_least_one("meta_batch", self.meta_batch.unwrap_or(batch))?,
             meta_lr: positive("meta_lr", self.meta_lr.unwrap_or(1e-3))?,
+            loss: self.loss.unwrap_or(LossScale::Mean),
+            adapt_bn: self.adapt_bn.unwrap_or(true),
+            clip_value: match self.clip_value {
+                Some(c) => Some(positive("clip_value", c)?),
+                None => (!omniglot).then_some(10.0),
+            },
+            train_queries: at_least_one(
+                "train_queries",
+                self.train_queries.unwrap_or(ctx.spec.queries),
+            )?,
         })
     }
 }
@@ -158,28 +197,53 @@ impl Maml {
         }
     }
 
+    /// The inner step: learning rate, loss scale on the support set, and
+    /// the tensors it adapts.
+    pub fn inner_step(&self, support: usize) -> InnerSgd {
+        let c = &self.config;
+        InnerSgd {
+            lr: c.inner_lr,
+            loss_scale: self.loss_scale(support),
+            adapt: self
+                .theta
+                .names
+                .iter()
+                .map(|n| c.adapt_bn || !Learner::is_bn_param(n))
+                .collect(),
+        }
+    }
+
+    /// Multiplier of the mean cross-entropy over `examples` examples.
+    pub fn loss_scale(&self, examples: usize) -> f64 {
+        match self.config.loss {
+            LossScale::Mean => 1.0,
+            LossScale::PerShot => examples as f64 / self.ctx.spec.shots as f64,
+        }
+    }
+
     fn task_gradient_here(&self, theta: &Params, batch: &Batch) -> Result<(Params, EpisodeScore)> {
         let c = &self.config;
         let l = &self.ctx.learner;
+        let step = self.inner_step(batch.support_x.dim(0)?);
+        let outer_scale = self.loss_scale(batch.query_x.dim(0)?);
         if c.first_order {
             let adapted = sgd_adapt(
                 l,
                 theta,
                 &batch.support_x,
                 &batch.support_y,
-                c.inner_lr,
+                &step,
                 c.inner_steps,
+                None,
             )?;
             let vars = adapted.to_vars()?;
             let pv = Params::from_vars(&adapted.names, &vars);
-            let logits = self.ctx.predict(&pv, &batch.support_x, &batch.query_x)?;
+            let logits = self
+                .ctx
+                .predict_train(&pv, &batch.support_x, &batch.query_x)?;
             let loss = cross_entropy(&logits, &batch.query_y)?;
-            let g = pv.grads(&loss.backward()?)?.detach();
-            let score = EpisodeScore {
-                loss: loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
-                accuracy: accuracy(&logits, &batch.query_y)?,
-            };
-            Ok((g, score))
+            let g = pv.grads(&(&loss * outer_scale)?.backward()?)?.detach();
+            Ok((g, EpisodeScore::of(&logits, &batch.query_y)?))
         } else {
             let vars = theta.to_vars()?;
             let theta0 = Params::from_vars(&theta.names, &vars);
@@ -197,16 +261,15 @@ impl Maml {
                 let loss =
                     cross_entropy(&l.forward(&shifted, &batch.support_x)?, &batch.support_y)?;
                 let g = probe_p.grads(&loss.backward()?)?;
-                p = p.sgd_step(&g, c.inner_lr)?;
+                // theta'_{k+1} = theta'_k - alpha * grad L_support(theta'_k)
+                p = step.apply(&p, &g)?;
             }
-            let logits = self.ctx.predict(&p, &batch.support_x, &batch.query_x)?;
+            let logits = self
+                .ctx
+                .predict_train(&p, &batch.support_x, &batch.query_x)?;
             let loss = cross_entropy(&logits, &batch.query_y)?;
-            let g = theta0.grads(&loss.backward()?)?.detach();
-            let score = EpisodeScore {
-                loss: loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
-                accuracy: accuracy(&logits, &batch.query_y)?,
-            };
-            Ok((g, score))
+            let g = theta0.grads(&(&loss * outer_scale)?.backward()?)?.detach();
+            Ok((g, EpisodeScore::of(&logits, &batch.query_y)?))
         }
     }
 
@@ -225,12 +288,14 @@ impl Maml {
         };
         let n = results.len() as f64;
         let grads: Vec<Params> = results.iter().map(|r| r.0.clone()).collect();
-        let g = sum_params(&grads)?.map(|t| t / n)?;
-        let score = EpisodeScore {
-            loss: results.iter().map(|r| r.1.loss).sum::<f64>() / n,
-            accuracy: results.iter().map(|r| r.1.accuracy).sum::<f64>() / n,
-        };
-        Ok((g, score))
+        // Mean over the meta-batch (the reference's reduce_sum / meta_batch).
+        let mut g = sum_params(&grads)?.map(|t| t / n)?;
+        if let Some(c) = self.config.clip_value {
+            // cbfinn/maml maml.py: tf.clip_by_value(grad, -10, 10) (mini-ImageNet).
+            g = g.map(|t| t.clamp(-c, c))?;
+        }
+        let scores: Vec<EpisodeScore> = results.iter().map(|r| r.1).collect();
+        Ok((g, EpisodeScore::mean(&scores)))
     }
 }
 
@@ -245,22 +310,28 @@ impl Algorithm for Maml {
         self.config.meta_batch
     }
     fn train_spec(&self) -> EpisodeSpec {
-        self.ctx.spec
+        EpisodeSpec {
+            queries: self.config.train_queries,
+            ..self.ctx.spec
+        }
     }
     fn meta_train_step(&mut self, episodes: &[Batch], _progress: Progress) -> Result<EpisodeScore> {
         let (g, score) = self.meta_gradient(episodes)?;
         self.theta = self.adam.step(&self.theta, &g)?;
         Ok(score)
     }
-    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Params> {
-        sgd_adapt(
+    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
+        let mut running = self.ctx.recorder();
+        let params = sgd_adapt(
             &self.ctx.learner,
             &self.theta,
             x,
             y,
-            self.config.inner_lr,
+            &self.inner_step(x.dim(0)?),
             self.config.inner_steps_test,
-        )
+            running.as_mut(),
+        )?;
+        Ok(Adapted { params, running })
     }
     fn context(&self) -> &Context {
         &self.ctx

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::learner::{accuracy, cross_entropy, Learner};
+use crate::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
 use crate::params::Params;
 use crate::sampler::{Batch, EpisodeSpec};
 
@@ -34,36 +35,93 @@ pub struct Context {
     /// The evaluation episode shape.
     pub spec: EpisodeSpec,
     pub learner: Learner,
-    /// Query predictions use the query batch's own batch-norm statistics
-    /// (true) or the support set's (false, non-transductive).
-    pub transductive: bool,
+    /// Which batch normalises the query pass in meta-training and in
+    /// evaluation ([`crate::norm`]).
+    pub norm: NormProtocol,
     pub seed: u64,
     pub device: Device,
 }
 
+/// Adapted learner parameters, with the running batch-norm statistics of
+/// the adaptation when the protocol asks for them (`eval: running`).
+#[derive(Debug, Clone)]
+pub struct Adapted {
+    pub params: Params,
+    pub running: Option<RunningStats>,
+}
+
 impl Context {
-    /// Logits for `query_x` from adapted parameters, with batch-norm
-    /// statistics from the query batch (transductive) or from the support
-    /// set (non-transductive).
-    pub fn predict(&self, p: &Params, support_x: &Tensor, query_x: &Tensor) -> Result<Tensor> {
-        if self.transductive {
-            self.learner.forward(p, query_x)
-        } else {
-            let (_, stats) = self.learner.forward_with(p, support_x, None)?;
-            Ok(self.learner.forward_with(p, query_x, Some(&stats))?.0)
+    /// Logits for `query_x` in meta-training: batch-norm statistics of the
+    /// query batch (`meta_train: query`) or of the support set.
+    pub fn predict_train(
+        &self,
+        p: &Params,
+        support_x: &Tensor,
+        query_x: &Tensor,
+    ) -> Result<Tensor> {
+        match self.norm.meta_train {
+            TrainStats::Query => self.learner.forward(p, query_x),
+            TrainStats::Support => self.predict_with_support_stats(p, support_x, query_x),
         }
     }
 
-    /// Query loss and accuracy of adapted parameters.
-    pub fn score(&self, p: &Params, batch: &Batch) -> Result<EpisodeScore> {
-        let logits = self.predict(p, &batch.support_x, &batch.query_x)?;
-        let loss = cross_entropy(&logits, &batch.query_y)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        Ok(EpisodeScore {
-            loss,
-            accuracy: accuracy(&logits, &batch.query_y)?,
-        })
+    /// Logits for `query_x` at validation/test time, with the statistics
+    /// the protocol's `eval` mode names.
+    pub fn predict_eval(
+        &self,
+        a: &Adapted,
+        support_x: &Tensor,
+        query_x: &Tensor,
+    ) -> Result<Tensor> {
+        let p = &a.params;
+        match self.norm.eval {
+            EvalStats::Query => self.learner.forward(p, query_x),
+            EvalStats::Support => self.predict_with_support_stats(p, support_x, query_x),
+            EvalStats::SupportPlusOne => {
+                // openai/supervised-reptile reptile.py `_test_predictions`:
+                // each query is appended to the support set and predicted
+                // with that batch's statistics; only its own row is kept.
+                let s = support_x.dim(0)?;
+                let rows = (0..query_x.dim(0)?)
+                    .map(|j| {
+                        let x = Tensor::cat(&[support_x, &query_x.narrow(0, j, 1)?], 0)?;
+                        Ok(self.learner.forward(p, &x)?.narrow(0, s, 1)?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            }
+            EvalStats::Running => {
+                let stats = a.running.as_ref().and_then(|r| r.get()).ok_or_else(|| {
+                    Error::invalid(
+                        "batch_norm.eval",
+                        "running",
+                        "an algorithm whose adaptation records running statistics",
+                    )
+                })?;
+                Ok(self.learner.forward_with(p, query_x, Some(stats))?.0)
+            }
+        }
+    }
+
+    fn predict_with_support_stats(
+        &self,
+        p: &Params,
+        support_x: &Tensor,
+        query_x: &Tensor,
+    ) -> Result<Tensor> {
+        let (_, stats) = self.learner.forward_with(p, support_x, None)?;
+        Ok(self.learner.forward_with(p, query_x, Some(&stats))?.0)
+    }
+
+    /// Running statistics for an adaptation, when the protocol uses them.
+    pub fn recorder(&self) -> Option<RunningStats> {
+        crate::norm::recorder(&self.norm)
+    }
+
+    /// Query loss and accuracy of adapted parameters (evaluation).
+    pub fn score(&self, a: &Adapted, batch: &Batch) -> Result<EpisodeScore> {
+        let logits = self.predict_eval(a, &batch.support_x, &batch.query_x)?;
+        EpisodeScore::of(&logits, &batch.query_y)
     }
 }
 
@@ -72,6 +130,30 @@ impl Context {
 pub struct EpisodeScore {
     pub loss: f64,
     pub accuracy: f64,
+}
+
+impl EpisodeScore {
+    /// Mean cross-entropy and accuracy of `logits` against labels `y`.
+    pub fn of(logits: &Tensor, y: &Tensor) -> Result<EpisodeScore> {
+        Ok(EpisodeScore {
+            loss: scalar(&cross_entropy(logits, y)?)?,
+            accuracy: accuracy(logits, y)?,
+        })
+    }
+
+    /// Mean of several scores.
+    pub fn mean(scores: &[EpisodeScore]) -> EpisodeScore {
+        let n = scores.len().max(1) as f64;
+        EpisodeScore {
+            loss: scores.iter().map(|s| s.loss).sum::<f64>() / n,
+            accuracy: scores.iter().map(|s| s.accuracy).sum::<f64>() / n,
+        }
+    }
+}
+
+/// A scalar tensor as f64.
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
 }
 
 /// Where meta-training stands, for schedules (Reptile's annealing).
@@ -96,12 +178,14 @@ pub trait Algorithm: Send + Sync {
     /// One meta-update from a meta-batch of training episodes; returns the
     /// mean query (or post-adaptation) loss and accuracy.
     fn meta_train_step(&mut self, episodes: &[Batch], progress: Progress) -> Result<EpisodeScore>;
-    /// Adapted learner parameters for a support set.
-    fn adapt(&self, support_x: &Tensor, support_y: &Tensor) -> Result<Params>;
+    /// Adapted learner parameters for a support set (with the running
+    /// batch-norm statistics of the adaptation when
+    /// [`Context::recorder`] asks for them).
+    fn adapt(&self, support_x: &Tensor, support_y: &Tensor) -> Result<Adapted>;
     /// Adapt on the support set, then score the query set.
     fn evaluate(&self, batch: &Batch) -> Result<EpisodeScore> {
-        let p = self.adapt(&batch.support_x, &batch.support_y)?;
-        self.context().score(&p, batch)
+        let a = self.adapt(&batch.support_x, &batch.support_y)?;
+        self.context().score(&a, batch)
     }
     /// The benchmark context it was built for.
     fn context(&self) -> &Context;
@@ -216,25 +300,65 @@ pub fn at_least_one(field: &str, v: usize) -> Result<usize> {
     }
 }
 
-/// `steps` SGD steps from `theta` on `(x, y)` with batch statistics;
-/// returns detached parameters (no meta-gradient flows through).
+/// `steps` SGD steps from `theta` on `(x, y)` with batch statistics,
+/// `theta_{k+1} = theta_k - lr * scale * grad L(theta_k)` with L the mean
+/// cross-entropy (`scale` rescales the loss, e.g. MAML's reference
+/// sum(CE)/K), only on the tensors `adapt` selects; returns detached
+/// parameters (no meta-gradient flows through). Every pass is folded into
+/// `running` when given.
 pub fn sgd_adapt(
     learner: &Learner,
     theta: &Params,
     x: &Tensor,
     y: &Tensor,
-    lr: f64,
+    step: &InnerSgd,
     steps: usize,
+    mut running: Option<&mut RunningStats>,
 ) -> Result<Params> {
     let mut p = theta.detach();
     for _ in 0..steps {
-        let vars = p.to_vars()?;
-        let pv = Params::from_vars(&p.names, &vars);
-        let loss = cross_entropy(&learner.forward(&pv, x)?, y)?;
-        let g = pv.grads(&loss.backward()?)?;
-        p = p.sgd_step(&g, lr)?.detach();
+        let (_, g, stats) = learner.loss_and_grad(&p, x, y)?;
+        if let Some(r) = running.as_deref_mut() {
+            r.update(&stats)?;
+        }
+        p = step.apply(&p, &g)?.detach();
     }
     Ok(p)
+}
+
+/// One inner SGD step: learning rate, loss scale, and which tensors adapt.
+#[derive(Debug, Clone)]
+pub struct InnerSgd {
+    pub lr: f64,
+    /// Multiplier of the mean loss (1, or MAML's reference N*K/K).
+    pub loss_scale: f64,
+    /// Per tensor: adapted in the inner loop (false: outer-only, e.g.
+    /// MAML's batch-norm offsets).
+    pub adapt: Vec<bool>,
+}
+
+impl InnerSgd {
+    /// Plain SGD on the mean loss over every tensor of `p`.
+    pub fn plain(lr: f64, p: &Params) -> Self {
+        InnerSgd {
+            lr,
+            loss_scale: 1.0,
+            adapt: vec![true; p.len()],
+        }
+    }
+
+    /// `p - lr * loss_scale * g` on the adapted tensors, `p` elsewhere.
+    pub fn apply(&self, p: &Params, g: &Params) -> Result<Params> {
+        let lr = self.lr * self.loss_scale;
+        let tensors = p
+            .tensors
+            .iter()
+            .zip(&g.tensors)
+            .zip(&self.adapt)
+            .map(|((p, g), &a)| if a { p - (g * lr)? } else { Ok(p.clone()) })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Params::new(p.names.clone(), tensors))
+    }
 }
 
 /// Per-tensor sum of a list of parameter sets.

@@ -26,10 +26,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    at_least_one, parse_entry, positive, Algorithm, Context, Entry, EpisodeScore, Progress,
+    at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Progress,
 };
 use crate::error::{Error, Result};
-use crate::learner::{accuracy, cross_entropy};
+use crate::norm::RunningStats;
 use crate::optim::{Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
@@ -68,6 +68,18 @@ pub struct ReptileConfig {
     pub eval_inner_batch: Option<usize>,
     /// Inner iterations at test time [default: 50].
     pub eval_inner_iters: Option<usize>,
+    /// Inner loss: `sum` over the mini-batch (the reference minimises the
+    /// unreduced cross-entropy vector, `models.py`) or `mean`; with Adam
+    /// the two differ only through epsilon [default: sum].
+    pub inner_loss: Option<InnerLoss>,
+}
+
+/// Reduction of the inner mini-batch loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerLoss {
+    Sum,
+    Mean,
 }
 
 /// Resolved Reptile hyperparameters.
@@ -84,19 +96,28 @@ pub struct ReptileResolved {
     pub meta_step_final: f64,
     pub eval_inner_batch: usize,
     pub eval_inner_iters: usize,
+    pub inner_loss: InnerLoss,
 }
 
 impl ReptileConfig {
     /// Fill in the published defaults for `ctx` and check every value.
     pub fn resolve(&self, ctx: &Context) -> Result<ReptileResolved> {
+        // openai/supervised-reptile README.md:35-56, one command per setting.
         let omniglot = ctx.dataset == "omniglot";
-        let (iters, shots) = if omniglot { (5, 10) } else { (8, 15) };
-        let eval_batch = if ctx.spec.shots == 1 {
-            ctx.spec.ways
+        let twenty_way = omniglot && ctx.spec.ways >= 20;
+        // (inner iters, train shots, inner batch, inner lr, eval batch)
+        let (iters, shots, batch, lr, eval_batch) = if twenty_way {
+            // README.md:53 (1-shot) and :56 (5-shot): 20-way Omniglot.
+            (10, 10, 20, 5e-4, 10)
         } else if omniglot {
-            10
+            // README.md:50 (1-shot) and :47 (5-shot): eval batch 5 in both.
+            (5, 10, 10, 1e-3, 5)
+        } else if ctx.spec.shots >= 5 {
+            // README.md:41: mini-ImageNet 5-shot, eval batch 15.
+            (8, 15, 10, 1e-3, 15)
         } else {
-            15
+            // README.md:44: mini-ImageNet 1-shot.
+            (8, 15, 10, 1e-3, 5)
         };
         let meta_step_final = self.meta_step_final.unwrap_or(0.0);
         if !(meta_step_final.is_finite() && meta_step_final >= 0.0) {
@@ -108,8 +129,8 @@ impl ReptileConfig {
         Ok(ReptileResolved {
             algorithm: "reptile".into(),
             label: self.label.clone().unwrap_or_else(|| "reptile".into()),
-            inner_lr: positive("inner_lr", self.inner_lr.unwrap_or(1e-3))?,
-            inner_batch: at_least_one("inner_batch", self.inner_batch.unwrap_or(10))?,
+            inner_lr: positive("inner_lr", self.inner_lr.unwrap_or(lr))?,
+            inner_batch: at_least_one("inner_batch", self.inner_batch.unwrap_or(batch))?,
             inner_iters: at_least_one("inner_iters", self.inner_iters.unwrap_or(iters))?,
             train_shots: at_least_one("train_shots", self.train_shots.unwrap_or(shots))?,
             meta_batch: at_least_one("meta_batch", self.meta_batch.unwrap_or(5))?,
@@ -123,6 +144,7 @@ impl ReptileConfig {
                 "eval_inner_iters",
                 self.eval_inner_iters.unwrap_or(50),
             )?,
+            inner_loss: self.inner_loss.unwrap_or(InnerLoss::Sum),
         })
     }
 }
@@ -164,6 +186,7 @@ impl Reptile {
 
     /// Train `theta` on `(x, y)` with `iters` Adam steps on mini-batches of
     /// `batch` samples cycling through reshuffled copies of the samples.
+    /// Every pass is folded into `running` when given.
     #[allow(clippy::too_many_arguments)] // the inner loop's inputs, each distinct
     pub fn inner_loop(
         &self,
@@ -174,6 +197,7 @@ impl Reptile {
         batch: usize,
         iters: usize,
         rng: &mut Rng,
+        mut running: Option<&mut RunningStats>,
     ) -> Result<Params> {
         let n = x.dim(0)?;
         let mut order: Vec<usize> = (0..n).collect();
@@ -193,10 +217,13 @@ impl Reptile {
             let idx = Tensor::from_vec(idx, batch, dev)?;
             let bx = x.index_select(&idx, 0)?;
             let by = y.index_select(&idx, 0)?;
-            let vars = p.to_vars()?;
-            let pv = Params::from_vars(&p.names, &vars);
-            let loss = cross_entropy(&self.ctx.learner.forward(&pv, &bx)?, &by)?;
-            let g = pv.grads(&loss.backward()?)?;
+            let (_, mut g, stats) = self.ctx.learner.loss_and_grad(&p, &bx, &by)?;
+            if self.config.inner_loss == InnerLoss::Sum {
+                g = g.map(|t| t * batch as f64)?;
+            }
+            if let Some(r) = running.as_deref_mut() {
+                r.update(&stats)?;
+            }
             p = adam.step(&p, &g)?;
         }
         Ok(p)
@@ -241,8 +268,7 @@ impl Algorithm for Reptile {
     fn meta_train_step(&mut self, episodes: &[Batch], progress: Progress) -> Result<EpisodeScore> {
         let c = self.config.clone();
         let mut adapted = Vec::with_capacity(episodes.len());
-        let mut loss = 0.0;
-        let mut acc = 0.0;
+        let mut scores = Vec::with_capacity(episodes.len());
         let mut adam = self.inner.clone();
         for (j, b) in episodes.iter().enumerate() {
             let mut rng = self.task_rng(progress.step, j);
@@ -254,13 +280,11 @@ impl Algorithm for Reptile {
                 c.inner_batch,
                 c.inner_iters,
                 &mut rng,
+                None,
             )?;
             // Post-adaptation training loss/accuracy, for the learning curve.
             let logits = self.ctx.learner.forward(&p, &b.support_x)?;
-            loss += cross_entropy(&logits, &b.support_y)?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            acc += accuracy(&logits, &b.support_y)?;
+            scores.push(EpisodeScore::of(&logits, &b.support_y)?);
             adapted.push(p);
         }
         self.inner = adam;
@@ -269,12 +293,9 @@ impl Algorithm for Reptile {
         let mean = super::sum_params(&adapted)?.map(|t| t / n)?;
         // theta <- theta + eps * (mean_i theta_i - theta)
         self.theta = self.theta.zip_map(&mean, |t, m| t + ((m - t)? * eps)?)?;
-        Ok(EpisodeScore {
-            loss: loss / n,
-            accuracy: acc / n,
-        })
+        Ok(EpisodeScore::mean(&scores))
     }
-    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Params> {
+    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
         let mut adam = self.inner.clone();
         // Evaluation mini-batches are seeded by the support labels' content
         // hash so that an episode is evaluated identically every time.
@@ -284,7 +305,8 @@ impl Algorithm for Reptile {
             .to_scalar::<f32>()? as u64
             ^ (x.sum_all()?.to_scalar::<f32>()?.to_bits() as u64);
         let mut rng = Rng::derive(self.ctx.seed, &[0xe7a1, key]);
-        self.inner_loop(
+        let mut running = self.ctx.recorder();
+        let params = self.inner_loop(
             &self.theta,
             &mut adam,
             x,
@@ -292,7 +314,9 @@ impl Algorithm for Reptile {
             self.config.eval_inner_batch,
             self.config.eval_inner_iters,
             &mut rng,
-        )
+            running.as_mut(),
+        )?;
+        Ok(Adapted { params, running })
     }
     fn context(&self) -> &Context {
         &self.ctx

@@ -4,7 +4,15 @@
 //! resume bit for bit; this one is small and saves everything.
 //!
 //! m_t = b1 m_{t-1} + (1 - b1) g;  v_t = b2 v_{t-1} + (1 - b2) g^2
-//! theta_t = theta_{t-1} - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+//! theta_t = theta_{t-1} - lr_t * m_t / (sqrt(v_t) + eps),
+//! lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
+//!
+//! This is the "epsilon-hat" form of Kingma & Ba (2015, end of section 2)
+//! that all three reference codes use: TensorFlow's `AdamOptimizer` (MAML's
+//! meta-optimiser, Reptile's inner optimiser) and Torch7's `optim.adam`
+//! (the meta-LSTM). PyTorch's `torch.optim.Adam` adds eps to
+//! sqrt(v_t / (1 - b2^t)) instead, an effective epsilon sqrt(1 - b2^t)
+//! times smaller; the two agree once eps is negligible.
 
 use std::collections::HashMap;
 
@@ -66,9 +74,11 @@ impl Adam {
             let g = grads.tensors[i].detach();
             let m = ((&self.m.tensors[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v.tensors[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((&v / bc2)?.sqrt()? + c.eps)?;
-            let upd = ((&m / bc1)? / denom)?;
-            out.push((params.tensors[i].detach() - (upd * c.lr)?)?);
+            // lr_t * m / (sqrt(v) + eps), lr_t = lr * sqrt(bc2) / bc1
+            let denom = (v.sqrt()? + c.eps)?;
+            let upd = (m.clone() / denom)?;
+            let lr_t = c.lr * bc2.sqrt() / bc1;
+            out.push((params.tensors[i].detach() - (upd * lr_t)?)?);
             self.m.tensors[i] = m;
             self.v.tensors[i] = v;
         }

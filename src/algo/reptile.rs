@@ -234,6 +234,14 @@ impl Reptile {
         Rng::derive(self.ctx.seed, &[0x5e9, step, j as u64])
     }
 
+    /// Replace the meta-parameters (any dtype) and reset the inner Adam
+    /// state to zeros shaped like them (tests, fixtures).
+    pub fn set_theta(&mut self, theta: Params) -> Result<()> {
+        self.inner = Adam::new(self.inner.config, &theta)?;
+        self.theta = theta;
+        Ok(())
+    }
+
     /// The persistent inner Adam state.
     pub fn inner_adam(&self) -> &Adam {
         &self.inner

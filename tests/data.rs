@@ -1138,6 +1138,24 @@ fn invalid_episode_shapes_name_the_field() {
 }
 
 #[test]
+fn normalize_is_refused_where_there_is_nothing_to_switch() {
+    let e = data::open(
+        "omniglot",
+        &shared_datasets(),
+        &DataOptions {
+            normalize: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("data.normalize") && e.contains("mini-ImageNet"),
+        "{e}"
+    );
+}
+
+#[test]
 fn mini_imagenet_csv_problems_name_the_file() {
     let dir = tempdir();
     let root = dir.path().join("mini-imagenet");
@@ -1153,6 +1171,33 @@ fn mini_imagenet_csv_problems_name_the_file() {
     let s = Sampler::new(&ds, Split::Train, spec(3, 2, 3), 0).unwrap();
     let ep = s.episode(0);
     check_batch(&ds, &s, &ep, &s.batch(&ep, &Device::Cpu).unwrap());
+
+    // Mean/std normalisation by default; `normalize: false` gives the
+    // reference codes' [0, 1] pixels (v / 255).
+    let raw = data::open(
+        "mini-imagenet",
+        dir.path(),
+        &DataOptions {
+            normalize: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    raw.preload(None).unwrap();
+    let n = 3 * 84 * 84;
+    let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+    ds.write_normalised(0, 0, &mut a);
+    raw.write_normalised(0, 0, &mut b);
+    let px = raw.pixels(0);
+    for k in [0, n / 2 + 7, n - 1] {
+        let c = k / (84 * 84);
+        let v = px[k] as f32 / 255.0;
+        assert!((b[k] - v).abs() < 1e-6, "raw pixel {k}");
+        let m = fewshot::data::mini_imagenet::MEAN[c] / 255.0;
+        let sd = fewshot::data::mini_imagenet::STD[c] / 255.0;
+        assert!((a[k] - (v - m) / sd).abs() < 1e-4, "normalised pixel {k}");
+    }
+    assert!(raw.description.contains("[0, 1]"), "{}", raw.description);
 
     // A CSV naming a missing file.
     let mut test_rows = rows[2].clone();

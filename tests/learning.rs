@@ -349,10 +349,16 @@ fn maml_objective(c: &Context, theta: &Params, b: &Batch, lr: f64, steps: usize)
 
 #[test]
 fn second_order_maml_meta_gradient_matches_finite_differences() {
-    // A tiny conv-4 (stride-2 form) in float64, two inner steps, transductive
-    // and non-transductive prediction.
-    for transductive in [true, false] {
-        let l = tiny(Downsample::Stride2, 8, 2, 3);
+    // A tiny conv-4 in float64, two inner steps, query statistics or
+    // support statistics for the query pass; the stride-2 form and the
+    // max-pool form (second derivatives through the pooling, odd sizes
+    // 18 -> 9 -> 4), as second-order MAML on mini-ImageNet needs.
+    for (transductive, downsample, size) in [
+        (true, Downsample::Stride2, 8),
+        (false, Downsample::Stride2, 8),
+        (true, Downsample::MaxPool, 18),
+    ] {
+        let l = tiny(downsample, size, 2, 3);
         let c = ctx(l.clone(), 3, 2, transductive);
         let lr = 0.3;
         let mk = |first_order| {

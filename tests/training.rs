@@ -285,12 +285,11 @@ fn smoke_run_on_real_omniglot_beats_chance_and_writes_everything() {
         let acc = r["accuracy"].as_f64().unwrap();
         let label = r["label"].as_str().unwrap();
         // Chance is 20% on 5-way episodes; 100 episodes x 75 queries put the
-        // 95% interval at about +/- 1.5 points. FOMAML with the published
-        // inner step (0.4) sits near 30% for its first ~250 meta-steps under
-        // non-transductive batch norm before it climbs (docs/results.md
-        // shows the full curve reaching 84%), so within the 100-step smoke
-        // budget it is held to a smaller, still unambiguous margin.
-        let floor = if label == "fomaml" { 0.25 } else { 0.45 };
+        // 95% interval at about +/- 2 points. Measured with this profile
+        // (docs/results.md): FOMAML 51.5%, Reptile 62.9%, meta-LSTM 62.2%
+        // (FOMAML was at 28.6% while it meta-trained with the support set's
+        // statistics on the query pass).
+        let floor = 0.45;
         assert!(
             acc > floor,
             "{label}: smoke accuracy {acc} is not clearly above chance (needs > {floor})\n{table}"

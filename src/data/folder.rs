@@ -25,6 +25,13 @@ impl Reader for Folder {
     }
 
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset> {
+        if let Some(n) = options.normalize {
+            return Err(Error::invalid(
+                "data.normalize",
+                n,
+                "absent: only mini-ImageNet has a normalisation to switch",
+            ));
+        }
         let size = options.image_size.unwrap_or(84);
         if size == 0 || size > 512 {
             return Err(Error::invalid("data.image_size", size, "1..=512 pixels"));

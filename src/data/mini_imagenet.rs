@@ -6,7 +6,8 @@
 //! *are* the split (64 / 16 / 20 classes). A class is a wnid; its images are
 //! ordered by file name. Pixels are scaled to [0, 1] and normalised per
 //! channel with the statistics commonly used for this dataset (mean
-//! 120.40/115.59/104.54, std 70.68/68.28/72.55, out of 255).
+//! 120.40/115.59/104.54, std 70.68/68.28/72.55, out of 255), unless
+//! `data.normalize: false` (the reference codes' [0, 1] pixels).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -149,8 +150,9 @@ impl Reader for MiniImageNet {
                 }
             }
         }
+        let normalize = options.normalize.unwrap_or(true);
         let description = format!(
-            "mini-ImageNet at {} ({} classes: {}/{}/{}, {} images), {}x{} RGB",
+            "mini-ImageNet at {} ({} classes: {}/{}/{}, {} images), {}x{} RGB, {}",
             root.display(),
             classes.len(),
             splits[0].len(),
@@ -158,7 +160,12 @@ impl Reader for MiniImageNet {
             splits[2].len(),
             images.len(),
             size,
-            size
+            size,
+            if normalize {
+                "mean/std normalised"
+            } else {
+                "pixels in [0, 1]"
+            }
         );
         Ok(Dataset::new(
             "mini-imagenet",
@@ -167,8 +174,16 @@ impl Reader for MiniImageNet {
                 channels: 3,
                 size,
                 invert: false,
-                mean: MEAN.iter().map(|m| m / 255.0).collect(),
-                std: STD.iter().map(|s| s / 255.0).collect(),
+                mean: if normalize {
+                    MEAN.iter().map(|m| m / 255.0).collect()
+                } else {
+                    vec![0.0; 3]
+                },
+                std: if normalize {
+                    STD.iter().map(|s| s / 255.0).collect()
+                } else {
+                    vec![1.0; 3]
+                },
             },
             images,
             classes,

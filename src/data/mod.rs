@@ -158,6 +158,11 @@ pub struct DataOptions {
     /// classes (default: true for Omniglot, false otherwise).
     #[serde(default)]
     pub rotations: Option<bool>,
+    /// mini-ImageNet: normalise each channel with the dataset's mean and
+    /// standard deviation after scaling to [0, 1] (default: true). The
+    /// three reference codes feed [0, 1] pixels: `false` reproduces them.
+    #[serde(default)]
+    pub normalize: Option<bool>,
 }
 
 /// A dataset reader: turns a folder (as users receive the data) into a

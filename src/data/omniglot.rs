@@ -59,6 +59,13 @@ impl Reader for Omniglot {
     }
 
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset> {
+        if let Some(n) = options.normalize {
+            return Err(Error::invalid(
+                "data.normalize",
+                n,
+                "absent: only mini-ImageNet has a normalisation to switch",
+            ));
+        }
         let scheme = options.split_scheme.as_deref().unwrap_or("vinyals");
         let split_file = match scheme {
             "vinyals" => VINYALS_FILE,

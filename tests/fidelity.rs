@@ -80,19 +80,7 @@ fn reference_setups_resolve_to_the_reference_values() {
         assert_eq!(l.select, Select::Final);
     }
     // Every file in the folder parses, and is named after its file.
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "yaml") {
-            let (b, _) = Benchmark::load(p.to_str().unwrap()).unwrap();
-            assert_eq!(
-                Some(b.name.as_str()),
-                p.file_stem().and_then(|s| s.to_str())
-            );
-            n += 1;
-        }
-    }
-    assert!(n >= 6);
+    assert!(common::load_benchmarks(&dir).len() >= 6);
 }
 
 #[test]

@@ -231,3 +231,24 @@ fn serve_one(stream: TcpStream, dir: &Path, names: &[String]) -> std::io::Result
     out.flush()?;
     out.shutdown(std::net::Shutdown::Write)
 }
+
+/// Every `*.yaml` benchmark directly in `dir`, parsed and resolved; each
+/// must be named after its file.
+pub fn load_benchmarks(dir: &Path) -> Vec<fewshot::spec::Benchmark> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let (b, _) = fewshot::spec::Benchmark::load(p.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(
+                Some(b.name.as_str()),
+                p.file_stem().and_then(|s| s.to_str()),
+                "{}",
+                p.display()
+            );
+            out.push(b);
+        }
+    }
+    out
+}

@@ -144,11 +144,6 @@ impl Params {
         })
     }
 
-    /// `self - lr * g` (one SGD step).
-    pub fn sgd_step(&self, g: &Params, lr: f64) -> Result<Params> {
-        self.zip_map(g, |p, g| p - (g * lr)?)
-    }
-
     /// Sum of squares of all coordinates.
     pub fn sum_sq(&self) -> Result<f64> {
         let mut s = 0f64;

@@ -225,8 +225,8 @@ pub fn leaderboard(r: &RunResults) -> String {
         } else {
             "non-transductive"
         },
-        kebab(&r.batch_norm.meta_train),
-        kebab(&r.batch_norm.eval),
+        spec::variant_name(&r.batch_norm.meta_train),
+        spec::variant_name(&r.batch_norm.eval),
     );
     s.push_str(&format!(
         "{:<2}{:<14} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
@@ -269,13 +269,6 @@ pub fn leaderboard(r: &RunResults) -> String {
         r.run_dir.join("results.json").display()
     ));
     s
-}
-
-/// A unit enum variant as its YAML (kebab-case) name.
-fn kebab<T: Serialize>(v: &T) -> String {
-    spec::to_string(v)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Default run folder: `runs/<benchmark>/<unix seconds>`.

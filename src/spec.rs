@@ -41,6 +41,14 @@ pub fn to_string<T: Serialize>(v: &T) -> Result<String> {
     })
 }
 
+/// A unit enum variant as YAML writes it (`support-plus-one`), for
+/// messages and tables.
+pub fn variant_name<T: Serialize>(v: &T) -> String {
+    to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Meta-training budget per algorithm. Any limit may be absent; at least
 /// one must be present. Training stops at whichever comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -301,7 +309,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
                     "batch_norm.eval",
                     format!(
                         "`transductive: {t}` contradicts `batch_norm.eval: {}`; give one of them",
-                        to_string(&e)?.trim()
+                        variant_name(&e)
                     ),
                 ));
             }

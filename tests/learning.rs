@@ -1,6 +1,8 @@
 //! Learner, MAML and Reptile: gradients checked against finite differences
 //! and hand computations, adaptation, the outer steps, checkpoints.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -8,7 +10,6 @@ use fewshot::algo::maml::{Maml, MamlConfig};
 use fewshot::algo::reptile::{Reptile, ReptileConfig};
 use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd, Progress};
 use fewshot::learner::{cross_entropy, Downsample, Learner};
-use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
 use fewshot::params::Params;
 use fewshot::rng::Rng;
 use fewshot::sampler::{Batch, EpisodeSpec};
@@ -30,21 +31,6 @@ fn tiny(downsample: Downsample, size: usize, hidden: usize, ways: usize) -> Lear
     }
 }
 
-/// Meta-training and evaluation both with query statistics (transductive)
-/// or both with support statistics.
-fn protocol(transductive: bool) -> NormProtocol {
-    let (meta_train, eval) = if transductive {
-        (TrainStats::Query, EvalStats::Query)
-    } else {
-        (TrainStats::Support, EvalStats::Support)
-    };
-    NormProtocol {
-        meta_train,
-        eval,
-        momentum: 0.9,
-    }
-}
-
 fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Context {
     Context {
         dataset: "omniglot".into(),
@@ -54,7 +40,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
             queries: 2,
         },
         learner,
-        norm: protocol(transductive),
+        norm: common::both_stats(transductive),
         seed: 7,
         device: cpu(),
     }

@@ -1,11 +1,12 @@
 //! The Ravi & Larochelle meta-learner LSTM: gradient descent as a special
 //! case, initialisation, preprocessing, and its meta-gradient.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig};
 use fewshot::algo::{sgd_adapt, Context, InnerSgd};
 use fewshot::learner::{Downsample, Learner};
-use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
 use fewshot::params::Params;
 use fewshot::rng::Rng;
 use fewshot::sampler::{Batch, EpisodeSpec};
@@ -19,7 +20,7 @@ fn ctx(l: Learner, transductive: bool) -> Context {
             queries: 2,
         },
         learner: l,
-        norm: protocol(transductive),
+        norm: common::both_stats(transductive),
         seed: 5,
         device: Device::Cpu,
     }
@@ -35,24 +36,6 @@ fn tiny() -> Learner {
         bn_eps: 1e-5,
         blocks: 4,
         ..Learner::omniglot(3, 8)
-    }
-}
-
-/// Meta-training and evaluation both with query statistics (transductive)
-/// or both with support statistics.
-fn protocol(transductive: bool) -> NormProtocol {
-    if transductive {
-        NormProtocol {
-            meta_train: TrainStats::Query,
-            eval: EvalStats::Query,
-            momentum: 0.9,
-        }
-    } else {
-        NormProtocol {
-            meta_train: TrainStats::Support,
-            eval: EvalStats::Support,
-            momentum: 0.9,
-        }
     }
 }
 

@@ -487,30 +487,23 @@ impl Algorithm for MetaLstm {
         self.ctx.spec
     }
     fn meta_train_step(&mut self, episodes: &[Batch], _progress: Progress) -> Result<EpisodeScore> {
-        let nb = episodes.len() as f64;
-        let mut total: Option<Params> = None;
-        let (mut loss, mut acc) = (0.0, 0.0);
+        if episodes.is_empty() {
+            return Err(Error::invalid("meta-batch", 0, "at least one episode"));
+        }
+        let mut grads = Vec::with_capacity(episodes.len());
+        let mut scores = Vec::with_capacity(episodes.len());
         for b in episodes {
             let vars = self.params.to_vars()?;
             let mp = Params::from_vars(&self.params.names, &vars);
             let (l, s) = self.meta_loss(&mp, b, None)?;
-            let g = mp.grads(&l.backward()?)?;
-            total = Some(match total {
-                None => g,
-                Some(t) => t.zip_map(&g, |a, b| a + b)?,
-            });
-            loss += s.loss;
-            acc += s.accuracy;
+            grads.push(mp.grads(&l.backward()?)?);
+            scores.push(s);
         }
-        let g = total
-            .ok_or_else(|| Error::invalid("meta-batch", 0, "at least one episode"))?
-            .map(|t| t / nb)?;
+        let nb = episodes.len() as f64;
+        let g = super::sum_params(&grads)?.map(|t| t / nb)?;
         let (g, _norm) = clip_global_norm(&g, self.config.clip_norm)?;
         self.params = self.adam.step(&self.params, &g)?;
-        Ok(EpisodeScore {
-            loss: loss / nb,
-            accuracy: acc / nb,
-        })
+        Ok(EpisodeScore::mean(&scores))
     }
     fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
         let mut running = self.ctx.recorder();

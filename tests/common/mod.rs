@@ -252,3 +252,19 @@ pub fn load_benchmarks(dir: &Path) -> Vec<fewshot::spec::Benchmark> {
     }
     out
 }
+
+/// Test protocol: meta-training and evaluation both with the query batch's
+/// statistics (transductive) or both with the support set's.
+pub fn both_stats(transductive: bool) -> fewshot::norm::NormProtocol {
+    use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
+    let (meta_train, eval) = if transductive {
+        (TrainStats::Query, EvalStats::Query)
+    } else {
+        (TrainStats::Support, EvalStats::Support)
+    };
+    NormProtocol {
+        meta_train,
+        eval,
+        momentum: 0.9,
+    }
+}

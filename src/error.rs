@@ -97,6 +97,14 @@ pub enum Error {
         checkpoint: String,
     },
 
+    /// A checkpoint that cannot be used (torn, corrupt, from another run).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    /// A run folder that cannot be used as asked (`--resume`, `--force`).
+    #[error("run folder {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
+
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -17,10 +17,13 @@
 //! - [`spec`]: benchmark files (YAML) and their resolved form;
 //! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
 //!   evaluation on fixed episodes, the leaderboard;
+//! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
+//!   run folders that are never overwritten by mistake;
 //! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
 //!   Figure-2-style plot.
 
 pub mod algo;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -30,6 +33,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod rundir;
 pub mod runner;
 pub mod sampler;
 pub mod spec;

@@ -4,9 +4,15 @@
 //! Run folder layout (`runs/<benchmark>/<run-id>/` by default):
 //! - `resolved.yaml`: the benchmark with every default made explicit;
 //! - `results.json`: the leaderboard (updated atomically after each
-//!   algorithm);
-//! - `<label>/`: checkpoints, `curve.csv`, `test_episodes.csv` (accuracy
+//!   algorithm; `--only` runs merge their rows into it);
+//! - `<label>/`: `checkpoints/`, `curve.csv`, `test_episodes.csv` (accuracy
 //!   and loss of every test episode).
+//!
+//! What happens to an existing folder (`--resume`, `--force`) is decided by
+//! [`crate::rundir`] before anything is written. Every image of the train,
+//! validation and test splits is decoded before the first meta-step, so
+//! that a corrupt file is reported (all of them at once) in seconds rather
+//! than after the training budget.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +23,7 @@ use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
 use crate::norm::NormProtocol;
+use crate::rundir::{self, Mode};
 use crate::spec::{self, Benchmark, Select};
 use crate::train::{self, TrainOptions, TrainState};
 use crate::util::write_atomic;
@@ -26,9 +33,10 @@ use crate::util::write_atomic;
 pub struct AlgoResult {
     pub label: String,
     pub algorithm: String,
-    /// Mean test accuracy in [0, 1] and its 95% half-width.
+    /// Mean test accuracy in [0, 1] and its 95% half-width (`None` below
+    /// two test episodes).
     pub accuracy: f64,
-    pub ci95: f64,
+    pub ci95: Option<f64>,
     pub test_episodes: usize,
     pub meta_steps: u64,
     pub train_episodes: u64,
@@ -61,7 +69,11 @@ pub struct RunResults {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub run_dir: PathBuf,
-    pub resume: bool,
+    /// New run, `--resume` or `--force` ([`crate::rundir`]).
+    pub mode: Mode,
+    /// Only these algorithm labels (empty: all). Their rows are merged into
+    /// the run's existing `results.json`.
+    pub only: Vec<String>,
     pub show_progress: bool,
     /// Record gate traces on this many test episodes for every algorithm
     /// that has gates (0: none).
@@ -117,15 +129,20 @@ pub fn trace(
 /// Run a resolved benchmark on the data in `data_dir`.
 pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunResults> {
     let _span = tracing::info_span!("benchmark", name = %bench.name).entered();
-    std::fs::create_dir_all(&opts.run_dir).map_err(|e| Error::io(&opts.run_dir, e))?;
-    write_atomic(
-        &opts.run_dir.join("resolved.yaml"),
-        spec::to_string(bench)?.as_bytes(),
-    )?;
+    for l in &opts.only {
+        bench.algorithm(l)?;
+    }
+    // Nothing is written before the run folder, the data and the episodes
+    // are known to be usable.
+    let plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
     tracing::info!("{}", ds.description);
-    // Fail early, before any training, if the test episodes cannot be drawn.
     crate::sampler::Sampler::new(&ds, Split::Test, bench.episode, bench.seed)?;
+    if bench.val_episodes > 0 && !ds.split(Split::Val).is_empty() {
+        crate::sampler::Sampler::new(&ds, Split::Val, bench.episode, bench.seed)?;
+    }
+    check_images(&ds)?;
+    plan.commit(bench)?;
     let device = candle_core::Device::Cpu;
     let ctx = bench.context(&device);
     let mut out = RunResults {
@@ -136,12 +153,19 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         batch_norm: bench.batch_norm,
         select: bench.select,
         run_dir: opts.run_dir.clone(),
-        results: vec![],
+        results: plan.previous.map(|p| p.results).unwrap_or_default(),
     };
     for (i, a) in bench.algorithms.iter().enumerate() {
+        if !opts.only.is_empty() && !opts.only.contains(&a.label) {
+            continue;
+        }
         let mut algorithm = algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?;
         let _span = tracing::info_span!("algorithm", label = %a.label).entered();
         let dir = opts.run_dir.join(&a.label);
+        if opts.mode == Mode::Resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {
+            tracing::info!("{} finished and was evaluated in an earlier session; kept", a.label);
+            continue;
+        }
         let state = train::meta_train(
             &mut *algorithm,
             &ds,
@@ -152,7 +176,8 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
                 checkpoint_every: bench.checkpoint_every,
                 val_episodes: bench.val_episodes,
                 dir: dir.clone(),
-                resume: opts.resume,
+                resume: opts.mode == Mode::Resume,
+                config: rundir::fingerprint(bench, a),
                 show_progress: opts.show_progress,
                 stop_after_steps: None,
             },
@@ -175,7 +200,11 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         if opts.trace_episodes > 0 && algorithm.has_gates() {
             trace(bench, &*algorithm, &ds, opts.trace_episodes, &dir)?;
         }
+        out.results.retain(|r| r.label != a.label);
         out.results.push(row(a, &state, &ev, selected));
+        // Rows in the benchmark's order, whichever session wrote them.
+        let order = |r: &AlgoResult| bench.algorithms.iter().position(|x| x.label == r.label);
+        out.results.sort_by_key(order);
         let json = serde_json::to_string_pretty(&out).map_err(|e| Error::Config {
             source_name: "results.json".into(),
             reason: e.to_string(),
@@ -185,12 +214,56 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     Ok(out)
 }
 
+/// Decode every image of every split before training: a corrupt file is
+/// found now, together with all the others, not after the budget.
+fn check_images(ds: &data::Dataset) -> Result<()> {
+    let t = std::time::Instant::now();
+    let ids: Vec<usize> = [Split::Train, Split::Val, Split::Test]
+        .into_iter()
+        .flat_map(|s| ds.split_images(s))
+        .collect();
+    ds.ensure(&ids)?;
+    tracing::info!(
+        "decoded and checked {} images in {:.1}s",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A resumed algorithm whose newest checkpoint already spent the budget
+/// and whose row (same step, same test episodes) is in the results needs
+/// no work.
+fn already_done(
+    bench: &Benchmark,
+    a: &spec::AlgorithmSpec,
+    dir: &Path,
+    out: &RunResults,
+    opts: &RunOptions,
+    algorithm: &dyn algo::Algorithm,
+) -> Result<bool> {
+    let Some(r) = out.results.iter().find(|r| r.label == a.label) else {
+        return Ok(false);
+    };
+    let Some(found) = crate::checkpoint::latest(dir)? else {
+        return Ok(false);
+    };
+    let c = found.checkpoint;
+    let traced = opts.trace_episodes == 0
+        || !algorithm.has_gates()
+        || dir.join(crate::trace::JSONL_FILE).is_file();
+    Ok(c.train.done(&bench.budget)
+        && r.meta_steps == c.train.step
+        && r.test_episodes == bench.test_episodes
+        && traced)
+}
+
 fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: String) -> AlgoResult {
     AlgoResult {
         label: a.label.clone(),
         algorithm: a.algorithm.clone(),
         accuracy: ev.mean,
-        ci95: ev.ci95,
+        ci95: ev.ci95.is_finite().then_some(ev.ci95),
         test_episodes: ev.episodes,
         meta_steps: st.step,
         train_episodes: st.train_episodes,
@@ -247,15 +320,21 @@ pub fn leaderboard(r: &RunResults) -> String {
     for x in &r.results {
         let mark = match best {
             Some(b) if std::ptr::eq(b, x) => "*",
-            Some(b) if x.accuracy + x.ci95 >= b.accuracy - b.ci95 => "~",
+            Some(b)
+                if x.accuracy + x.ci95.unwrap_or(0.0) >= b.accuracy - b.ci95.unwrap_or(0.0) =>
+            {
+                "~"
+            }
             _ => "",
         };
         s.push_str(&format!(
-            "{:<2}{:<14} {:>9.2} +/- {:<4.2} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
+            "{:<2}{:<14} {:>9.2} +/- {:<4} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
             mark,
             x.label,
             100.0 * x.accuracy,
-            100.0 * x.ci95,
+            x.ci95
+                .map(|c| format!("{:.2}", 100.0 * c))
+                .unwrap_or_else(|| "n/a".into()),
             x.test_episodes,
             x.meta_steps,
             x.train_episodes,

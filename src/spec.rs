@@ -272,6 +272,25 @@ fn cfg_err(source: &str, field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// An algorithm label names its folder in the run folder: letters, digits
+/// and `-_.`, starting with a letter or digit (so never `..` or a path).
+pub fn check_label(label: &str) -> std::result::Result<(), String> {
+    let ok_start = label
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok_start && ok_chars && label.len() <= 64 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{label}` is not a usable label: it names the algorithm's folder, so use letters, digits and `-_.` (starting with a letter or digit, at most 64 characters)"
+        ))
+    }
+}
+
 fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     f.episode
         .validate()
@@ -415,6 +434,10 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     for (i, entry) in f.algorithms.iter().enumerate() {
         let field = format!("{source}: algorithms[{i}]");
         let a = algo::build(entry, &ctx, &field)?;
+        check_label(a.label()).map_err(|reason| Error::Config {
+            source_name: format!("{field}.label"),
+            reason,
+        })?;
         if !labels.insert(a.label().to_string()) {
             return Err(Error::Config {
                 source_name: format!("{field}.label"),

@@ -4,32 +4,36 @@
 //! `s * meta_batch .. (s + 1) * meta_batch` of the train split under the
 //! benchmark seed, and every algorithm-internal random choice is derived
 //! from `(seed, s)`. A checkpoint therefore needs only the step, the
-//! algorithm's state (meta-parameters and optimiser moments, saved as
-//! safetensors) and the bookkeeping (JSON); a killed run resumed from it
-//! ends with bit-identical parameters (for a meta-step budget; a wall-clock
-//! budget stops wherever the clock says).
+//! algorithm's state (meta-parameters and optimiser moments), the best
+//! state so far and the bookkeeping; a killed run resumed from it ends with
+//! bit-identical parameters (for a meta-step or episode budget; a
+//! wall-clock budget stops wherever the clock says).
 //!
 //! Files in an algorithm's run folder, all written atomically:
-//! - `checkpoint.safetensors` + `checkpoint.json`: the latest state;
-//! - `best.safetensors`: the state with the best validation accuracy;
+//! - `checkpoints/step-<n>.safetensors`: the newest two checkpoints, each
+//!   one self-contained file ([`crate::checkpoint`]);
 //! - `curve.csv`: the learning curve (validation accuracy against
-//!   meta-training episodes and seconds).
+//!   meta-training episodes and seconds), rewritten with every checkpoint.
 //!
 //! A NaN or infinite loss or parameter stops the run with
 //! [`Error::NonFinite`]; the last good checkpoint is left untouched.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use candle_core::Tensor;
 
 use serde::{Deserialize, Serialize};
 
 use crate::algo::{Algorithm, Progress};
+use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval;
 use crate::sampler::Sampler;
 use crate::spec::Budget;
-use crate::util::{load_tensors, save_tensors_atomic, write_atomic};
+use crate::util::write_atomic;
 
 /// How to meta-train one algorithm.
 #[derive(Debug, Clone)]
@@ -43,8 +47,13 @@ pub struct TrainOptions {
     pub val_episodes: usize,
     /// The algorithm's run folder.
     pub dir: PathBuf,
-    /// Continue from `dir/checkpoint.*` if present.
+    /// Continue from the newest checkpoint in `dir` if there is one
+    /// (otherwise an existing checkpoint is an error).
     pub resume: bool,
+    /// The configuration that determines this training run (see
+    /// [`crate::rundir::fingerprint`]); stored in every checkpoint, and a
+    /// resumed checkpoint must have been written under the same one.
+    pub config: serde_json::Value,
     pub show_progress: bool,
     /// End this session after this many meta-steps as if the process had
     /// been killed (checkpoint written, budget not finished), e.g. for
@@ -105,69 +114,72 @@ impl TrainState {
             .unwrap_or(0.0);
         by_steps.max(by_time).max(by_episodes).clamp(0.0, 1.0)
     }
-    fn done(&self, b: &Budget) -> bool {
+    /// Whether the budget `b` is spent.
+    pub fn done(&self, b: &Budget) -> bool {
         b.meta_steps.is_some_and(|m| self.step >= m)
             || b.minutes.is_some_and(|m| self.train_seconds >= 60.0 * m)
             || b.episodes.is_some_and(|e| self.train_episodes >= e)
     }
 }
 
-/// Paths of a run folder's files.
-pub fn checkpoint_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (
-        dir.join("checkpoint.safetensors"),
-        dir.join("checkpoint.json"),
-        dir.join("best.safetensors"),
-    )
+fn save_checkpoint(
+    algo: &dyn Algorithm,
+    state: &TrainState,
+    best: &Option<HashMap<String, Tensor>>,
+    opts: &TrainOptions,
+) -> Result<()> {
+    checkpoint::save(
+        &opts.dir,
+        &Checkpoint {
+            train: state.clone(),
+            state: algo.state()?,
+            best: best.clone(),
+            config: opts.config.clone(),
+        },
+    )?;
+    write_curve(&state.curve, &opts.dir.join("curve.csv"))
 }
 
-fn save_checkpoint(algo: &dyn Algorithm, state: &TrainState, dir: &Path) -> Result<()> {
-    let (st, js, _) = checkpoint_paths(dir);
-    let mut map = algo.state()?;
-    let dev = algo.meta_params().tensors[0].device().clone();
-    map.insert(
-        "meta.step".into(),
-        candle_core::Tensor::new(&[state.step as f64], &dev)?,
-    );
-    save_tensors_atomic(&map, &st)?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Config {
-        source_name: "checkpoint.json".into(),
-        reason: e.to_string(),
-    })?;
-    write_atomic(&js, json.as_bytes())?;
-    write_curve(&state.curve, &dir.join("curve.csv"))
-}
-
-/// Restore the latest checkpoint of `dir` into `algo`.
+/// Restore the newest readable checkpoint of `dir` into `algo` (a torn or
+/// corrupt newer one is skipped with a warning); returns its bookkeeping.
 pub fn load_checkpoint(algo: &mut dyn Algorithm, dir: &Path) -> Result<TrainState> {
-    let (st, js, _) = checkpoint_paths(dir);
-    let text = std::fs::read_to_string(&js).map_err(|e| Error::io(&js, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::Config {
-        source_name: js.display().to_string(),
+    let Some(checkpoint::Found {
+        path,
+        checkpoint: c,
+        ..
+    }) = checkpoint::latest(dir)?
+    else {
+        return Err(Error::MissingData {
+            what: "checkpoint".into(),
+            path: checkpoint::folder(dir),
+            hint: "nothing to resume from".into(),
+        });
+    };
+    algo.load_state(&c.state).map_err(|e| Error::Checkpoint {
+        path,
         reason: e.to_string(),
     })?;
-    let map = load_tensors(&st)?;
-    let step = map
-        .get("meta.step")
-        .map(|t| t.to_vec1::<f64>().map(|v| v[0] as u64))
-        .transpose()?;
-    if step != Some(state.step) {
-        return Err(Error::Config {
-            source_name: st.display().to_string(),
-            reason: format!("holds step {step:?} but checkpoint.json says {}; refusing to resume from a torn checkpoint", state.step),
-        });
-    }
-    algo.load_state(&map)?;
-    Ok(state)
+    Ok(c.train)
 }
 
-/// Load `best.safetensors` (if any) into `algo`.
+/// Load the best validated state of the newest checkpoint in `dir` (if
+/// validation ran) into `algo`.
 pub fn load_best(algo: &mut dyn Algorithm, dir: &Path) -> Result<bool> {
-    let (_, _, best) = checkpoint_paths(dir);
-    if !best.is_file() {
+    let Some(checkpoint::Found {
+        path,
+        checkpoint: c,
+        ..
+    }) = checkpoint::latest(dir)?
+    else {
         return Ok(false);
-    }
-    algo.load_state(&load_tensors(&best)?)?;
+    };
+    let Some(best) = c.best else {
+        return Ok(false);
+    };
+    algo.load_state(&best).map_err(|e| Error::Checkpoint {
+        path,
+        reason: e.to_string(),
+    })?;
     Ok(true)
 }
 
@@ -199,16 +211,43 @@ pub fn meta_train(
 ) -> Result<TrainState> {
     let _span = tracing::info_span!("meta_train", algorithm = algo.label()).entered();
     std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
-    let (ckpt, _, best_path) = checkpoint_paths(&opts.dir);
-    let mut state = if opts.resume && ckpt.is_file() {
-        let s = load_checkpoint(algo, &opts.dir)?;
-        tracing::info!(step = s.step, "resumed from {}", ckpt.display());
-        s
-    } else {
-        TrainState {
+    checkpoint::remove_stale_temps(&opts.dir)?;
+    let mut best: Option<HashMap<String, Tensor>> = None;
+    let mut state = match checkpoint::latest(&opts.dir)? {
+        Some(found) if opts.resume => {
+            found.set_unreadable_aside()?;
+            let (path, c) = (found.path, found.checkpoint);
+            let diff = checkpoint::config_diff(&c.config, &opts.config);
+            if !diff.is_empty() {
+                return Err(Error::Checkpoint {
+                    path,
+                    reason: format!(
+                        "was written under a different configuration; refusing to resume (give the original settings, or start over with --force):\n  {}",
+                        diff.join("\n  ")
+                    ),
+                });
+            }
+            algo.load_state(&c.state).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            tracing::info!(step = c.train.step, "resumed from {}", path.display());
+            best = c.best;
+            c.train
+        }
+        Some(checkpoint::Found { path, .. }) => {
+            return Err(Error::RunDir {
+                path: opts.dir.clone(),
+                reason: format!(
+                    "holds a checkpoint ({}); resume it or start over with --force",
+                    path.display()
+                ),
+            })
+        }
+        None => TrainState {
             algorithm: algo.label().to_string(),
             ..Default::default()
-        }
+        },
     };
     // A resumed run continues until the (possibly larger) budget is spent.
     if state.done(&opts.budget) {
@@ -237,7 +276,7 @@ pub fn meta_train(
     let session_end = opts.stop_after_steps.map(|n| state.step + n);
     while !state.done(&opts.budget) {
         if session_end.is_some_and(|e| state.step >= e) {
-            save_checkpoint(&*algo, &state, &opts.dir)?;
+            save_checkpoint(&*algo, &state, &best, opts)?;
             break;
         }
         let t = Instant::now();
@@ -262,11 +301,10 @@ pub fn meta_train(
                     format!("loss ({})", score.loss)
                 },
                 step: step as usize,
-                checkpoint: if ckpt.is_file() {
-                    ckpt.display().to_string()
-                } else {
-                    "(none written yet)".into()
-                },
+                checkpoint: checkpoint::list(&opts.dir)?
+                    .first()
+                    .map(|(_, p)| p.display().to_string())
+                    .unwrap_or_else(|| "(none written yet)".into()),
             });
         }
         state.step += 1;
@@ -296,7 +334,7 @@ pub fn meta_train(
                     opts.val_episodes,
                     false,
                 )?;
-                (Some(v.mean), Some(v.ci95))
+                (Some(v.mean), v.ci95.is_finite().then_some(v.ci95))
             } else {
                 (None, None)
             };
@@ -328,14 +366,14 @@ pub fn meta_train(
                 if state.best_val_accuracy.is_none_or(|b| v > b) {
                     state.best_val_accuracy = Some(v);
                     state.best_step = Some(state.step);
-                    save_tensors_atomic(&algo.state()?, &best_path)?;
+                    best = Some(algo.state()?);
                 }
             }
             state.curve.push(point);
         }
         if state.step % opts.checkpoint_every == 0 || due_by_time || done {
             state.finished = done;
-            save_checkpoint(&*algo, &state, &opts.dir)?;
+            save_checkpoint(&*algo, &state, &best, opts)?;
         }
     }
     pb.finish_and_clear();

@@ -1,4 +1,9 @@
 //! Small shared helpers: atomic file writes.
+//!
+//! Every file fewshot writes goes through a temporary file in the same
+//! folder (`.<name>.tmp<pid>`, see [`is_temp_name`]), fsynced, renamed into
+//! place, and the folder fsynced: a kill leaves either the old file or the
+//! new one, and a stale temporary file that runs clean up at start.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,8 +11,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` atomically: write a temporary file in the same
-/// folder, flush it to disk, then rename it over `path`. A crash leaves
-/// either the old file or the new one, never a torn one.
+/// folder, flush it to disk, rename it over `path`, fsync the folder. A
+/// crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(d) = dir {
@@ -23,7 +28,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_parent(path)
+}
+
+/// Whether a file name is one of fewshot's temporary files (an atomic
+/// write that a kill interrupted).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp")
+}
+
+/// Fsync the folder holding `path` (so that a rename into it is durable).
+pub fn sync_parent(path: &Path) -> Result<()> {
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+/// Fsync a folder (renames and removals in it become durable).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -40,26 +68,6 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// Save tensors to a safetensors file atomically (temp file + rename).
-pub fn save_tensors_atomic(
-    map: &std::collections::HashMap<String, candle_core::Tensor>,
-    path: &Path,
-) -> Result<()> {
-    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-    }
-    let name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tensors".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    candle_core::safetensors::save(map, &tmp)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Load a safetensors file onto the CPU.
 pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
     if !path.is_file() {
@@ -69,8 +77,10 @@ pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, can
             hint: "nothing to resume from".into(),
         });
     }
-    Ok(candle_core::safetensors::load(
-        path,
-        &candle_core::Device::Cpu,
-    )?)
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+        Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })
 }

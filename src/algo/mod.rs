@@ -269,11 +269,18 @@ pub fn build(entry: &serde_yaml::Value, ctx: &Context, field: &str) -> Result<Bo
     })
 }
 
-/// Parse an algorithm's config struct from its YAML entry, naming the entry
-/// in errors (unknown keys are rejected by the struct's
-/// `deny_unknown_fields`).
+/// Parse an algorithm's config struct from its YAML entry (unknown keys are
+/// rejected by the struct's `deny_unknown_fields`); an error names the
+/// field it is about (`inner_iters`), which [`build`] prefixes with the
+/// entry (`algorithms[0].inner_iters`).
 pub fn parse_entry<T: serde::de::DeserializeOwned>(v: &serde_yaml::Value) -> Result<T> {
-    crate::spec::from_value(v.clone(), "")
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        Error::Config {
+            source_name: if path == "." { String::new() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
 }
 
 /// Check that a hyperparameter is a positive finite number.

@@ -220,6 +220,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
         }
     }
     let mut rows = Vec::new();
+    // file name -> line number where it was first listed
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    let mut duplicates = Vec::new();
     for (n, line) in lines {
         let line = line.trim();
         if line.is_empty() {
@@ -235,7 +238,22 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
                 reason: format!("line {}: expected `filename,label`, got {line:?}", n + 1),
             });
         }
+        if let Some(first) = first_line.insert(f.to_string(), n + 1) {
+            first_line.insert(f.to_string(), first);
+            duplicates.push(format!("line {}: {f} (first listed on line {first})", n + 1));
+            continue;
+        }
         rows.push((f.to_string(), l.to_string()));
+    }
+    if !duplicates.is_empty() {
+        return Err(Error::Csv {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} image(s) listed more than once (an image would appear twice in one episode):\n  {}",
+                duplicates.len(),
+                duplicates.join("\n  ")
+            ),
+        });
     }
     Ok(rows)
 }

@@ -265,17 +265,20 @@ impl Dataset {
     pub fn preload(&self, split: Option<Split>) -> Result<()> {
         let ids: Vec<usize> = match split {
             None => (0..self.images.len()).collect(),
-            Some(s) => {
-                let mut bases: Vec<usize> = self.split(s).iter().map(|c| c.base).collect();
-                bases.sort_unstable();
-                bases.dedup();
-                bases
-                    .iter()
-                    .flat_map(|&b| self.classes[b].images.iter().copied())
-                    .collect()
-            }
+            Some(s) => self.split_images(s),
         };
         self.ensure(&ids)
+    }
+
+    /// Every image a split's episodes can draw (each once).
+    pub fn split_images(&self, s: Split) -> Vec<usize> {
+        let mut bases: Vec<usize> = self.split(s).iter().map(|c| c.base).collect();
+        bases.sort_unstable();
+        bases.dedup();
+        bases
+            .iter()
+            .flat_map(|&b| self.classes[b].images.iter().copied())
+            .collect()
     }
 
     /// Make sure the given images are decoded and cached (parallel decode).

@@ -73,6 +73,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
@@ -84,7 +85,25 @@ fn main() {
         Command::Perf(c) => perf::run(&data_dir, c),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes, each said once: library errors already include
+/// their source in their own text, so a cause whose text is already there
+/// is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if s.contains(&c) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&c);
+    }
+    s
 }

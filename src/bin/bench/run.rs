@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use fewshot::rundir::Mode;
 use fewshot::runner::{self, RunOptions};
 use fewshot::spec::{Benchmark, Budget};
 
@@ -26,15 +27,23 @@ pub struct Args {
     /// 20 validation episodes (other overrides still apply on top)
     #[arg(long)]
     smoke: bool,
-    /// Only these algorithm labels (comma separated)
+    /// Only these algorithm labels (comma separated); their rows are merged
+    /// into the run's results.json
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Run folder [default: runs/<benchmark>/<unix time>]
+    /// Run folder [default: runs/<benchmark>/<unix time>]; must not hold a
+    /// run unless --resume or --force is given
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Continue the run in --run-dir from its checkpoints
+    /// Continue the run in --run-dir from its newest checkpoints (the
+    /// benchmark and options must be those it was started with; the budget
+    /// may grow)
     #[arg(long, requires = "run_dir")]
     resume: bool,
+    /// Discard the run in --run-dir (what is discarded is logged) and start
+    /// over
+    #[arg(long, requires = "run_dir", conflicts_with = "resume")]
+    force: bool,
     /// Record gate traces (forget/input gates per step and layer) on this
     /// many test episodes for algorithms that have gates (meta-lstm)
     #[arg(long, default_value_t = 0)]
@@ -57,7 +66,11 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         bench.checkpoint_every = 50;
     }
     if a.minutes.is_some() || a.meta_steps.is_some() || a.train_episodes.is_some() {
-        anyhow::ensure!(a.minutes.is_none_or(|m| m > 0.0), "--minutes must be > 0");
+        anyhow::ensure!(
+            a.minutes.is_none_or(|m| m.is_finite() && m > 0.0),
+            "--minutes must be a finite number > 0, got {}",
+            a.minutes.unwrap_or_default()
+        );
         anyhow::ensure!(a.meta_steps != Some(0), "--meta-steps must be >= 1");
         anyhow::ensure!(a.train_episodes != Some(0), "--train-episodes must be >= 1");
         bench.budget = Budget {
@@ -70,11 +83,8 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
         bench.test_episodes = n;
     }
-    if !a.only.is_empty() {
-        for l in &a.only {
-            bench.algorithm(l).with_context(|| format!("--only {l}"))?;
-        }
-        bench.algorithms.retain(|x| a.only.contains(&x.label));
+    for l in &a.only {
+        bench.algorithm(l).with_context(|| format!("--only {l}"))?;
     }
     let run_dir = a.run_dir.unwrap_or_else(|| runner::default_run_dir(&bench));
     let results = runner::run(
@@ -82,7 +92,14 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         data_dir,
         &RunOptions {
             run_dir,
-            resume: a.resume,
+            mode: if a.resume {
+                Mode::Resume
+            } else if a.force {
+                Mode::Force
+            } else {
+                Mode::New
+            },
+            only: a.only,
             show_progress: true,
             trace_episodes: a.trace,
         },

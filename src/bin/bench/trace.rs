@@ -16,8 +16,9 @@ pub struct Args {
     /// Number of fixed test episodes (0..K) to trace
     #[arg(long, default_value_t = 20)]
     episodes: usize,
-    /// Run folder whose trained meta-learner to trace (uses <run-dir>/<label>/best.safetensors,
-    /// else checkpoint.safetensors); files are written beside it
+    /// Run folder whose trained meta-learner to trace (the best validated
+    /// state of <run-dir>/<label>'s newest checkpoint, else its latest
+    /// state); files are written beside it
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Trace a freshly initialised meta-learner instead (writes to --out)

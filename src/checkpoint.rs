@@ -1,0 +1,397 @@
+//! Checkpoints: one file per checkpoint, written so that a kill at any
+//! moment leaves a usable one.
+//!
+//! A checkpoint is a single safetensors file
+//! `<algorithm folder>/checkpoints/step-<step>.safetensors` holding
+//! - the algorithm's state (`state/<name>`: meta-parameters, optimiser
+//!   moments),
+//! - the state with the best validation accuracy so far (`best/<name>`),
+//! - in the safetensors metadata: the training bookkeeping
+//!   ([`TrainState`] as JSON), the configuration the run was started with
+//!   (`config`, JSON) and its SHA-256 (`config_sha256`), and the SHA-256 of
+//!   the tensor data (`data_sha256`).
+//!
+//! Everything a resumed run needs is therefore in one file, and a file is
+//! either there completely or not at all:
+//! 1. the bytes go to a temporary file `checkpoints/.step-<step>.tmp-<pid>`,
+//!    which is fsynced;
+//! 2. it is renamed into place and the folder is fsynced (the rename is
+//!    durable);
+//! 3. only then are older checkpoints removed; the newest [`KEEP`] stay.
+//!
+//! Loading takes the newest checkpoint that parses and whose data matches
+//! its checksum; a torn or corrupt newer one is reported with a warning and
+//! skipped (the previous one is still there, by step 3). Temporary files
+//! left by a killed process are removed when a run starts.
+//!
+//! Tests can slow the write path down with `FEWSHOT_TEST_CHECKPOINT_DELAY_MS`
+//! (a pause between the phases above, each announced on stderr as
+//! `fewshot-test: checkpoint <phase> step=<n>`), so that a kill lands inside
+//! a write.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::train::TrainState;
+
+/// How many checkpoints are kept (the newest, and the one before it in case
+/// the newest turns out unreadable).
+pub const KEEP: usize = 2;
+
+/// Format version written into every checkpoint.
+pub const FORMAT: &str = "fewshot-checkpoint-1";
+
+const STATE: &str = "state/";
+const BEST: &str = "best/";
+
+/// A checkpoint in memory.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub train: TrainState,
+    /// The algorithm's state (meta-parameters, optimiser).
+    pub state: HashMap<String, Tensor>,
+    /// The state with the best validation accuracy (step in
+    /// `train.best_step`), if validation ran.
+    pub best: Option<HashMap<String, Tensor>>,
+    /// The configuration the run was started with.
+    pub config: serde_json::Value,
+}
+
+/// The checkpoint folder of an algorithm's run folder.
+pub fn folder(dir: &Path) -> PathBuf {
+    dir.join("checkpoints")
+}
+
+fn file_name(step: u64) -> String {
+    format!("step-{step:010}.safetensors")
+}
+
+fn step_of(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
+/// Checkpoint files of `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let f = folder(dir);
+    let rd = match std::fs::read_dir(&f) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(&f, e)),
+    };
+    let mut v: Vec<(u64, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            step_of(&name).map(|s| (s, e.path()))
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(v)
+}
+
+/// SHA-256 of a JSON value's canonical text (keys sorted by serde_json's
+/// map, which is a BTreeMap here).
+pub fn config_hash(config: &serde_json::Value) -> String {
+    hex(&Sha256::digest(config.to_string().as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Test hook: pause between write phases (see the module docs).
+fn test_pause(phase: &str, step: u64) {
+    if let Some(ms) = std::env::var("FEWSHOT_TEST_CHECKPOINT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("fewshot-test: checkpoint {phase} step={step}");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Serialise a checkpoint (tensors and metadata) to bytes.
+fn to_bytes(c: &Checkpoint) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, &Tensor)> = c
+        .state
+        .iter()
+        .map(|(k, t)| (format!("{STATE}{k}"), t))
+        .collect();
+    if let Some(b) = &c.best {
+        tensors.extend(b.iter().map(|(k, t)| (format!("{BEST}{k}"), t)));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("train".to_string(), to_json(&c.train)?),
+        ("config".to_string(), c.config.to_string()),
+        ("config_sha256".to_string(), config_hash(&c.config)),
+    ]);
+    let ser = |meta: HashMap<String, String>| {
+        safetensors::tensor::serialize(tensors.iter().map(|(k, t)| (k.as_str(), *t)), Some(meta))
+            .map_err(|e| Error::Checkpoint {
+                path: PathBuf::from("(in memory)"),
+                reason: format!("cannot serialise: {e}"),
+            })
+    };
+    // The data section does not depend on the header: hash it from a first
+    // serialisation, then write the header with the hash in it.
+    let first = ser(meta.clone())?;
+    let digest = hex(&Sha256::digest(data_section(&first).unwrap_or(&[])));
+    meta.insert("data_sha256".into(), digest);
+    ser(meta)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Checkpoint {
+        path: PathBuf::from("(in memory)"),
+        reason: e.to_string(),
+    })
+}
+
+/// The bytes after the header of a safetensors buffer.
+fn data_section(buf: &[u8]) -> Option<&[u8]> {
+    let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?) as usize;
+    buf.get(8usize.checked_add(n)?..)
+}
+
+/// Write `c` as the checkpoint of its step in `dir` (module docs: temp
+/// file, fsync, rename, fsync folder, then prune to [`KEEP`]).
+pub fn save(dir: &Path, c: &Checkpoint) -> Result<PathBuf> {
+    let f = folder(dir);
+    std::fs::create_dir_all(&f).map_err(|e| Error::io(&f, e))?;
+    let step = c.train.step;
+    let bytes = to_bytes(c)?;
+    let path = f.join(file_name(step));
+    let tmp = f.join(format!(".step-{step:010}.tmp-{}", std::process::id()));
+    {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let half = bytes.len() / 2;
+        file.write_all(&bytes[..half])
+            .map_err(|e| Error::io(&tmp, e))?;
+        test_pause("half-written", step);
+        file.write_all(&bytes[half..])
+            .map_err(|e| Error::io(&tmp, e))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    }
+    test_pause("before-rename", step);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    crate::util::sync_dir(&f)?;
+    test_pause("renamed", step);
+    for (_, old) in list(dir)?.into_iter().skip(KEEP) {
+        std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    tracing::debug!(step, "checkpoint written to {}", path.display());
+    Ok(path)
+}
+
+/// Read and verify one checkpoint file.
+pub fn read(path: &Path) -> Result<Checkpoint> {
+    let err = |reason: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&buf)
+        .map_err(|e| err(format!("not a complete safetensors file ({e})")))?;
+    let meta = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| err("no fewshot metadata (not a fewshot checkpoint)".into()))?;
+    let field = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| err(format!("metadata has no `{k}`")))
+    };
+    let format = field("format")?;
+    if format != FORMAT {
+        return Err(err(format!(
+            "format `{format}`, this fewshot reads `{FORMAT}`"
+        )));
+    }
+    let want = field("data_sha256")?;
+    let got = hex(&Sha256::digest(data_section(&buf).unwrap_or(&[])));
+    if want != got {
+        return Err(err(format!(
+            "tensor data does not match its checksum (sha256 {got}, recorded {want}): the file is corrupt"
+        )));
+    }
+    let train: TrainState = serde_json::from_str(&field("train")?)
+        .map_err(|e| err(format!("metadata `train`: {e}")))?;
+    let config: serde_json::Value = serde_json::from_str(&field("config")?)
+        .map_err(|e| err(format!("metadata `config`: {e}")))?;
+    let all = candle_core::safetensors::load_buffer(&buf, &candle_core::Device::Cpu)
+        .map_err(|e| err(e.to_string()))?;
+    let mut state = HashMap::new();
+    let mut best = HashMap::new();
+    for (k, t) in all {
+        if let Some(n) = k.strip_prefix(STATE) {
+            state.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix(BEST) {
+            best.insert(n.to_string(), t);
+        }
+    }
+    if state.is_empty() {
+        return Err(err("holds no algorithm state".into()));
+    }
+    if step_of(&path.file_name().unwrap_or_default().to_string_lossy()) != Some(train.step) {
+        return Err(err(format!(
+            "its bookkeeping says step {}, which is not the step in its name",
+            train.step
+        )));
+    }
+    Ok(Checkpoint {
+        train,
+        state,
+        best: (!best.is_empty()).then_some(best),
+        config,
+    })
+}
+
+/// The newest readable checkpoint of a folder, and the newer ones that
+/// could not be read.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub checkpoint: Checkpoint,
+    /// Newer checkpoint files that are torn or corrupt, with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl Found {
+    /// Warn about the unreadable newer checkpoints and rename each to
+    /// `<name>.unreadable` (kept for inspection, never read or pruned), so
+    /// that the run continues from this one.
+    pub fn set_unreadable_aside(&self) -> Result<()> {
+        for (p, why) in &self.unreadable {
+            let aside = p.with_extension("safetensors.unreadable");
+            tracing::warn!(
+                "checkpoint {} is unreadable ({why}); resuming from the previous one, {}; the unreadable file is kept as {}",
+                p.display(),
+                self.path.display(),
+                aside.display()
+            );
+            std::fs::rename(p, &aside).map_err(|e| Error::io(p, e))?;
+        }
+        if let Some(d) = self.path.parent() {
+            crate::util::sync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// The newest readable checkpoint of `dir`, or `None` if there is none at
+/// all. Unreadable newer checkpoints are listed in [`Found::unreadable`];
+/// if every checkpoint is unreadable, the error lists them all.
+pub fn latest(dir: &Path) -> Result<Option<Found>> {
+    let files = list(dir)?;
+    let mut unreadable = Vec::new();
+    for (_, path) in &files {
+        match read(path) {
+            Ok(checkpoint) => {
+                return Ok(Some(Found {
+                    path: path.clone(),
+                    checkpoint,
+                    unreadable,
+                }))
+            }
+            Err(e) => {
+                let why = match e {
+                    Error::Checkpoint { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                unreadable.push((path.clone(), why));
+            }
+        }
+    }
+    if unreadable.is_empty() {
+        Ok(None)
+    } else {
+        Err(Error::Checkpoint {
+            path: folder(dir),
+            reason: format!(
+                "no readable checkpoint; start over with --force:\n  {}",
+                unreadable
+                    .iter()
+                    .map(|(p, why)| format!("{}: {why}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            ),
+        })
+    }
+}
+
+/// Remove temporary files a killed process left in `dir` (atomic writes of
+/// this module and of [`crate::util::write_atomic`]); returns how many.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for d in [dir.to_path_buf(), folder(dir)] {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if crate::util::is_temp_name(&name) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+                n += 1;
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!("removed {n} temporary file(s) left by an interrupted run in {}", dir.display());
+    }
+    Ok(n)
+}
+
+/// Field-by-field differences between two configurations, as
+/// `path: was X, now Y` lines (empty when equal).
+pub fn config_diff(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_into("", was, now, &mut out);
+    out
+}
+
+fn diff_into(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value as V;
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (a, b) {
+        (V::Object(x), V::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                diff_into(
+                    &join(k),
+                    x.get(k).unwrap_or(&V::Null),
+                    y.get(k).unwrap_or(&V::Null),
+                    out,
+                );
+            }
+        }
+        (V::Array(x), V::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                // Algorithm entries are keyed by label where they have one.
+                let key = p
+                    .get("label")
+                    .and_then(|l| l.as_str())
+                    .map(|l| format!("[{l}]"))
+                    .unwrap_or_else(|| format!("[{i}]"));
+                diff_into(&format!("{path}{key}"), p, q, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: was {a}, now {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,246 @@
+//! Run folders: a run is never overwritten or continued by mistake.
+//!
+//! A folder holds a run when it has a `resolved.yaml`. What `bench run`
+//! does with a folder depends on how it was asked ([`Mode`]):
+//!
+//! | folder                 | new run        | `--resume`                | `--force`                  |
+//! | ---------------------- | -------------- | ------------------------- | -------------------------- |
+//! | missing or empty       | start          | error: nothing to resume  | start                      |
+//! | holds a run            | error          | continue (same config)    | discard it (listed), start |
+//! | holds other files only | error          | error                     | error (never deleted)      |
+//!
+//! "Same config" is checked field by field on the run's [`run_fingerprint`]:
+//! everything that changes what meta-training computes (dataset, data
+//! options, episode shape, seed, batch-norm protocol, learner, validation,
+//! every algorithm's resolved hyperparameters). The budget may grow on
+//! resume (training continues until the new budget is spent), and
+//! evaluation-only fields (`test_episodes`, `select`) and
+//! `checkpoint_every` may change. Each checkpoint stores its algorithm's
+//! [`fingerprint`] as well, so that a checkpoint copied into another run
+//! is refused too ([`crate::train::meta_train`]).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::runner::RunResults;
+use crate::spec::{self, AlgorithmSpec, Benchmark};
+use crate::util::{is_temp_name, write_atomic};
+
+/// How `bench run` treats an existing run folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Start a run; the folder must not hold one.
+    #[default]
+    New,
+    /// Continue the run in the folder from its checkpoints.
+    Resume,
+    /// Discard the run in the folder (saying what) and start over.
+    Force,
+}
+
+/// The benchmark-level fields that determine meta-training.
+fn benchmark_part(b: &Benchmark) -> serde_json::Value {
+    json!({
+        "dataset": b.dataset,
+        "data": b.data,
+        "episode": b.episode,
+        "seed": b.seed,
+        "val_episodes": b.val_episodes,
+        "validate_every": b.validate_every,
+        "validate_every_minutes": b.validate_every_minutes,
+        "batch_norm": b.batch_norm,
+        "learner": b.learner,
+    })
+}
+
+fn algorithm_part(a: &AlgorithmSpec) -> serde_json::Value {
+    json!({
+        "label": a.label,
+        "algorithm": a.algorithm,
+        "config": a.config,
+    })
+}
+
+/// What determines one algorithm's meta-training: stored in its
+/// checkpoints and compared on resume.
+pub fn fingerprint(b: &Benchmark, a: &AlgorithmSpec) -> serde_json::Value {
+    json!({
+        "benchmark": benchmark_part(b),
+        "algorithm": algorithm_part(a),
+    })
+}
+
+/// What determines a whole run (every algorithm), compared on resume.
+pub fn run_fingerprint(b: &Benchmark) -> serde_json::Value {
+    json!({
+        "benchmark": benchmark_part(b),
+        "algorithms": b.algorithms.iter().map(algorithm_part).collect::<Vec<_>>(),
+    })
+}
+
+/// Entries of a folder that are not temporary files (sorted).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !is_temp_name(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The results of the run in `dir`, if it has any.
+pub fn load_results(dir: &Path) -> Result<Option<RunResults>> {
+    let p = dir.join("results.json");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&p, e)),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::Config {
+        source_name: p.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A checked plan for a run folder: nothing is written until
+/// [`Plan::commit`], so a run refused by a later check (bad data) leaves
+/// the folder as it was.
+#[derive(Debug)]
+pub struct Plan {
+    pub dir: PathBuf,
+    pub mode: Mode,
+    /// Results of the previous session of a resumed run.
+    pub previous: Option<RunResults>,
+    /// Paths `--force` removes, with what each held.
+    discard: Vec<(PathBuf, String)>,
+}
+
+/// Check what `bench run` may do with `dir` for `bench` (table in the
+/// module docs).
+pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
+    let err = |reason: String| Error::RunDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let resolved = dir.join("resolved.yaml");
+    let holds_run = resolved.is_file();
+    let others = entries(dir);
+    let mut out = Plan {
+        dir: dir.to_path_buf(),
+        mode,
+        previous: None,
+        discard: vec![],
+    };
+    if !holds_run && !others.is_empty() {
+        return Err(err(format!(
+            "is not empty ({}) and holds no fewshot run (no resolved.yaml); give a new or empty --run-dir",
+            others.join(", ")
+        )));
+    }
+    match mode {
+        Mode::New if holds_run => Err(err(format!(
+            "already holds a run ({}); continue it with --resume, or discard it and start over with --force",
+            describe(&run_contents(dir, bench))
+        ))),
+        Mode::New => Ok(out),
+        Mode::Resume if !holds_run => Err(err(if dir.exists() {
+            "holds no run to resume (no resolved.yaml); start a new run without --resume".into()
+        } else {
+            "does not exist, so there is nothing to resume; check the path, or start a new run without --resume".into()
+        })),
+        Mode::Resume => {
+            let text = std::fs::read_to_string(&resolved).map_err(|e| Error::io(&resolved, e))?;
+            let old: Benchmark = spec::from_str(&text, &resolved.display().to_string())?;
+            let diff = checkpoint::config_diff(&run_fingerprint(&old), &run_fingerprint(bench));
+            if !diff.is_empty() {
+                return Err(err(format!(
+                    "was started with a different configuration; refusing to resume (give the original benchmark and options, or start over with --force):\n  {}",
+                    diff.join("\n  ")
+                )));
+            }
+            out.previous = load_results(dir)?;
+            Ok(out)
+        }
+        Mode::Force => {
+            if holds_run {
+                let text = std::fs::read_to_string(&resolved).unwrap_or_default();
+                let old = spec::from_str::<Benchmark>(&text, "").ok();
+                let mut labels: Vec<String> = bench.algorithms.iter().map(|a| a.label.clone()).collect();
+                if let Some(o) = &old {
+                    labels.extend(o.algorithms.iter().map(|a| a.label.clone()));
+                }
+                labels.sort();
+                labels.dedup();
+                out.discard = contents(dir, &labels);
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn run_contents(dir: &Path, bench: &Benchmark) -> Vec<(PathBuf, String)> {
+    let labels: Vec<String> = bench.algorithms.iter().map(|a| a.label.clone()).collect();
+    contents(dir, &labels)
+}
+
+/// The files of a run: resolved.yaml, results.json and the algorithm
+/// folders, each with a short description.
+fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
+    let mut v = vec![(dir.join("resolved.yaml"), "resolved.yaml".to_string())];
+    if let Ok(Some(r)) = load_results(dir) {
+        v.push((
+            dir.join("results.json"),
+            format!("results.json with {} row(s)", r.results.len()),
+        ));
+    } else if dir.join("results.json").exists() {
+        v.push((dir.join("results.json"), "results.json".into()));
+    }
+    for l in labels {
+        let d = dir.join(l);
+        if !d.is_dir() {
+            continue;
+        }
+        let what = match checkpoint::list(&d).ok().and_then(|c| c.first().map(|x| x.0)) {
+            Some(step) => format!("{l}/ (checkpoint at meta-step {step})"),
+            None => format!("{l}/ (no checkpoint)"),
+        };
+        v.push((d, what));
+    }
+    v
+}
+
+fn describe(c: &[(PathBuf, String)]) -> String {
+    c.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+impl Plan {
+    /// Carry the plan out: discard what `--force` replaces, create the
+    /// folder, remove stale temporary files, write `resolved.yaml`.
+    pub fn commit(&self, bench: &Benchmark) -> Result<()> {
+        if !self.discard.is_empty() {
+            tracing::warn!(
+                "--force: discarding the previous run in {}: {}",
+                self.dir.display(),
+                describe(&self.discard)
+            );
+            for (p, _) in &self.discard {
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(p)
+                } else {
+                    std::fs::remove_file(p)
+                };
+                r.map_err(|e| Error::io(p, e))?;
+            }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        checkpoint::remove_stale_temps(&self.dir)?;
+        write_atomic(&self.dir.join("resolved.yaml"), spec::to_string(bench)?.as_bytes())
+    }
+}

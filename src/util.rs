@@ -67,20 +67,3 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb.set_message(msg.to_string());
     pb
 }
-
-/// Load a safetensors file onto the CPU.
-pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
-    if !path.is_file() {
-        return Err(Error::MissingData {
-            what: "checkpoint".into(),
-            path: path.to_path_buf(),
-            hint: "nothing to resume from".into(),
-        });
-    }
-    candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
-        Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })
-}

@@ -40,6 +40,10 @@ use crate::ops::{self, BnStats};
 use crate::params::Params;
 use crate::rng::Rng;
 
+/// Largest `learner.hidden` accepted (conv-4 with 1024 channels is
+/// already ~28M parameters; the references use 32 and 64).
+pub const MAX_HIDDEN: usize = 1024;
+
 /// How each conv block halves the resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -212,11 +216,16 @@ impl Learner {
         }
     }
 
-    /// This learner with `o`'s overrides applied and checked.
+    /// This learner with `o`'s overrides applied and checked (sizes are
+    /// bounded so that a typo cannot allocate gigabytes at parse time).
     pub fn with_options(mut self, o: &LearnerOptions) -> Result<Self> {
         if let Some(h) = o.hidden {
-            if h == 0 {
-                return Err(Error::invalid("learner.hidden", h, "at least 1"));
+            if !(1..=MAX_HIDDEN).contains(&h) {
+                return Err(Error::invalid(
+                    "learner.hidden",
+                    h,
+                    format!("1..={MAX_HIDDEN} channels"),
+                ));
             }
             self.hidden = h;
         }

@@ -37,8 +37,26 @@ pub struct EpisodeSpec {
 }
 
 impl EpisodeSpec {
+    /// Largest ways, shots or queries accepted: far above any published
+    /// setting (20-way, 5-shot, 15 queries), low enough that a typo cannot
+    /// allocate gigabytes for the learner's head or an episode.
+    pub const MAX: usize = 1000;
+
     /// Check the spec on its own (without a dataset).
     pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("ways", self.ways),
+            ("shots", self.shots),
+            ("queries", self.queries),
+        ] {
+            if v > Self::MAX {
+                return Err(Error::invalid(
+                    name,
+                    v,
+                    format!("at most {} per episode", Self::MAX),
+                ));
+            }
+        }
         if self.ways < 2 {
             return Err(Error::invalid(
                 "ways",

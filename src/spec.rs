@@ -17,11 +17,26 @@ use crate::learner::{Learner, LearnerOptions};
 use crate::norm::{EvalStats, NormProtocol, TrainStats};
 use crate::sampler::EpisodeSpec;
 
-/// Parse YAML text into `T`, naming `source` in errors.
+/// Parse YAML text into `T`, naming `source` and the line in errors.
 pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| Error::Config {
-        source_name: source.to_string(),
-        reason: e.to_string(),
+    serde_yaml::from_str(text).map_err(|e| {
+        let mut reason = e.to_string();
+        if !reason.contains("line ") {
+            let line = e.location().map(|l| l.line()).or_else(|| {
+                // serde_yaml gives no location for a control character.
+                text.lines()
+                    .position(|l| l.chars().any(|c| c.is_control() && c != '\t'))
+                    .map(|i| i + 1)
+            });
+            reason = match line {
+                Some(l) => format!("line {l}: {reason}"),
+                None => format!("line 1: {reason} (the file must be a mapping of benchmark fields)"),
+            };
+        }
+        Error::Config {
+            source_name: source.to_string(),
+            reason,
+        }
     })
 }
 
@@ -357,6 +372,18 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             source,
             "data.image_size",
             format!("{size} is too small for four halvings (>= 16)"),
+        ));
+    }
+    let head = learner.features().saturating_mul(f.episode.ways);
+    if head > 50_000_000 {
+        return Err(cfg_err(
+            source,
+            "learner",
+            format!(
+                "the output layer would have {head} weights ({} features x {} ways); use a smaller data.image_size, learner.hidden or ways, or head: mean-pool",
+                learner.features(),
+                f.episode.ways
+            ),
         ));
     }
     let b = f.budget;

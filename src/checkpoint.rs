@@ -93,7 +93,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             step_of(&name).map(|s| (s, e.path()))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|x| std::cmp::Reverse(x.0));
     Ok(v)
 }
 
@@ -346,7 +346,10 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
         }
     }
     if n > 0 {
-        tracing::info!("removed {n} temporary file(s) left by an interrupted run in {}", dir.display());
+        tracing::info!(
+            "removed {n} temporary file(s) left by an interrupted run in {}",
+            dir.display()
+        );
     }
     Ok(n)
 }
@@ -380,18 +383,136 @@ fn diff_into(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut
                 );
             }
         }
-        (V::Array(x), V::Array(y)) if x.len() == y.len() => {
-            for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                // Algorithm entries are keyed by label where they have one.
-                let key = p
-                    .get("label")
-                    .and_then(|l| l.as_str())
-                    .map(|l| format!("[{l}]"))
-                    .unwrap_or_else(|| format!("[{i}]"));
-                diff_into(&format!("{path}{key}"), p, q, out);
+        (V::Array(x), V::Array(y)) => {
+            // Entries with a label (algorithms) are matched by label,
+            // others by position.
+            let label = |v: &V| v.get("label").and_then(|l| l.as_str()).map(String::from);
+            if x.iter().chain(y).all(|v| label(v).is_some()) {
+                for p in x {
+                    let l = label(p).unwrap_or_default();
+                    match y.iter().find(|q| label(q).as_deref() == Some(l.as_str())) {
+                        Some(q) => diff_into(&format!("{path}[{l}]"), p, q, out),
+                        None => out.push(format!("{path}[{l}]: was there, now missing")),
+                    }
+                }
+                for q in y {
+                    let l = label(q).unwrap_or_default();
+                    if !x.iter().any(|p| label(p).as_deref() == Some(l.as_str())) {
+                        out.push(format!("{path}[{l}]: new"));
+                    }
+                }
+            } else if x.len() == y.len() {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    diff_into(&format!("{path}[{i}]"), p, q, out);
+                }
+            } else if a != b {
+                out.push(format!("{path}: was {a}, now {b}"));
             }
         }
         _ if a != b => out.push(format!("{path}: was {a}, now {b}")),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ckpt(step: u64) -> Checkpoint {
+        let t = Tensor::new(&[step as f32, 2.0, 3.0], &candle_core::Device::Cpu).unwrap();
+        Checkpoint {
+            train: TrainState {
+                algorithm: "a".into(),
+                step,
+                ..Default::default()
+            },
+            state: HashMap::from([("theta.w".to_string(), t.clone())]),
+            best: Some(HashMap::from([("theta.w".to_string(), (t * 2.0).unwrap())])),
+            config: json!({"x": 1}),
+        }
+    }
+
+    #[test]
+    fn diff_names_each_changed_field_and_matches_entries_by_label() {
+        let was = json!({"seed": 0, "algorithms": [
+            {"label": "a", "config": {"lr": 0.1}}, {"label": "b", "config": {}}]});
+        let now = json!({"seed": 1, "algorithms": [
+            {"label": "c", "config": {}}, {"label": "a", "config": {"lr": 0.2}}]});
+        assert_eq!(
+            config_diff(&was, &now),
+            vec![
+                "algorithms[a].config.lr: was 0.1, now 0.2",
+                "algorithms[b]: was there, now missing",
+                "algorithms[c]: new",
+                "seed: was 0, now 1",
+            ]
+        );
+        assert!(config_diff(&was, &was).is_empty());
+        assert_eq!(config_hash(&was), config_hash(&was.clone()));
+        assert_ne!(config_hash(&was), config_hash(&now));
+    }
+
+    #[test]
+    fn newest_two_are_kept_and_a_damaged_newest_falls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for s in [1, 2, 3] {
+            save(dir, &ckpt(s)).unwrap();
+        }
+        let steps: Vec<u64> = list(dir).unwrap().iter().map(|x| x.0).collect();
+        assert_eq!(steps, vec![3, 2]);
+        let f = latest(dir).unwrap().unwrap();
+        assert_eq!(f.checkpoint.train.step, 3);
+        assert!(f.unreadable.is_empty());
+        assert_eq!(
+            f.checkpoint.best.unwrap()["theta.w"]
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![6.0, 4.0, 6.0]
+        );
+        // A flipped data byte: caught by the checksum, previous one used.
+        let p3 = folder(dir).join(file_name(3));
+        let mut b = std::fs::read(&p3).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 1;
+        std::fs::write(&p3, &b).unwrap();
+        let f = latest(dir).unwrap().unwrap();
+        assert_eq!(f.checkpoint.train.step, 2);
+        assert!(f.unreadable[0].1.contains("checksum"), "{:?}", f.unreadable);
+        // Truncated: not a complete file.
+        std::fs::write(&p3, &b[..n / 3]).unwrap();
+        let f = latest(dir).unwrap().unwrap();
+        assert_eq!(f.checkpoint.train.step, 2);
+        assert!(
+            f.unreadable[0].1.contains("not a complete"),
+            "{:?}",
+            f.unreadable
+        );
+        // A file renamed to another step is refused.
+        std::fs::copy(folder(dir).join(file_name(2)), &p3).unwrap();
+        assert!(read(&p3)
+            .unwrap_err()
+            .to_string()
+            .contains("not the step in its name"));
+        // Nothing readable: the error lists every file.
+        std::fs::write(folder(dir).join(file_name(2)), b"").unwrap();
+        let e = latest(dir).unwrap_err().to_string();
+        assert!(
+            e.contains(&file_name(2)) && e.contains(&file_name(3)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(folder(dir)).unwrap();
+        std::fs::write(folder(dir).join(".step-0000000004.tmp-77"), b"x").unwrap();
+        std::fs::write(dir.join(".curve.csv.tmp12"), b"x").unwrap();
+        std::fs::write(dir.join("curve.csv"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir).unwrap(), 2);
+        assert!(dir.join("curve.csv").exists());
     }
 }

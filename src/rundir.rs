@@ -103,10 +103,12 @@ pub fn load_results(dir: &Path) -> Result<Option<RunResults>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&p, e)),
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::Config {
-        source_name: p.display().to_string(),
-        reason: e.to_string(),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Config {
+            source_name: p.display().to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// A checked plan for a run folder: nothing is written until
@@ -207,7 +209,10 @@ fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
         if !d.is_dir() {
             continue;
         }
-        let what = match checkpoint::list(&d).ok().and_then(|c| c.first().map(|x| x.0)) {
+        let what = match checkpoint::list(&d)
+            .ok()
+            .and_then(|c| c.first().map(|x| x.0))
+        {
             Some(step) => format!("{l}/ (checkpoint at meta-step {step})"),
             None => format!("{l}/ (no checkpoint)"),
         };
@@ -217,7 +222,10 @@ fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
 }
 
 fn describe(c: &[(PathBuf, String)]) -> String {
-    c.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join(", ")
+    c.iter()
+        .map(|(_, w)| w.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Plan {
@@ -241,6 +249,9 @@ impl Plan {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         checkpoint::remove_stale_temps(&self.dir)?;
-        write_atomic(&self.dir.join("resolved.yaml"), spec::to_string(bench)?.as_bytes())
+        write_atomic(
+            &self.dir.join("resolved.yaml"),
+            spec::to_string(bench)?.as_bytes(),
+        )
     }
 }

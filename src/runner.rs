@@ -163,7 +163,10 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         let _span = tracing::info_span!("algorithm", label = %a.label).entered();
         let dir = opts.run_dir.join(&a.label);
         if opts.mode == Mode::Resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {
-            tracing::info!("{} finished and was evaluated in an earlier session; kept", a.label);
+            tracing::info!(
+                "{} finished and was evaluated in an earlier session; kept",
+                a.label
+            );
             continue;
         }
         let state = train::meta_train(
@@ -320,9 +323,7 @@ pub fn leaderboard(r: &RunResults) -> String {
     for x in &r.results {
         let mark = match best {
             Some(b) if std::ptr::eq(b, x) => "*",
-            Some(b)
-                if x.accuracy + x.ci95.unwrap_or(0.0) >= b.accuracy - b.ci95.unwrap_or(0.0) =>
-            {
+            Some(b) if x.accuracy + x.ci95.unwrap_or(0.0) >= b.accuracy - b.ci95.unwrap_or(0.0) => {
                 "~"
             }
             _ => "",

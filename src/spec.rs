@@ -30,7 +30,9 @@ pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
             });
             reason = match line {
                 Some(l) => format!("line {l}: {reason}"),
-                None => format!("line 1: {reason} (the file must be a mapping of benchmark fields)"),
+                None => {
+                    format!("line 1: {reason} (the file must be a mapping of benchmark fields)")
+                }
             };
         }
         Error::Config {

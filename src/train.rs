@@ -84,7 +84,8 @@ pub struct TrainState {
     /// Seconds spent in meta-training steps (validation excluded).
     pub train_seconds: f64,
     pub curve: Vec<CurvePoint>,
-    /// Step and validation accuracy of `best.safetensors`.
+    /// Step and validation accuracy of the best validated state (kept in
+    /// every checkpoint).
     pub best_step: Option<u64>,
     pub best_val_accuracy: Option<f64>,
     pub finished: bool,

@@ -127,7 +127,10 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
         row["train_seconds"] = serde_json::Value::Null;
         row["test_seconds"] = serde_json::Value::Null;
     }
-    out.push(("results.json".into(), serde_json::to_string_pretty(&r).unwrap()));
+    out.push((
+        "results.json".into(),
+        serde_json::to_string_pretty(&r).unwrap(),
+    ));
     for l in LABELS {
         let d = dir.join(l);
         out.push((
@@ -151,12 +154,20 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
             .max()
             .unwrap();
         let c = fewshot::checkpoint::read(&newest).unwrap();
-        out.push((format!("{l} newest checkpoint"), newest.file_name().unwrap().to_string_lossy().into()));
+        out.push((
+            format!("{l} newest checkpoint"),
+            newest.file_name().unwrap().to_string_lossy().into(),
+        ));
         let mut names: Vec<(String, &candle_core::Tensor)> = c
             .state
             .iter()
             .map(|(k, t)| (format!("state/{k}"), t))
-            .chain(c.best.iter().flatten().map(|(k, t)| (format!("best/{k}"), t)))
+            .chain(
+                c.best
+                    .iter()
+                    .flatten()
+                    .map(|(k, t)| (format!("best/{k}"), t)),
+            )
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, t) in names {
@@ -197,7 +208,10 @@ fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
     let mut sessions = 0;
     loop {
         sessions += 1;
-        assert!(sessions < 80, "no progress after {sessions} sessions: {kills:#?}");
+        assert!(
+            sessions < 80,
+            "no progress after {sessions} sessions: {kills:#?}"
+        );
         let resume = b.join("resolved.yaml").is_file();
         let at = if kills.len() >= 24 {
             // enough kills: let the last session finish
@@ -212,16 +226,26 @@ fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
                 if what.starts_with("in a checkpoint write") {
                     in_writes += 1;
                 }
-                kills.push(format!("session {sessions} (resume: {resume}): killed {what}"));
+                kills.push(format!(
+                    "session {sessions} (resume: {resume}): killed {what}"
+                ));
             }
             None => break,
         }
     }
     assert!(kills.len() >= 20, "{kills:#?}");
-    assert!(in_writes >= 10, "too few kills inside checkpoint writes: {kills:#?}");
+    assert!(
+        in_writes >= 10,
+        "too few kills inside checkpoint writes: {kills:#?}"
+    );
     let (oa, ob) = (outcome(&a), outcome(&b));
     let names = |o: &[(String, String)]| o.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&oa), names(&ob), "different contents after {} kills", kills.len());
+    assert_eq!(
+        names(&oa),
+        names(&ob),
+        "different contents after {} kills",
+        kills.len()
+    );
     for (x, y) in oa.iter().zip(&ob) {
         assert_eq!(x.0, y.0);
         assert!(

@@ -100,26 +100,50 @@ fn an_existing_run_is_never_overwritten_without_resume_or_force() {
     // Case 1: the same folder again, without --resume: refused, untouched.
     let err = common::assert_bench_fails(
         &e.run(&[&y, "--run-dir", rs]),
-        &["already holds a run", "--resume", "--force", "fomaml/ (checkpoint at meta-step 6)"],
+        &[
+            "already holds a run",
+            "--resume",
+            "--force",
+            "fomaml/ (checkpoint at meta-step 6)",
+        ],
     );
-    assert!(!err.contains("\x1b["), "no colour codes off a terminal:\n{err}");
+    assert!(
+        !err.contains("\x1b["),
+        "no colour codes off a terminal:\n{err}"
+    );
     assert_eq!(
         std::fs::read(r.join("fomaml/checkpoints/step-0000000006.safetensors")).unwrap(),
         before
     );
 
     // --force starts over, saying what it discards.
-    let out = e.run(&[&y, "--run-dir", rs, "--force", "--only", "reptile", "--meta-steps", "2"]);
+    let out = e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--force",
+        "--only",
+        "reptile",
+        "--meta-steps",
+        "2",
+    ]);
     common::assert_bench_ok(&out);
     let err = stderr(&out);
-    for n in ["--force: discarding", "results.json with 3 row(s)", "fomaml/ (checkpoint at meta-step 6)"] {
+    for n in [
+        "--force: discarding",
+        "results.json with 3 row(s)",
+        "fomaml/ (checkpoint at meta-step 6)",
+    ] {
         assert!(err.contains(n), "{n}:\n{err}");
     }
     assert!(!r.join("fomaml").exists() && !r.join("meta-lstm").exists());
     assert_eq!(labels(&r), vec![("reptile".to_string(), 2)]);
 
     // --resume and --force together make no sense.
-    common::assert_bench_fails(&e.run(&[&y, "--run-dir", rs, "--force", "--resume"]), &["--force", "--resume"]);
+    common::assert_bench_fails(
+        &e.run(&[&y, "--run-dir", rs, "--force", "--resume"]),
+        &["--force", "--resume"],
+    );
 
     // A folder holding something else is never written into, not even with --force.
     let junk = e.path("junk");
@@ -176,21 +200,52 @@ fn resume_after_a_configuration_change_is_refused_naming_the_fields() {
             "episode.queries: was 5, now 4",
         ],
     );
-    assert_eq!(std::fs::read_to_string(r.join("resolved.yaml")).unwrap(), resolved);
+    assert_eq!(
+        std::fs::read_to_string(r.join("resolved.yaml")).unwrap(),
+        resolved
+    );
 
     // The budget may grow: training continues where it stopped.
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--resume", "--meta-steps", "8", "--only", "reptile"]));
+    common::assert_bench_ok(&e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--resume",
+        "--meta-steps",
+        "8",
+        "--only",
+        "reptile",
+    ]));
     assert!(checkpoints(&r.join("reptile")).contains(&"step-0000000008.safetensors".to_string()));
 
     // Every checkpoint carries its configuration: one copied into another
     // run's folder is refused too.
     let other = e.path("other");
-    common::assert_bench_ok(&e.run(&[&changed, "--run-dir", other.to_str().unwrap(), "--only", "fomaml"]));
+    common::assert_bench_ok(&e.run(&[
+        &changed,
+        "--run-dir",
+        other.to_str().unwrap(),
+        "--only",
+        "fomaml",
+    ]));
     std::fs::remove_dir_all(other.join("fomaml")).unwrap();
     copy_dir(&r.join("fomaml"), &other.join("fomaml"));
     common::assert_bench_fails(
-        &e.run(&[&changed, "--run-dir", other.to_str().unwrap(), "--resume", "--only", "fomaml", "--meta-steps", "9"]),
-        &["fomaml/checkpoints/step-0000000006.safetensors", "different configuration", "episode.queries: was 5, now 4"],
+        &e.run(&[
+            &changed,
+            "--run-dir",
+            other.to_str().unwrap(),
+            "--resume",
+            "--only",
+            "fomaml",
+            "--meta-steps",
+            "9",
+        ]),
+        &[
+            "fomaml/checkpoints/step-0000000006.safetensors",
+            "different configuration",
+            "episode.queries: was 5, now 4",
+        ],
     );
 }
 
@@ -215,20 +270,33 @@ fn only_merges_its_rows_into_the_existing_results() {
     let rs = r.to_str().unwrap();
     common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--only", "meta-lstm"]));
     let resolved = std::fs::read_to_string(r.join("resolved.yaml")).unwrap();
-    assert!(resolved.contains("fomaml") && resolved.contains("reptile"), "{resolved}");
-    let table = common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--resume", "--only", "fomaml"]));
-    assert!(table.contains("fomaml") && table.contains("meta-lstm"), "{table}");
+    assert!(
+        resolved.contains("fomaml") && resolved.contains("reptile"),
+        "{resolved}"
+    );
+    let table =
+        common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--resume", "--only", "fomaml"]));
+    assert!(
+        table.contains("fomaml") && table.contains("meta-lstm"),
+        "{table}"
+    );
     assert_eq!(
         labels(&r),
         vec![("fomaml".to_string(), 6), ("meta-lstm".to_string(), 6)],
         "rows in the benchmark's order"
     );
-    assert_eq!(std::fs::read_to_string(r.join("resolved.yaml")).unwrap(), resolved);
+    assert_eq!(
+        std::fs::read_to_string(r.join("resolved.yaml")).unwrap(),
+        resolved
+    );
     // A finished, evaluated algorithm is kept as it is on a later resume.
     let ep = std::fs::read(r.join("meta-lstm/test_episodes.csv")).unwrap();
     common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--resume"]));
     assert_eq!(labels(&r).len(), 3);
-    assert_eq!(std::fs::read(r.join("meta-lstm/test_episodes.csv")).unwrap(), ep);
+    assert_eq!(
+        std::fs::read(r.join("meta-lstm/test_episodes.csv")).unwrap(),
+        ep
+    );
 }
 
 #[test]
@@ -277,9 +345,22 @@ fn torn_or_corrupt_checkpoints_fall_back_to_the_previous_one() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x40;
     std::fs::write(ck.join("step-0000000006.safetensors"), &bytes).unwrap();
-    let out = e.run(&[&y, "--run-dir", rs, "--resume", only[0], only[1], "--meta-steps", "7"]);
+    let out = e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--resume",
+        only[0],
+        only[1],
+        "--meta-steps",
+        "7",
+    ]);
     common::assert_bench_ok(&out);
-    assert!(stderr(&out).contains("does not match its checksum"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match its checksum"),
+        "{}",
+        stderr(&out)
+    );
 
     // With nothing readable left the error names every file and the way out.
     for f in checkpoints(&r.join("fomaml")) {
@@ -288,8 +369,21 @@ fn torn_or_corrupt_checkpoints_fall_back_to_the_previous_one() {
         }
     }
     common::assert_bench_fails(
-        &e.run(&[&y, "--run-dir", rs, "--resume", only[0], only[1], "--meta-steps", "8"]),
-        &["no readable checkpoint", "step-0000000007.safetensors", "--force"],
+        &e.run(&[
+            &y,
+            "--run-dir",
+            rs,
+            "--resume",
+            only[0],
+            only[1],
+            "--meta-steps",
+            "8",
+        ]),
+        &[
+            "no readable checkpoint",
+            "step-0000000007.safetensors",
+            "--force",
+        ],
     );
 }
 
@@ -328,7 +422,11 @@ algorithms:
     let t = std::time::Instant::now();
     common::assert_bench_fails(
         &e.run_with_data(&data, &[&y, "--run-dir", r.to_str().unwrap()]),
-        &["2 image file(s) could not be decoded", "e/001.png", "f/003.png"],
+        &[
+            "2 image file(s) could not be decoded",
+            "e/001.png",
+            "f/003.png",
+        ],
     );
     assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
     assert!(!r.exists(), "a refused run writes nothing");
@@ -358,7 +456,11 @@ algorithms:
     let dup = &test[1].0;
     common::assert_bench_fails(
         &e.run_with_data(&data, &[&y, "--run-dir", e.path("r").to_str().unwrap()]),
-        &["test.csv", "listed more than once", &format!("line 8: {dup} (first listed on line 3)")],
+        &[
+            "test.csv",
+            "listed more than once",
+            &format!("line 8: {dup} (first listed on line 3)"),
+        ],
     );
 }
 
@@ -369,7 +471,10 @@ fn labels_that_would_leave_the_run_folder_are_refused() {
     for bad in ["../../x", "a/b", ".hidden", ""] {
         let y = e.yaml(
             "l.yaml",
-            &TINY.replace("{algorithm: meta-lstm, steps: 2}", &format!("{{algorithm: meta-lstm, steps: 2, label: {bad:?}}}")),
+            &TINY.replace(
+                "{algorithm: meta-lstm, steps: 2}",
+                &format!("{{algorithm: meta-lstm, steps: 2, label: {bad:?}}}"),
+            ),
         );
         common::assert_bench_fails(
             &e.run(&[&y, "--run-dir", e.path("r").to_str().unwrap()]),
@@ -392,18 +497,30 @@ fn errors_are_said_once_and_name_the_file_or_field() {
     );
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
     // A field inside an algorithm entry is named.
-    let bad = e.yaml("bad.yaml", &TINY.replace("inner_iters: 2,", "inner_iters: \"10\","));
+    let bad = e.yaml(
+        "bad.yaml",
+        &TINY.replace("inner_iters: 2,", "inner_iters: \"10\","),
+    );
     common::assert_bench_fails(
         &e.run(&[&bad, "--run-dir", e.path("r").to_str().unwrap()]),
         &["bad.yaml", "algorithms[1].inner_iters", "invalid type"],
     );
     // Budgets are finite, on the command line and in the file.
     let err = common::assert_bench_fails(
-        &e.run(&[&y, "--run-dir", e.path("r").to_str().unwrap(), "--minutes", "inf"]),
+        &e.run(&[
+            &y,
+            "--run-dir",
+            e.path("r").to_str().unwrap(),
+            "--minutes",
+            "inf",
+        ]),
         &["--minutes", "finite"],
     );
     assert!(!err.contains("Some("), "{err}");
-    let inf = e.yaml("inf.yaml", &TINY.replace("budget: {meta_steps: 6}", "budget: {minutes: .inf}"));
+    let inf = e.yaml(
+        "inf.yaml",
+        &TINY.replace("budget: {meta_steps: 6}", "budget: {minutes: .inf}"),
+    );
     common::assert_bench_fails(
         &e.run(&[&inf, "--run-dir", e.path("r").to_str().unwrap()]),
         &["budget.minutes"],
@@ -420,6 +537,9 @@ fn errors_are_said_once_and_name_the_file_or_field() {
         "--test-episodes",
         "1",
     ]));
-    assert!(table.contains("+/- n/a") && !table.contains("NaN"), "{table}");
+    assert!(
+        table.contains("+/- n/a") && !table.contains("NaN"),
+        "{table}"
+    );
     assert!(results(&r)["results"][0]["ci95"].is_null());
 }

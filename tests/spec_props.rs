@@ -27,18 +27,77 @@ fn shipped() -> Vec<String> {
 /// Values a mutation may put in place of a scalar: wrong types, limits,
 /// non-finite numbers, empty collections, YAML oddities.
 const VALUES: &[&str] = &[
-    "-1", "0", "1", "2", "0.5", "-0.0", "1e308", "1e999", "-1e999", ".nan", ".inf", "-.inf",
-    "18446744073709551616", "99999999999", "abc", "\"10\"", "''", "null", "~", "true", "[]", "{}",
-    "[1, 2]", "{a: 1}", "&x 1", "*x", "!!binary aGk=", "\"\\u0000\"", "- x", ": :", "|", ">-",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "0.5",
+    "-0.0",
+    "1e308",
+    "1e999",
+    "-1e999",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "18446744073709551616",
+    "99999999999",
+    "abc",
+    "\"10\"",
+    "''",
+    "null",
+    "~",
+    "true",
+    "[]",
+    "{}",
+    "[1, 2]",
+    "{a: 1}",
+    "&x 1",
+    "*x",
+    "!!binary aGk=",
+    "\"\\u0000\"",
+    "- x",
+    ": :",
+    "|",
+    ">-",
 ];
 
 /// Keys a mutation may add (real ones, misspelt ones, nested ones).
 const KEYS: &[&str] = &[
-    "name", "dataset", "episode", "ways", "shots", "queries", "seed", "budget", "minutes",
-    "meta_steps", "episodes", "algorithms", "algorithm", "label", "inner_lr", "inner_iters",
-    "steps", "learner", "hidden", "head", "batch_norm", "eval", "meta_train", "momentum",
-    "transductive", "select", "data", "image_size", "normalize", "validate_every",
-    "validate_every_minutes", "checkpoint_every", "test_episodes", "val_episodes", "typo_key",
+    "name",
+    "dataset",
+    "episode",
+    "ways",
+    "shots",
+    "queries",
+    "seed",
+    "budget",
+    "minutes",
+    "meta_steps",
+    "episodes",
+    "algorithms",
+    "algorithm",
+    "label",
+    "inner_lr",
+    "inner_iters",
+    "steps",
+    "learner",
+    "hidden",
+    "head",
+    "batch_norm",
+    "eval",
+    "meta_train",
+    "momentum",
+    "transductive",
+    "select",
+    "data",
+    "image_size",
+    "normalize",
+    "validate_every",
+    "validate_every_minutes",
+    "checkpoint_every",
+    "test_episodes",
+    "val_episodes",
+    "typo_key",
 ];
 
 #[derive(Debug, Clone)]
@@ -59,7 +118,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(Mutation::DuplicateLine),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::ReplaceValue(a, b)),
-        (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(a, b, c)| Mutation::AddKey(a, b, c)),
+        (any::<usize>(), any::<usize>(), any::<usize>())
+            .prop_map(|(a, b, c)| Mutation::AddKey(a, b, c)),
         (any::<usize>(), any::<bool>()).prop_map(|(a, b)| Mutation::Indent(a, b)),
         any::<usize>().prop_map(Mutation::Truncate),
         (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Mutation::InsertByte(a, b)),
@@ -100,7 +160,11 @@ fn apply(text: &str, m: &Mutation) -> String {
             let indent: String = lines[i % n].chars().take_while(|c| *c == ' ').collect();
             lines.insert(
                 i % n,
-                format!("{indent}{}: {}", KEYS[k % KEYS.len()], VALUES[v % VALUES.len()]),
+                format!(
+                    "{indent}{}: {}",
+                    KEYS[k % KEYS.len()],
+                    VALUES[v % VALUES.len()]
+                ),
             );
         }
         Mutation::Indent(i, more) => {
@@ -137,11 +201,18 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     let r = std::panic::catch_unwind(|| Benchmark::parse(text, "bench.yaml"));
     let r = match r {
         Ok(r) => r,
-        Err(_) => return Err(TestCaseError::fail(format!("the parser panicked on:\n{text}"))),
+        Err(_) => {
+            return Err(TestCaseError::fail(format!(
+                "the parser panicked on:\n{text}"
+            )))
+        }
     };
     if let Err(e) = r {
         let msg = e.to_string();
-        prop_assert!(names_a_place(&msg), "the error names no field or line: {msg}\ninput:\n{text}");
+        prop_assert!(
+            names_a_place(&msg),
+            "the error names no field or line: {msg}\ninput:\n{text}"
+        );
     }
     Ok(())
 }

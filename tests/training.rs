@@ -54,7 +54,9 @@ fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainO
 
 /// The newest checkpoint's algorithm state in `dir`, as sorted bit patterns.
 fn tensors(dir: &Path) -> Vec<(String, Vec<u64>)> {
-    let found = fewshot::checkpoint::latest(dir).unwrap().expect("a checkpoint");
+    let found = fewshot::checkpoint::latest(dir)
+        .unwrap()
+        .expect("a checkpoint");
     let mut v: Vec<(String, Vec<u64>)> = found
         .checkpoint
         .state
@@ -111,10 +113,7 @@ fn killed_and_resumed_runs_end_with_identical_parameters() {
         let sb = train::meta_train(&mut *resumed, &ds, &opts(&b, 4, true, None)).unwrap();
         assert_eq!(sa.step, 4);
         assert_eq!(sb.step, 4);
-        let (ta, tb) = (
-            tensors(&a),
-            tensors(&b),
-        );
+        let (ta, tb) = (tensors(&a), tensors(&b));
         assert_eq!(ta.len(), tb.len());
         for (x, y) in ta.iter().zip(&tb) {
             assert!(
@@ -300,7 +299,9 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         assert_eq!(r["test_episodes"].as_u64(), Some(20));
         assert_eq!(r["meta_steps"].as_u64(), Some(10));
         assert!(run.join(label).join("curve.csv").is_file());
-        assert!(fewshot::checkpoint::latest(&run.join(label)).unwrap().is_some());
+        assert!(fewshot::checkpoint::latest(&run.join(label))
+            .unwrap()
+            .is_some());
         assert_eq!(
             std::fs::read_to_string(run.join(label).join("test_episodes.csv"))
                 .unwrap()
@@ -368,16 +369,25 @@ algorithms:
     let points: Vec<Vec<f64>> = curve
         .lines()
         .skip(1)
-        .map(|l| l.split(',').map(|x| x.parse().unwrap_or(f64::NAN)).collect())
+        .map(|l| {
+            l.split(',')
+                .map(|x| x.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
         .collect();
     assert!((4..=7).contains(&points.len()), "{curve}");
     for w in points.windows(2) {
         let gap = w[1][2] - w[0][2];
-        assert!(gap >= 1.2 || w[1][0] as u64 == steps, "validation gap {gap} s:\n{curve}");
+        assert!(
+            gap >= 1.2 || w[1][0] as u64 == steps,
+            "validation gap {gap} s:\n{curve}"
+        );
         assert!(w[1][5].is_finite(), "validation accuracy missing:\n{curve}");
     }
     assert_eq!(points.last().unwrap()[0] as u64, steps);
-    let newest = fewshot::checkpoint::latest(&run.join("reptile")).unwrap().unwrap();
+    let newest = fewshot::checkpoint::latest(&run.join("reptile"))
+        .unwrap()
+        .unwrap();
     assert!(newest.checkpoint.train.finished && newest.checkpoint.train.step == steps);
 }
 
@@ -425,7 +435,10 @@ algorithms:
         let acc = row["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{label}: {acc}");
         // Every step left a finite loss in the checkpointed curve.
-        let c = fewshot::checkpoint::latest(&run.join(label)).unwrap().unwrap().checkpoint;
+        let c = fewshot::checkpoint::latest(&run.join(label))
+            .unwrap()
+            .unwrap()
+            .checkpoint;
         assert_eq!(c.train.step, 2);
         assert!(c.train.curve.iter().all(|p| p.train_loss.is_finite()));
     }

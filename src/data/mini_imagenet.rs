@@ -240,7 +240,10 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
         }
         if let Some(first) = first_line.insert(f.to_string(), n + 1) {
             first_line.insert(f.to_string(), first);
-            duplicates.push(format!("line {}: {f} (first listed on line {first})", n + 1));
+            duplicates.push(format!(
+                "line {}: {f} (first listed on line {first})",
+                n + 1
+            ));
             continue;
         }
         rows.push((f.to_string(), l.to_string()));

@@ -245,6 +245,12 @@ pub fn meta_train(
                 ),
             })
         }
+        None if opts.dir.join("checkpoint.json").is_file() => {
+            return Err(Error::RunDir {
+                path: opts.dir.clone(),
+                reason: "holds a checkpoint in the format of fewshot before one-file checkpoints (checkpoint.json + checkpoint.safetensors), which this version cannot continue; start over with --force".into(),
+            })
+        }
         None => TrainState {
             algorithm: algo.label().to_string(),
             ..Default::default()

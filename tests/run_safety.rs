@@ -543,3 +543,19 @@ fn errors_are_said_once_and_name_the_file_or_field() {
     );
     assert!(results(&r)["results"][0]["ci95"].is_null());
 }
+
+#[test]
+fn a_checkpoint_of_the_old_two_file_format_is_not_silently_ignored() {
+    let e = Env::new();
+    let y = e.yaml("tiny.yaml", TINY);
+    let r = e.path("r");
+    let rs = r.to_str().unwrap();
+    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--only", "fomaml"]));
+    std::fs::remove_dir_all(r.join("fomaml/checkpoints")).unwrap();
+    std::fs::write(r.join("fomaml/checkpoint.json"), "{}").unwrap();
+    std::fs::write(r.join("fomaml/checkpoint.safetensors"), "").unwrap();
+    common::assert_bench_fails(
+        &e.run(&[&y, "--run-dir", rs, "--resume", "--only", "fomaml"]),
+        &["checkpoint.json", "cannot continue", "--force"],
+    );
+}

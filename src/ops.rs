@@ -374,9 +374,24 @@ struct LstmCellBwd;
 /// Activations of the fused LSTM: libm in float64 (exact reference for
 /// gradient checks), a branch-free vectorisable exp in float32 (libm's
 /// `tanhf`/`expf` were two thirds of a meta-LSTM episode under perf).
-trait Act: num_traits::Float + Send + Sync {
+/// The activations the fused kernels use (see [`exp_f32`]).
+pub trait Act: num_traits::Float + Send + Sync {
+    /// The logistic sigmoid.
     fn sig(self) -> Self;
+    /// The hyperbolic tangent.
     fn th(self) -> Self;
+}
+
+/// Which implementation of the hot paths runs: the fused kernels (one
+/// pass per block of work with a hand-written backward; the default) or
+/// the composed candle graph they replace (the reference the fused ones
+/// are tested against). Both compute the same numbers to float tolerance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    #[default]
+    Fused,
+    Composed,
 }
 
 impl Act for f64 {

@@ -53,6 +53,7 @@ fn benchmark_part(b: &Benchmark) -> serde_json::Value {
         "validate_every_minutes": b.validate_every_minutes,
         "batch_norm": b.batch_norm,
         "learner": b.learner,
+        "kernels": b.kernels,
     })
 }
 

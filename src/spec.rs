@@ -131,6 +131,10 @@ pub struct BenchmarkFile {
     /// Checkpoint every this many meta-steps [default: validate_every].
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
+    /// `fused` kernels or the `composed` candle path they replace
+    /// [default: fused] (`fewshot::ops::Kernels`).
+    #[serde(default)]
+    pub kernels: Option<crate::ops::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<serde_yaml::Value>,
 }
@@ -188,6 +192,9 @@ pub struct Benchmark {
     pub validate_every: Option<u64>,
     pub validate_every_minutes: Option<f64>,
     pub checkpoint_every: u64,
+    /// Fused kernels or the composed path.
+    #[serde(default)]
+    pub kernels: crate::ops::Kernels,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
 }
@@ -233,6 +240,7 @@ impl Benchmark {
             norm: self.batch_norm,
             seed: self.seed,
             device: device.clone(),
+            kernels: self.kernels,
         }
     }
 }
@@ -455,6 +463,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         validate_every,
         validate_every_minutes: f.validate_every_minutes,
         checkpoint_every,
+        kernels: f.kernels.unwrap_or_default(),
         learner,
         algorithms: vec![],
     };

@@ -180,6 +180,7 @@ fn ctx(l: Learner, norm: NormProtocol) -> Context {
         norm,
         seed: 3,
         device: Device::Cpu,
+        kernels: fewshot::ops::Kernels::default(),
     }
 }
 

@@ -226,6 +226,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, queries: usize, norm: NormPr
         norm,
         seed: 0,
         device: Device::Cpu,
+        kernels: fewshot::ops::Kernels::default(),
     }
 }
 

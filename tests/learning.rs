@@ -43,6 +43,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
         norm: common::both_stats(transductive),
         seed: 7,
         device: cpu(),
+        kernels: fewshot::ops::Kernels::default(),
     }
 }
 

@@ -5,8 +5,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig};
-use fewshot::algo::{sgd_adapt, Context, InnerSgd};
+use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
 use fewshot::learner::{Downsample, Learner};
+use fewshot::ops::Kernels;
 use fewshot::params::Params;
 use fewshot::rng::Rng;
 use fewshot::sampler::{Batch, EpisodeSpec};
@@ -23,6 +24,7 @@ fn ctx(l: Learner, transductive: bool) -> Context {
         norm: common::both_stats(transductive),
         seed: 5,
         device: Device::Cpu,
+        kernels: fewshot::ops::Kernels::default(),
     }
 }
 
@@ -104,42 +106,45 @@ fn gradient_descent_is_a_special_case() {
         };
         let lr = if div { 0.1 * (2 * ways) as f64 } else { 0.1 };
         let sgd_lr = 0.1;
-        let u = m
-            .unroll(
-                &m.params,
-                &b.0,
-                &b.1,
-                10,
-                Gates::Fixed {
-                    forget: 1.0,
-                    input: lr,
-                },
-                None,
-                false,
-                None,
-            )
-            .unwrap();
-        let lstm = m.learner_params(&u.theta).unwrap();
-        let theta0 = m.learner_params(&m.params.tensors[7]).unwrap();
-        let step = InnerSgd::plain(sgd_lr, &theta0);
-        let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, &step, 10, None).unwrap();
-        let diff = lstm
-            .zip_map(&sgd, |a, b| a - b)
-            .unwrap()
-            .sum_sq()
-            .unwrap()
-            .sqrt();
-        let moved = theta0
-            .zip_map(&sgd, |a, b| a - b)
-            .unwrap()
-            .sum_sq()
-            .unwrap()
-            .sqrt();
-        assert!(moved > 1e-2, "SGD did not move ({moved})");
-        assert!(
-            diff < 1e-10 * (1.0 + moved),
-            "meta-LSTM with f=1, i=lr differs from SGD by {diff}"
-        );
+        for kernels in [Kernels::Composed, Kernels::Fused] {
+            let u = m
+                .unroll_with(
+                    kernels,
+                    &m.params,
+                    &b.0,
+                    &b.1,
+                    10,
+                    Gates::Fixed {
+                        forget: 1.0,
+                        input: lr,
+                    },
+                    None,
+                    false,
+                    None,
+                )
+                .unwrap();
+            let lstm = m.learner_params(&u.theta).unwrap();
+            let theta0 = m.learner_params(&m.params.tensors[7]).unwrap();
+            let step = InnerSgd::plain(sgd_lr, &theta0);
+            let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, &step, 10, None).unwrap();
+            let diff = lstm
+                .zip_map(&sgd, |a, b| a - b)
+                .unwrap()
+                .sum_sq()
+                .unwrap()
+                .sqrt();
+            let moved = theta0
+                .zip_map(&sgd, |a, b| a - b)
+                .unwrap()
+                .sum_sq()
+                .unwrap()
+                .sqrt();
+            assert!(moved > 1e-2, "SGD did not move ({moved})");
+            assert!(
+                diff < 1e-10 * (1.0 + moved),
+                "meta-LSTM ({kernels:?}) with f=1, i=lr differs from SGD by {diff}"
+            );
+        }
     }
 }
 
@@ -303,4 +308,197 @@ fn meta_gradient_matches_finite_differences() {
             );
         }
     }
+}
+
+/// `p` plus Gaussian noise of standard deviation `scale`.
+fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
+    let mut rng = Rng::new(seed);
+    let tensors = p
+        .tensors
+        .iter()
+        .map(|t| {
+            let noise: Vec<f64> = (0..t.elem_count()).map(|_| scale * rng.normal()).collect();
+            let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(t.dtype())
+                .unwrap();
+            (t + noise).unwrap()
+        })
+        .collect();
+    Params::new(p.names.clone(), tensors)
+}
+
+/// Largest |a - b| over every tensor, relative to the largest |a|.
+fn rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
+    let flat = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    let mut diff: f64 = 0.0;
+    let mut scale: f64 = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (flat(x), flat(y));
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(&y) {
+            diff = diff.max((p - q).abs());
+            scale = scale.max(p.abs());
+        }
+    }
+    diff / scale.max(1e-30)
+}
+
+#[test]
+fn fused_and_composed_paths_agree_over_ten_steps() {
+    // The fused kernel against the composed candle graph: theta_T, the
+    // gates at every step, the meta-loss and the whole meta-gradient, for
+    // the tiny learner in float64 and the full 113k-coordinate Omniglot
+    // learner in float32 (10 steps, 5-way 1-shot, trained-looking weights
+    // so that every term matters).
+    for (l, dtype, tol) in [
+        (tiny(), DType::F64, 1e-12),
+        (Learner::omniglot(5, 28), DType::F32, 1e-5),
+    ] {
+        let mut m = meta(l.clone(), false, 10);
+        if dtype == DType::F64 {
+            m.to_dtype(DType::F64).unwrap();
+        }
+        // Move the weights off their initialisation (larger recurrent and
+        // cell weights exercise every path of the backward).
+        m.params = jitter(&m.params, 0.05, 11);
+        let b = if l.image_size == 8 {
+            batch(&l, 4, dtype)
+        } else {
+            let mut rng = Rng::new(3);
+            let img = |n: usize, rng: &mut Rng| {
+                let v: Vec<f64> = (0..n * 28 * 28).map(|_| rng.normal()).collect();
+                Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let y = |k: usize| {
+                Tensor::from_vec(
+                    (0..5 * k).map(|i| (i / k) as u32).collect::<Vec<_>>(),
+                    5 * k,
+                    &Device::Cpu,
+                )
+                .unwrap()
+            };
+            Batch {
+                support_x: img(5, &mut rng),
+                support_y: y(1),
+                query_x: img(15, &mut rng),
+                query_y: y(3),
+            }
+        };
+        let run = |k: Kernels| {
+            m.unroll_with(
+                k,
+                &m.params,
+                &b.support_x,
+                &b.support_y,
+                10,
+                Gates::Learned,
+                None,
+                true,
+                None,
+            )
+            .unwrap()
+        };
+        let (c, f) = (run(Kernels::Composed), run(Kernels::Fused));
+        let d = rel_diff(&[c.theta.clone()], &[f.theta.clone()]);
+        assert!(d < tol, "{dtype:?}: theta_T differs by {d}");
+        assert_eq!(c.gates.len(), 10);
+        for (s, ((cf, ci), (ff, fi))) in c.gates.iter().zip(&f.gates).enumerate() {
+            let d = rel_diff(&[cf.clone(), ci.clone()], &[ff.clone(), fi.clone()]);
+            assert!(d < tol, "{dtype:?}: gates of step {} differ by {d}", s + 1);
+        }
+        let mut composed = meta(l.clone(), false, 10);
+        composed.params = m.params.clone();
+        let fused_m = &m;
+        let gc = {
+            let mut cm = meta(l.clone(), false, 10);
+            cm.params = m.params.clone();
+            let mut ctx = cm.context().clone();
+            ctx.kernels = Kernels::Composed;
+            let mut cm2 = MetaLstm::new(cm.config.clone(), &ctx).unwrap();
+            cm2.params = m.params.clone();
+            cm2.meta_gradient(&m.params, &b, None).unwrap()
+        };
+        let gf = fused_m.meta_gradient(&m.params, &b, None).unwrap();
+        drop(composed);
+        assert!(
+            (gc.0 - gf.0).abs() < tol * (1.0 + gc.0.abs()) * 10.0,
+            "{dtype:?}: meta-loss {} vs {}",
+            gc.0,
+            gf.0
+        );
+        for (i, name) in m.params.names.iter().enumerate() {
+            let d = rel_diff(&[gc.2.tensors[i].clone()], &[gf.2.tensors[i].clone()]);
+            assert!(
+                d < 10.0 * tol,
+                "{dtype:?}: meta-gradient of {name} differs by {d} (relative)"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_meta_gradient_matches_finite_differences() {
+    // The hand-written backward through time against central differences
+    // in float64, learner gradients and losses frozen as in
+    // `meta_gradient_matches_finite_differences`.
+    let mut m = meta(tiny(), false, 4);
+    m.to_dtype(DType::F64).unwrap();
+    m.params = jitter(&m.params, 0.1, 21);
+    assert_eq!(m.context().kernels, Kernels::Fused);
+    let b = batch(&tiny(), 9, DType::F64);
+    let base = m
+        .unroll_with(
+            Kernels::Fused,
+            &m.params,
+            &b.support_x,
+            &b.support_y,
+            4,
+            Gates::Learned,
+            None,
+            false,
+            None,
+        )
+        .unwrap();
+    let frozen = base.inputs.clone();
+    let f = |q: &Params| m.meta_gradient(q, &b, Some(&frozen)).unwrap().0;
+    let (_, _, g) = m.meta_gradient(&m.params, &b, Some(&frozen)).unwrap();
+    let h = 1e-6;
+    let mut checked = 0;
+    for (i, name) in m.params.names.iter().enumerate() {
+        let t = &m.params.tensors[i];
+        let ga = g.tensors[i]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let n = t.elem_count();
+        for k in (0..n).step_by((n / 8).max(1)) {
+            let shift = |d: f64| {
+                let mut q = m.params.clone();
+                let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                v[k] += d;
+                q.tensors[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+                q
+            };
+            let fd = (f(&shift(h)) - f(&shift(-h))) / (2.0 * h);
+            assert!(
+                (fd - ga[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{name}[{k}]: fused backward {} vs finite difference {fd}",
+                ga[k]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked}");
 }

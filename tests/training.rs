@@ -26,6 +26,7 @@ fn omniglot_ctx() -> Context {
         norm: fewshot::norm::NormProtocol::default(),
         seed: 3,
         device: Device::Cpu,
+        kernels: fewshot::ops::Kernels::default(),
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Context {
     pub norm: NormProtocol,
     pub seed: u64,
     pub device: Device,
+    /// Fused kernels or the composed candle path ([`crate::ops::Kernels`]).
+    pub kernels: crate::ops::Kernels,
 }
 
 /// Adapted learner parameters, with the running batch-norm statistics of

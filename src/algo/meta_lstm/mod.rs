@@ -67,10 +67,12 @@
 //! Activations are laid out feature-major (`[features, coordinates]`) so
 //! every gate is a contiguous block.
 
+pub mod fused;
+
 use std::collections::HashMap;
 use std::ops::Range;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -80,6 +82,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::learner::{cross_entropy, Learner};
 use crate::norm::RunningStats;
+use crate::ops::Kernels;
 use crate::optim::{clip_global_norm, Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
@@ -167,6 +170,10 @@ fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
     Ok(Box::new(MetaLstm::new(cfg.resolve(ctx)?, ctx)?))
 }
 
+fn scalar_f64(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
 /// Andrychowicz et al. preprocessing of one value with constant p:
 /// (log|x| / p, sign x) if |x| > e^-p, else (-1, e^p x)
 /// (`lstm-helper.lua:10-42`: strict `torch.gt`).
@@ -196,6 +203,14 @@ pub struct Unrolled {
     pub gates: Vec<(Tensor, Tensor)>,
     /// The (gradient `[1, n]`, loss) pairs fed to the meta-learner.
     pub inputs: Vec<(Tensor, f64)>,
+}
+
+/// A fused unroll with what produced it.
+struct FusedUnroll<T> {
+    unroll: fused::Unroll<T>,
+    weights: fused::Weights<T>,
+    gates: Vec<(Tensor, Tensor)>,
+    inputs: Vec<(Tensor, f64)>,
 }
 
 /// The meta-learner: its parameters, the learner shape, the optimiser.
@@ -418,6 +433,210 @@ impl MetaLstm {
         Ok(out)
     }
 
+    /// The meta-learner's weights as flat arrays for the fused kernel.
+    fn weights<T: fused::Float>(mp: &Params) -> Result<fused::Weights<T>> {
+        let v = |i: usize| -> Result<Vec<T>> { Ok(mp.tensors[i].flatten_all()?.to_vec1::<T>()?) };
+        Ok(fused::Weights {
+            w_ih: v(0)?,
+            w_hh: v(1)?,
+            b: v(2)?,
+            w_f: v(3)?,
+            w_i: v(4)?,
+            b_f: v(5)?[0],
+            b_i: v(6)?[0],
+        })
+    }
+
+    /// [`MetaLstm::unroll`] with the fused kernel (no candle graph): the
+    /// unroll (with its tape when `keep`), the weights it used, and the
+    /// recorded gates.
+    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
+    fn unroll_fused<T: fused::Float>(
+        &self,
+        mp: &Params,
+        x: &Tensor,
+        y: &Tensor,
+        steps: usize,
+        gates: Gates,
+        frozen: Option<&[(Tensor, f64)]>,
+        record: bool,
+        keep: bool,
+        mut running: Option<&mut RunningStats>,
+    ) -> Result<FusedUnroll<T>> {
+        let w = Self::weights::<T>(mp)?;
+        let theta0 = mp.tensors[7].flatten_all()?.to_vec1::<T>()?;
+        let n = theta0.len();
+        let dev = mp.tensors[7].device().clone();
+        let mut u = fused::Unroll::new(theta0, gates, keep);
+        let mut recorded = Vec::new();
+        let mut inputs = Vec::with_capacity(steps);
+        for step in 0..steps {
+            let (grad, loss) = match frozen {
+                Some(f) => f[step].clone(),
+                None => {
+                    let theta = Tensor::from_slice(&u.theta, (1, n), &dev)?;
+                    self.loss_and_grad(&theta, x, y, running.as_deref_mut())?
+                }
+            };
+            let g = grad.flatten_all()?.to_vec1::<T>()?;
+            if let Some((f, i)) = u.step(&w, &g, loss, self.config.preprocess_p, record) {
+                recorded.push((
+                    Tensor::from_vec(f, (1, n), &dev)?,
+                    Tensor::from_vec(i, (1, n), &dev)?,
+                ));
+            }
+            inputs.push((grad, loss));
+        }
+        Ok(FusedUnroll {
+            unroll: u,
+            weights: w,
+            gates: recorded,
+            inputs,
+        })
+    }
+
+    /// [`MetaLstm::unroll`] with the given kernels (`Composed` is
+    /// `unroll` itself; `Fused` runs the fused kernel and returns the same
+    /// values to float tolerance, without a graph to differentiate).
+    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
+    pub fn unroll_with(
+        &self,
+        kernels: Kernels,
+        mp: &Params,
+        x: &Tensor,
+        y: &Tensor,
+        steps: usize,
+        gates: Gates,
+        frozen: Option<&[(Tensor, f64)]>,
+        record: bool,
+        running: Option<&mut RunningStats>,
+    ) -> Result<Unrolled> {
+        let n = mp.tensors[7].dim(1)?;
+        let dev = mp.tensors[7].device().clone();
+        macro_rules! fused {
+            ($t:ty) => {{
+                let f = self
+                    .unroll_fused::<$t>(mp, x, y, steps, gates, frozen, record, false, running)?;
+                Ok(Unrolled {
+                    theta: Tensor::from_vec(f.unroll.theta, (1, n), &dev)?,
+                    gates: f.gates,
+                    inputs: f.inputs,
+                })
+            }};
+        }
+        match (kernels, mp.tensors[7].dtype()) {
+            (Kernels::Fused, DType::F32) => fused!(f32),
+            (Kernels::Fused, DType::F64) => fused!(f64),
+            _ => self.unroll(mp, x, y, steps, gates, frozen, record, running),
+        }
+    }
+
+    /// θ_T after `steps` updates on `(x, y)` with the configured kernels,
+    /// and the gates after the sigmoid at each step when `record`.
+    fn adapt_theta(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        steps: usize,
+        record: bool,
+        running: Option<&mut RunningStats>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let u = self.unroll_with(
+            self.ctx.kernels,
+            &self.params,
+            x,
+            y,
+            steps,
+            Gates::Learned,
+            None,
+            record,
+            running,
+        )?;
+        Ok((u.theta, u.gates))
+    }
+
+    /// Meta-loss, score and meta-gradient of one episode at meta-parameters
+    /// `mp` with the configured kernels: the fused forward and hand-written
+    /// backward through time, or candle's autograd over the composed graph.
+    /// `frozen` fixes the learner's gradient and loss inputs (gradient
+    /// checks).
+    pub fn meta_gradient(
+        &self,
+        mp: &Params,
+        b: &Batch,
+        frozen: Option<&[(Tensor, f64)]>,
+    ) -> Result<(f64, EpisodeScore, Params)> {
+        match (self.ctx.kernels, mp.tensors[7].dtype()) {
+            (Kernels::Fused, DType::F32) => self.meta_gradient_fused::<f32>(mp, b, frozen),
+            (Kernels::Fused, DType::F64) => self.meta_gradient_fused::<f64>(mp, b, frozen),
+            _ => {
+                let vars = mp.to_vars()?;
+                let mv = Params::from_vars(&mp.names, &vars);
+                let (l, s) = self.meta_loss(&mv, b, frozen)?;
+                let g = mv.grads(&l.backward()?)?;
+                Ok((scalar_f64(&l)?, s, g))
+            }
+        }
+    }
+
+    fn meta_gradient_fused<T: fused::Float>(
+        &self,
+        mp: &Params,
+        b: &Batch,
+        frozen: Option<&[(Tensor, f64)]>,
+    ) -> Result<(f64, EpisodeScore, Params)> {
+        let FusedUnroll {
+            unroll: u,
+            weights: w,
+            ..
+        } = self.unroll_fused::<T>(
+            mp,
+            &b.support_x,
+            &b.support_y,
+            self.config.steps,
+            Gates::Learned,
+            frozen,
+            false,
+            true,
+            None,
+        )?;
+        let n = u.theta.len();
+        let dev = mp.tensors[7].device().clone();
+        // dL/dθ_T through the learner's query pass (candle autograd).
+        let theta_t = Var::from_tensor(&Tensor::from_slice(&u.theta, (1, n), &dev)?)?;
+        let p = self.learner_params(theta_t.as_tensor())?;
+        let logits = self.ctx.predict_train(&p, &b.support_x, &b.query_x)?;
+        let loss = cross_entropy(&logits, &b.query_y)?;
+        let score = EpisodeScore::of(&logits, &b.query_y)?;
+        let grads = loss.backward()?;
+        let d_theta_t = match grads.get(theta_t.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<T>()?,
+            None => vec![T::zero(); n],
+        };
+        let (gw, d0) = u.backward(&w, &d_theta_t);
+        let shapes: Vec<Vec<usize>> = mp.tensors.iter().map(|t| t.dims().to_vec()).collect();
+        let data = [
+            gw.w_ih,
+            gw.w_hh,
+            gw.b,
+            gw.w_f,
+            gw.w_i,
+            vec![gw.b_f],
+            vec![gw.b_i],
+            d0,
+        ];
+        let tensors = data
+            .into_iter()
+            .zip(&shapes)
+            .map(|(v, s)| Tensor::from_vec(v, s.as_slice(), &dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((
+            scalar_f64(&loss)?,
+            score,
+            Params::new(mp.names.clone(), tensors),
+        ))
+    }
+
     /// Meta-loss (query loss after the unroll) and its score.
     pub fn meta_loss(
         &self,
@@ -444,17 +663,14 @@ impl MetaLstm {
     /// Gate values (forget, input; after the sigmoid) at every test-time
     /// step of an episode, flattened over all learner coordinates.
     pub fn gate_trace(&self, b: &Batch) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let u = self.unroll(
-            &self.params,
+        let (_, gates) = self.adapt_theta(
             &b.support_x,
             &b.support_y,
             self.config.steps_test,
-            Gates::Learned,
-            None,
             true,
             None,
         )?;
-        u.gates
+        gates
             .iter()
             .map(|(f, i)| {
                 let f = f.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -493,10 +709,8 @@ impl Algorithm for MetaLstm {
         let mut grads = Vec::with_capacity(episodes.len());
         let mut scores = Vec::with_capacity(episodes.len());
         for b in episodes {
-            let vars = self.params.to_vars()?;
-            let mp = Params::from_vars(&self.params.names, &vars);
-            let (l, s) = self.meta_loss(&mp, b, None)?;
-            grads.push(mp.grads(&l.backward()?)?);
+            let (_, s, g) = self.meta_gradient(&self.params, b, None)?;
+            grads.push(g);
             scores.push(s);
         }
         let nb = episodes.len() as f64;
@@ -507,18 +721,9 @@ impl Algorithm for MetaLstm {
     }
     fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
         let mut running = self.ctx.recorder();
-        let u = self.unroll(
-            &self.params,
-            x,
-            y,
-            self.config.steps_test,
-            Gates::Learned,
-            None,
-            false,
-            running.as_mut(),
-        )?;
+        let (theta, _) = self.adapt_theta(x, y, self.config.steps_test, false, running.as_mut())?;
         Ok(Adapted {
-            params: self.learner_params(&u.theta)?,
+            params: self.learner_params(&theta)?,
             running,
         })
     }

@@ -1,0 +1,545 @@
+//! The meta-learner's two layers as one fused kernel over all learner
+//! coordinates, with a hand-written backward through time.
+//!
+//! The composed path ([`super::MetaLstm::unroll`]) builds a candle graph of
+//! about twenty `[80, n]`-sized tensors per step and lets autograd walk it;
+//! here every coordinate's whole step (both layers and the cell update) is
+//! one pass over a block of [`CHUNK`] coordinates that stays in cache, the
+//! blocks run in parallel (rayon), and the backward is the chain rule
+//! written out below. Per step and coordinate the tape keeps what the
+//! backward needs and is expensive to recompute: the four layer-1 gates
+//! after their nonlinearities, c_t and tanh(c_t), the four preprocessed
+//! inputs, theta_{t-1}, the gradient, the meta-gates F_t, I_t and the
+//! pre-sigmoid values fed back from the previous step (130 values:
+//! memory linear in T, about 59 MB per step for the 113k-coordinate
+//! Omniglot learner in float32); h_t is recomputed as o_t * tanh(c_t).
+//! Evaluation keeps no tape.
+//!
+//! Equations (module docs of [`super`]; coordinate k, step t):
+//! - x_t = (preprocess(grad_t), preprocess(loss_t))             (4 inputs)
+//! - z_t = W_ih x_t + W_hh h_{t-1} + b;  [i, f, g, o] = [σ, σ, tanh, σ](z_t)
+//! - c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+//! - f̃_t = w_f · [h_t, θ_{t-1}, f̃_{t-1}] + b_f;  F_t = σ(f̃_t)
+//! - ĩ_t = w_i · [h_t, θ_{t-1}, ĩ_{t-1}] + b_i;  I_t = σ(ĩ_t)
+//! - θ_t = F_t * θ_{t-1} - I_t * grad_t
+//!
+//! Weight gradients are summed per block and then over blocks in block
+//! order, so the result does not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::{preprocess, Gates, HIDDEN as H};
+use crate::ops::Act;
+
+/// Coordinates per block: the block's inputs, state and z (about 130
+/// values per coordinate) fit in L2.
+pub const CHUNK: usize = 256;
+/// Layer-1 pre-activations per coordinate.
+const Z: usize = 4 * H;
+/// Layer-1 inputs per coordinate.
+const IN: usize = 4;
+
+/// Scalar types of the kernel: f32 (training) and f64 (gradient checks).
+pub trait Float: Act + candle_core::WithDType + Default + Copy + Send + Sync + 'static {
+    fn of(x: f64) -> Self;
+    fn f64(self) -> f64;
+}
+impl Float for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+impl Float for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// The meta-learner's weights (or their gradients), as flat arrays in the
+/// layout of the composed path's tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights<T> {
+    /// `[80, 4]`, row-major.
+    pub w_ih: Vec<T>,
+    /// `[80, 20]`, row-major.
+    pub w_hh: Vec<T>,
+    /// `[80]`.
+    pub b: Vec<T>,
+    /// `[22]`: 20 for h, then theta, then the fed-back f.
+    pub w_f: Vec<T>,
+    /// `[22]`: 20 for h, then theta, then the fed-back i.
+    pub w_i: Vec<T>,
+    pub b_f: T,
+    pub b_i: T,
+}
+
+impl<T: Float> Weights<T> {
+    /// All zeros (a gradient accumulator).
+    pub fn zeros() -> Self {
+        Weights {
+            w_ih: vec![T::zero(); Z * IN],
+            w_hh: vec![T::zero(); Z * H],
+            b: vec![T::zero(); Z],
+            w_f: vec![T::zero(); H + 2],
+            w_i: vec![T::zero(); H + 2],
+            b_f: T::zero(),
+            b_i: T::zero(),
+        }
+    }
+
+    fn add(&mut self, o: &Self) {
+        let add = |a: &mut [T], b: &[T]| a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + *y);
+        add(&mut self.w_ih, &o.w_ih);
+        add(&mut self.w_hh, &o.w_hh);
+        add(&mut self.b, &o.b);
+        add(&mut self.w_f, &o.w_f);
+        add(&mut self.w_i, &o.w_i);
+        self.b_f = self.b_f + o.b_f;
+        self.b_i = self.b_i + o.b_i;
+    }
+}
+
+/// What the backward needs from one step of one block.
+#[derive(Debug)]
+struct Tape<T> {
+    /// `[80][len]`: i, f, g, o after their nonlinearities.
+    gates: Vec<T>,
+    /// `[20][len]`: c_t and tanh(c_t).
+    c: Vec<T>,
+    tc: Vec<T>,
+    /// `[4][len]`: the preprocessed inputs.
+    x: Vec<T>,
+    /// `[len]` each.
+    theta_prev: Vec<T>,
+    grad: Vec<T>,
+    big_f: Vec<T>,
+    big_i: Vec<T>,
+    /// The pre-sigmoid f̃_{t-1}, ĩ_{t-1} this step was fed.
+    f_in: Vec<T>,
+    i_in: Vec<T>,
+}
+
+/// One block of coordinates: its recurrent state and tape.
+#[derive(Debug)]
+struct Block<T> {
+    len: usize,
+    h: Vec<T>,
+    c: Vec<T>,
+    f_prev: Vec<T>,
+    i_prev: Vec<T>,
+    /// Scratch: z for the current step.
+    z: Vec<T>,
+    tape: Vec<Tape<T>>,
+}
+
+impl<T: Float> Block<T> {
+    fn new(len: usize) -> Self {
+        Block {
+            len,
+            h: vec![T::zero(); H * len],
+            c: vec![T::zero(); H * len],
+            f_prev: vec![T::zero(); len],
+            i_prev: vec![T::zero(); len],
+            z: vec![T::zero(); Z * len],
+            tape: vec![],
+        }
+    }
+}
+
+/// y += a * x.
+#[inline(always)]
+fn axpy<T: Float>(a: T, x: &[T], y: &mut [T]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = *yi + a * *xi;
+    }
+}
+
+/// Sum of a_k * b_k with eight partial sums (vectorisable, and the same
+/// order on every run).
+#[inline(always)]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let n8 = a.len() / 8 * 8;
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = acc[l] + ca[l] * cb[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for k in n8..a.len() {
+        s = s + a[k] * b[k];
+    }
+    s
+}
+
+#[inline(always)]
+fn sum<T: Float>(a: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let n8 = a.len() / 8 * 8;
+    for c in a[..n8].chunks_exact(8) {
+        for l in 0..8 {
+            acc[l] = acc[l] + c[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for x in &a[n8..] {
+        s = s + *x;
+    }
+    s
+}
+
+/// An unroll of the meta-learner over all coordinates.
+#[derive(Debug)]
+pub struct Unroll<T> {
+    /// θ_t after the steps taken so far.
+    pub theta: Vec<T>,
+    blocks: Vec<Block<T>>,
+    /// Keep the tape (meta-training) or not (evaluation).
+    keep: bool,
+    gates: Gates,
+}
+
+impl<T: Float> Unroll<T> {
+    /// Start from θ_0 with zero recurrent state.
+    pub fn new(theta0: Vec<T>, gates: Gates, keep: bool) -> Self {
+        let n = theta0.len();
+        let blocks = (0..n.div_ceil(CHUNK))
+            .map(|b| Block::new(CHUNK.min(n - b * CHUNK)))
+            .collect();
+        Unroll {
+            theta: theta0,
+            blocks,
+            keep,
+            gates,
+        }
+    }
+
+    /// Steps taken so far (when the tape is kept).
+    pub fn steps(&self) -> usize {
+        self.blocks.first().map(|b| b.tape.len()).unwrap_or(0)
+    }
+
+    /// One update θ_t = F_t θ_{t-1} - I_t grad_t from the learner's
+    /// gradient and loss at θ_{t-1}. With `record`, returns (F_t, I_t)
+    /// after the sigmoid for every coordinate.
+    pub fn step(
+        &mut self,
+        w: &Weights<T>,
+        grad: &[T],
+        loss: f64,
+        p: f64,
+        record: bool,
+    ) -> Option<(Vec<T>, Vec<T>)> {
+        assert_eq!(grad.len(), self.theta.len(), "gradient and theta sizes");
+        let (la, lb) = preprocess(loss, p);
+        let (la, lb) = (T::of(la), T::of(lb));
+        let keep = self.keep;
+        let gates = self.gates;
+        self.blocks
+            .par_iter_mut()
+            .zip(self.theta.par_chunks_mut(CHUNK))
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|((blk, theta), g)| {
+                let t = match gates {
+                    Gates::Learned => block_step(blk, w, theta, g, la, lb, p, keep),
+                    Gates::Fixed { forget, input } => {
+                        let (fo, inp) = (T::of(forget), T::of(input));
+                        let tape = keep.then(|| Tape {
+                            gates: vec![],
+                            c: vec![],
+                            tc: vec![],
+                            x: vec![],
+                            theta_prev: theta.to_vec(),
+                            grad: g.to_vec(),
+                            big_f: vec![fo; theta.len()],
+                            big_i: vec![inp; theta.len()],
+                            f_in: vec![],
+                            i_in: vec![],
+                        });
+                        // θ_t = f θ_{t-1} - i grad_t with constant gates.
+                        for (th, gk) in theta.iter_mut().zip(g) {
+                            *th = fo * *th - inp * *gk;
+                        }
+                        tape
+                    }
+                };
+                if let Some(t) = t {
+                    blk.tape.push(t);
+                }
+            });
+        record.then(|| {
+            let n = self.theta.len();
+            let (mut f, mut i) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for blk in &self.blocks {
+                match (gates, blk.tape.last()) {
+                    (_, Some(t)) if keep => {
+                        f.extend_from_slice(&t.big_f);
+                        i.extend_from_slice(&t.big_i);
+                    }
+                    (Gates::Fixed { forget, input }, _) => {
+                        f.extend(std::iter::repeat_n(T::of(forget), blk.len));
+                        i.extend(std::iter::repeat_n(T::of(input), blk.len));
+                    }
+                    // f_prev / i_prev now hold this step's pre-sigmoid values.
+                    (Gates::Learned, _) => {
+                        f.extend(blk.f_prev.iter().map(|v| v.sig()));
+                        i.extend(blk.i_prev.iter().map(|v| v.sig()));
+                    }
+                }
+            }
+            (f, i)
+        })
+    }
+
+    /// Backward through every step taken, from dL/dθ_T: returns the
+    /// weights' gradient and dL/dθ_0.
+    pub fn backward(&self, w: &Weights<T>, d_theta_t: &[T]) -> (Weights<T>, Vec<T>) {
+        assert!(self.keep, "backward needs the tape");
+        assert_eq!(d_theta_t.len(), self.theta.len());
+        let n = self.theta.len();
+        let mut d_theta0 = vec![T::zero(); n];
+        let gates = self.gates;
+        let partial: Vec<Weights<T>> = self
+            .blocks
+            .par_iter()
+            .zip(d_theta0.par_chunks_mut(CHUNK))
+            .zip(d_theta_t.par_chunks(CHUNK))
+            .map(|((blk, d0), dt)| {
+                let mut gw = Weights::zeros();
+                block_backward(blk, w, gates, dt, d0, &mut gw);
+                gw
+            })
+            .collect();
+        let mut total = Weights::zeros();
+        for p in &partial {
+            total.add(p);
+        }
+        (total, d_theta0)
+    }
+}
+
+/// Forward of one step on one block (learned gates). Updates θ in place
+/// and the block's recurrent state; returns the tape entry if kept.
+#[allow(clippy::too_many_arguments)]
+fn block_step<T: Float>(
+    blk: &mut Block<T>,
+    w: &Weights<T>,
+    theta: &mut [T],
+    grad: &[T],
+    la: T,
+    lb: T,
+    p: f64,
+    keep: bool,
+) -> Option<Tape<T>> {
+    let len = blk.len;
+    // Inputs: preprocessed gradient and loss.
+    let mut x = vec![T::zero(); IN * len];
+    for k in 0..len {
+        let (a, b) = preprocess(grad[k].f64(), p);
+        x[k] = T::of(a);
+        x[len + k] = T::of(b);
+    }
+    x[2 * len..3 * len].fill(la);
+    x[3 * len..].fill(lb);
+    // z = W_ih x + W_hh h_{t-1} + b
+    let z = &mut blk.z;
+    for j in 0..Z {
+        let row = &mut z[j * len..(j + 1) * len];
+        row.fill(w.b[j]);
+        for m in 0..IN {
+            axpy(w.w_ih[j * IN + m], &x[m * len..(m + 1) * len], row);
+        }
+        for m in 0..H {
+            axpy(w.w_hh[j * H + m], &blk.h[m * len..(m + 1) * len], row);
+        }
+    }
+    // Gates in place: [σ, σ, tanh, σ].
+    for (j, v) in z.iter_mut().enumerate() {
+        *v = if (2 * H..3 * H).contains(&(j / len)) {
+            v.th()
+        } else {
+            v.sig()
+        };
+    }
+    // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+    let mut tc = vec![T::zero(); H * len];
+    for m in 0..H {
+        let (i, f, g, o) = (
+            &z[m * len..(m + 1) * len],
+            &z[(H + m) * len..(H + m + 1) * len],
+            &z[(2 * H + m) * len..(2 * H + m + 1) * len],
+            &z[(3 * H + m) * len..(3 * H + m + 1) * len],
+        );
+        let c = &mut blk.c[m * len..(m + 1) * len];
+        let h = &mut blk.h[m * len..(m + 1) * len];
+        let t = &mut tc[m * len..(m + 1) * len];
+        for k in 0..len {
+            let ck = f[k] * c[k] + i[k] * g[k];
+            c[k] = ck;
+            t[k] = ck.th();
+            h[k] = o[k] * t[k];
+        }
+    }
+    // Meta-gates: f̃ = w_f·[h, θ, f̃_prev] + b_f, ĩ likewise.
+    let mut f_pre = vec![w.b_f; len];
+    let mut i_pre = vec![w.b_i; len];
+    for m in 0..H {
+        let hm = &blk.h[m * len..(m + 1) * len];
+        axpy(w.w_f[m], hm, &mut f_pre);
+        axpy(w.w_i[m], hm, &mut i_pre);
+    }
+    let mut big_f = vec![T::zero(); len];
+    let mut big_i = vec![T::zero(); len];
+    let theta_prev = keep.then(|| theta.to_vec());
+    for k in 0..len {
+        f_pre[k] = f_pre[k] + w.w_f[H] * theta[k] + w.w_f[H + 1] * blk.f_prev[k];
+        i_pre[k] = i_pre[k] + w.w_i[H] * theta[k] + w.w_i[H + 1] * blk.i_prev[k];
+        big_f[k] = f_pre[k].sig();
+        big_i[k] = i_pre[k].sig();
+        // θ_t = F_t θ_{t-1} - I_t grad_t
+        theta[k] = big_f[k] * theta[k] - big_i[k] * grad[k];
+    }
+    let f_in = std::mem::replace(&mut blk.f_prev, f_pre);
+    let i_in = std::mem::replace(&mut blk.i_prev, i_pre);
+    keep.then(|| Tape {
+        gates: blk.z.clone(),
+        c: blk.c.clone(),
+        tc,
+        x,
+        theta_prev: theta_prev.unwrap_or_default(),
+        grad: grad.to_vec(),
+        big_f,
+        big_i,
+        f_in,
+        i_in,
+    })
+}
+
+/// Backward of one block over all steps: accumulates the weights'
+/// gradient into `gw` and writes dL/dθ_0 into `d0`.
+fn block_backward<T: Float>(
+    blk: &Block<T>,
+    w: &Weights<T>,
+    gates: Gates,
+    d_theta_t: &[T],
+    d0: &mut [T],
+    gw: &mut Weights<T>,
+) {
+    let len = blk.len;
+    let one = T::one();
+    let mut dth = d_theta_t.to_vec();
+    if let Gates::Fixed { forget, .. } = gates {
+        let fo = T::of(forget);
+        for _ in &blk.tape {
+            dth.iter_mut().for_each(|d| *d = *d * fo);
+        }
+        d0.copy_from_slice(&dth);
+        return;
+    }
+    let mut dh_next = vec![T::zero(); H * len];
+    let mut dc_next = vec![T::zero(); H * len];
+    let mut dfp_next = vec![T::zero(); len];
+    let mut dip_next = vec![T::zero(); len];
+    let mut dfpre = vec![T::zero(); len];
+    let mut dipre = vec![T::zero(); len];
+    let mut dh = vec![T::zero(); H * len];
+    let mut dz = vec![T::zero(); Z * len];
+    let mut h = vec![T::zero(); H * len];
+    let mut h_prev = vec![T::zero(); H * len];
+    let zeros = vec![T::zero(); H * len];
+    for s in (0..blk.tape.len()).rev() {
+        let t = &blk.tape[s];
+        let c_prev = if s > 0 { &blk.tape[s - 1].c } else { &zeros };
+        // h_t = o_t tanh(c_t); h_{t-1} likewise from the previous step.
+        for m in 0..H {
+            let o = &t.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
+            for k in 0..len {
+                h[m * len + k] = o[k] * t.tc[m * len + k];
+            }
+        }
+        if s > 0 {
+            let tp = &blk.tape[s - 1];
+            for m in 0..H {
+                let o = &tp.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
+                for k in 0..len {
+                    h_prev[m * len + k] = o[k] * tp.tc[m * len + k];
+                }
+            }
+        } else {
+            h_prev.fill(T::zero());
+        }
+        // Cell update and meta-gates.
+        for k in 0..len {
+            let (f, i) = (t.big_f[k], t.big_i[k]);
+            let d_f = dth[k] * t.theta_prev[k];
+            let d_i = -dth[k] * t.grad[k];
+            dfpre[k] = d_f * f * (one - f) + dfp_next[k];
+            dipre[k] = d_i * i * (one - i) + dip_next[k];
+            dth[k] = dth[k] * f + dfpre[k] * w.w_f[H] + dipre[k] * w.w_i[H];
+        }
+        for m in 0..H {
+            let hm = &h[m * len..(m + 1) * len];
+            gw.w_f[m] = gw.w_f[m] + dot(&dfpre, hm);
+            gw.w_i[m] = gw.w_i[m] + dot(&dipre, hm);
+        }
+        gw.w_f[H] = gw.w_f[H] + dot(&dfpre, &t.theta_prev);
+        gw.w_i[H] = gw.w_i[H] + dot(&dipre, &t.theta_prev);
+        gw.w_f[H + 1] = gw.w_f[H + 1] + dot(&dfpre, &t.f_in);
+        gw.w_i[H + 1] = gw.w_i[H + 1] + dot(&dipre, &t.i_in);
+        gw.b_f = gw.b_f + sum(&dfpre);
+        gw.b_i = gw.b_i + sum(&dipre);
+        for k in 0..len {
+            dfp_next[k] = dfpre[k] * w.w_f[H + 1];
+            dip_next[k] = dipre[k] * w.w_i[H + 1];
+        }
+        // dL/dh_t: from the meta-gates and from step t+1's z.
+        dh.copy_from_slice(&dh_next);
+        for m in 0..H {
+            let row = &mut dh[m * len..(m + 1) * len];
+            axpy(w.w_f[m], &dfpre, row);
+            axpy(w.w_i[m], &dipre, row);
+        }
+        // Layer 1.
+        for m in 0..H {
+            let r = |q: usize| &t.gates[(q * H + m) * len..(q * H + m + 1) * len];
+            let (i, f, g, o) = (r(0), r(1), r(2), r(3));
+            let tc = &t.tc[m * len..(m + 1) * len];
+            let cp = &c_prev[m * len..(m + 1) * len];
+            for k in 0..len {
+                let idx = m * len + k;
+                let dc = dc_next[idx] + dh[idx] * o[k] * (one - tc[k] * tc[k]);
+                let d_o = dh[idx] * tc[k];
+                dc_next[idx] = dc * f[k];
+                dz[m * len + k] = dc * g[k] * i[k] * (one - i[k]);
+                dz[(H + m) * len + k] = dc * cp[k] * f[k] * (one - f[k]);
+                dz[(2 * H + m) * len + k] = dc * i[k] * (one - g[k] * g[k]);
+                dz[(3 * H + m) * len + k] = d_o * o[k] * (one - o[k]);
+            }
+        }
+        for j in 0..Z {
+            let dzj = &dz[j * len..(j + 1) * len];
+            for m in 0..IN {
+                gw.w_ih[j * IN + m] = gw.w_ih[j * IN + m] + dot(dzj, &t.x[m * len..(m + 1) * len]);
+            }
+            for m in 0..H {
+                gw.w_hh[j * H + m] = gw.w_hh[j * H + m] + dot(dzj, &h_prev[m * len..(m + 1) * len]);
+            }
+            gw.b[j] = gw.b[j] + sum(dzj);
+        }
+        // dL/dh_{t-1} = W_hh^T dz
+        dh_next.fill(T::zero());
+        for j in 0..Z {
+            let dzj = &dz[j * len..(j + 1) * len];
+            for m in 0..H {
+                axpy(w.w_hh[j * H + m], dzj, &mut dh_next[m * len..(m + 1) * len]);
+            }
+        }
+    }
+    d0.copy_from_slice(&dth);
+}

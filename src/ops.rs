@@ -411,7 +411,12 @@ impl Act for f64 {
 #[inline]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and subtracting 1.5 * 2^23 (exact for
+    // |x log2 e| < 2^22): branch-free and vectorisable, where `round()` is
+    // a libm call on baseline x86-64.
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let k = t - MAGIC;
     // Cody-Waite: ln 2 split so that k * LN2_HI is exact.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -420,7 +425,11 @@ pub fn exp_f32(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // 2^k from the bits of t: its low mantissa bits hold k in two's
+    // complement, so (bits + 127) << 23 keeps exactly the exponent field
+    // k + 127 (in 1..=254 after the clamp). Integer ops only, so the loop
+    // around this vectorises (`k as i32` saturates and does not).
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 impl Act for f32 {

@@ -152,6 +152,58 @@ impl<T: Float> Block<T> {
     }
 }
 
+/// A row-major or strided matrix view for [`matmul`]: element (r, c) is
+/// `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major (`n` per row),
+/// accumulating when `acc`. Bounds are checked here; the product is the
+/// `gemm` crate's (runtime-dispatched SIMD, single-threaded: the blocks
+/// already run in parallel; the same order on every run).
+fn matmul<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    acc: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+) {
+    let last = |v: &Mat<T>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
+    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
+    // SAFETY: every index the product reads or writes is within the slices
+    // (asserted above); dst does not alias lhs or rhs (&mut vs &).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// y += a * x.
 #[inline(always)]
 fn axpy<T: Float>(a: T, x: &[T], y: &mut [T]) {
@@ -324,10 +376,85 @@ impl<T: Float> Unroll<T> {
     }
 }
 
+/// Whether this CPU runs the AVX2 builds of the kernels (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+/// [`block_step_body`] compiled for AVX2 when the CPU has it (8-wide
+/// vectors; the default build targets baseline x86-64).
+#[allow(clippy::too_many_arguments)]
+fn block_step<T: Float>(
+    blk: &mut Block<T>,
+    w: &Weights<T>,
+    theta: &mut [T],
+    grad: &[T],
+    la: T,
+    lb: T,
+    p: f64,
+    keep: bool,
+) -> Option<Tape<T>> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { block_step_avx2(blk, w, theta, grad, la, lb, p, keep) };
+    }
+    block_step_body(blk, w, theta, grad, la, lb, p, keep)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_step_avx2<T: Float>(
+    blk: &mut Block<T>,
+    w: &Weights<T>,
+    theta: &mut [T],
+    grad: &[T],
+    la: T,
+    lb: T,
+    p: f64,
+    keep: bool,
+) -> Option<Tape<T>> {
+    block_step_body(blk, w, theta, grad, la, lb, p, keep)
+}
+
+/// [`block_backward_body`], compiled for AVX2 when the CPU has it.
+fn block_backward<T: Float>(
+    blk: &Block<T>,
+    w: &Weights<T>,
+    gates: Gates,
+    d_theta_t: &[T],
+    d0: &mut [T],
+    gw: &mut Weights<T>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { block_backward_avx2(blk, w, gates, d_theta_t, d0, gw) };
+    }
+    block_backward_body(blk, w, gates, d_theta_t, d0, gw)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_backward_avx2<T: Float>(
+    blk: &Block<T>,
+    w: &Weights<T>,
+    gates: Gates,
+    d_theta_t: &[T],
+    d0: &mut [T],
+    gw: &mut Weights<T>,
+) {
+    block_backward_body(blk, w, gates, d_theta_t, d0, gw)
+}
+
 /// Forward of one step on one block (learned gates). Updates θ in place
 /// and the block's recurrent state; returns the tape entry if kept.
 #[allow(clippy::too_many_arguments)]
-fn block_step<T: Float>(
+#[inline(always)]
+fn block_step_body<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     theta: &mut [T],
@@ -350,22 +477,27 @@ fn block_step<T: Float>(
     // z = W_ih x + W_hh h_{t-1} + b
     let z = &mut blk.z;
     for j in 0..Z {
-        let row = &mut z[j * len..(j + 1) * len];
-        row.fill(w.b[j]);
-        for m in 0..IN {
-            axpy(w.w_ih[j * IN + m], &x[m * len..(m + 1) * len], row);
-        }
-        for m in 0..H {
-            axpy(w.w_hh[j * H + m], &blk.h[m * len..(m + 1) * len], row);
-        }
+        z[j * len..(j + 1) * len].fill(w.b[j]);
     }
-    // Gates in place: [σ, σ, tanh, σ].
-    for (j, v) in z.iter_mut().enumerate() {
-        *v = if (2 * H..3 * H).contains(&(j / len)) {
-            v.th()
-        } else {
-            v.sig()
-        };
+    let rm = |data, cols| Mat {
+        data,
+        rs: cols,
+        cs: 1,
+    };
+    matmul(Z, len, IN, z, true, rm(&w.w_ih[..], IN), rm(&x[..], len));
+    matmul(Z, len, H, z, true, rm(&w.w_hh[..], H), rm(&blk.h[..], len));
+    // Gates in place: [σ, σ, tanh, σ] on rows [i, f, g, o].
+    let (ifg, o) = z.split_at_mut(3 * H * len);
+    let (i_f, g) = ifg.split_at_mut(2 * H * len);
+    // (Separate loops: a chained iterator does not vectorise.)
+    for v in i_f.iter_mut() {
+        *v = v.sig();
+    }
+    for v in o.iter_mut() {
+        *v = v.sig();
+    }
+    for v in g.iter_mut() {
+        *v = v.th();
     }
     // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
     let mut tc = vec![T::zero(); H * len];
@@ -423,7 +555,8 @@ fn block_step<T: Float>(
 
 /// Backward of one block over all steps: accumulates the weights'
 /// gradient into `gw` and writes dL/dθ_0 into `d0`.
-fn block_backward<T: Float>(
+#[inline(always)]
+fn block_backward_body<T: Float>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
@@ -522,24 +655,29 @@ fn block_backward<T: Float>(
                 dz[(3 * H + m) * len + k] = d_o * o[k] * (one - o[k]);
             }
         }
+        // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1
+        let dzm = Mat {
+            data: &dz,
+            rs: len,
+            cs: 1,
+        };
+        let tr = |data| Mat {
+            data,
+            rs: 1,
+            cs: len,
+        };
+        matmul(Z, IN, len, &mut gw.w_ih, true, dzm, tr(&t.x[..]));
+        matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]));
         for j in 0..Z {
-            let dzj = &dz[j * len..(j + 1) * len];
-            for m in 0..IN {
-                gw.w_ih[j * IN + m] = gw.w_ih[j * IN + m] + dot(dzj, &t.x[m * len..(m + 1) * len]);
-            }
-            for m in 0..H {
-                gw.w_hh[j * H + m] = gw.w_hh[j * H + m] + dot(dzj, &h_prev[m * len..(m + 1) * len]);
-            }
-            gw.b[j] = gw.b[j] + sum(dzj);
+            gw.b[j] = gw.b[j] + sum(&dz[j * len..(j + 1) * len]);
         }
         // dL/dh_{t-1} = W_hh^T dz
-        dh_next.fill(T::zero());
-        for j in 0..Z {
-            let dzj = &dz[j * len..(j + 1) * len];
-            for m in 0..H {
-                axpy(w.w_hh[j * H + m], dzj, &mut dh_next[m * len..(m + 1) * len]);
-            }
-        }
+        let w_hh_t = Mat {
+            data: &w.w_hh,
+            rs: 1,
+            cs: H,
+        };
+        matmul(H, len, Z, &mut dh_next, false, w_hh_t, dzm);
     }
     d0.copy_from_slice(&dth);
 }

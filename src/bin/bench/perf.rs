@@ -37,6 +37,9 @@ pub enum PerfCommand {
         /// Only this algorithm label (run one per process for clean peak memory)
         #[arg(long)]
         only: Option<String>,
+        /// Override the benchmark's kernels: fused or composed
+        #[arg(long)]
+        kernels: Option<String>,
     },
     /// Forward and forward+backward time of the conv-4 learner.
     Learner {
@@ -60,6 +63,7 @@ pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
             episodes,
             lstm_steps,
             only,
+            kernels,
         } => perf_algorithms(
             data_dir,
             &benchmark,
@@ -67,6 +71,7 @@ pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
             episodes,
             &lstm_steps,
             only.as_deref(),
+            kernels.as_deref(),
         ),
         PerfCommand::Learner {
             dataset,
@@ -188,10 +193,14 @@ pub fn perf_algorithms(
     episodes: usize,
     lstm_steps: &[usize],
     only: Option<&str>,
+    kernels: Option<&str>,
 ) -> Result<()> {
     use fewshot::algo::{self, Progress};
     use fewshot::spec::Benchmark;
-    let (bench, _) = Benchmark::load(benchmark)?;
+    let (mut bench, _) = Benchmark::load(benchmark)?;
+    if let Some(k) = kernels {
+        bench.kernels = fewshot::spec::from_str(k, "--kernels")?;
+    }
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
     ds.preload(Some(Split::Train))?;
     ds.preload(Some(Split::Test))?;
@@ -203,11 +212,12 @@ pub fn perf_algorithms(
         (ds.cached() * ds.format.pixels()) as f64 / (1 << 20) as f64
     );
     println!(
-        "{} ({}-way {}-shot, {} queries), {} meta-steps and {} test episodes per algorithm, {} rayon threads",
+        "{} ({}-way {}-shot, {} queries), {} kernels, {} meta-steps and {} test episodes per algorithm, {} rayon threads",
         bench.name,
         bench.episode.ways,
         bench.episode.shots,
         bench.episode.queries,
+        fewshot::spec::variant_name(&bench.kernels),
         steps,
         episodes,
         rayon::current_num_threads()

@@ -167,23 +167,26 @@ fn data_section(buf: &[u8]) -> Option<&[u8]> {
 /// file, fsync, rename, fsync folder, then prune to [`KEEP`]).
 pub fn save(dir: &Path, c: &Checkpoint) -> Result<PathBuf> {
     let f = folder(dir);
-    std::fs::create_dir_all(&f).map_err(|e| Error::io(&f, e))?;
+    crate::util::create_dir_durable(&f)?;
     let step = c.train.step;
     let bytes = to_bytes(c)?;
     let path = f.join(file_name(step));
     let tmp = f.join(format!(".step-{step:010}.tmp-{}", std::process::id()));
-    {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
         let half = bytes.len() / 2;
-        file.write_all(&bytes[..half])
-            .map_err(|e| Error::io(&tmp, e))?;
+        file.write_all(&bytes[..half])?;
         test_pause("half-written", step);
-        file.write_all(&bytes[half..])
-            .map_err(|e| Error::io(&tmp, e))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        file.write_all(&bytes[half..])?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk is the worst moment to keep half a checkpoint.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
     }
     test_pause("before-rename", step);
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    crate::util::rename(&tmp, &path)?;
     crate::util::sync_dir(&f)?;
     test_pause("renamed", step);
     for (_, old) in list(dir)?.into_iter().skip(KEEP) {
@@ -224,10 +227,16 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
             "tensor data does not match its checksum (sha256 {got}, recorded {want}): the file is corrupt"
         )));
     }
+    let config_text = field("config")?;
+    if hex(&Sha256::digest(config_text.as_bytes())) != field("config_sha256")? {
+        return Err(err(
+            "its configuration does not match its recorded SHA-256 (edited by hand?)".into(),
+        ));
+    }
     let train: TrainState = serde_json::from_str(&field("train")?)
         .map_err(|e| err(format!("metadata `train`: {e}")))?;
-    let config: serde_json::Value = serde_json::from_str(&field("config")?)
-        .map_err(|e| err(format!("metadata `config`: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&config_text).map_err(|e| err(format!("metadata `config`: {e}")))?;
     let all = candle_core::safetensors::load_buffer(&buf, &candle_core::Device::Cpu)
         .map_err(|e| err(e.to_string()))?;
     let mut state = HashMap::new();
@@ -339,7 +348,8 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
         };
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if crate::util::is_temp_name(&name) {
+            let is_file = e.file_type().is_ok_and(|t| t.is_file());
+            if is_file && crate::util::is_temp_name(&name) {
                 std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
                 n += 1;
             }
@@ -357,9 +367,23 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
 /// Field-by-field differences between two configurations, as
 /// `path: was X, now Y` lines (empty when equal).
 pub fn config_diff(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    // Another algorithm altogether: that one line says it all.
+    let kind = |v: &serde_json::Value| v.pointer("/algorithm/algorithm").cloned();
+    if kind(was).is_some() && kind(was) != kind(now) {
+        return vec![format!(
+            "algorithm.algorithm: was {}, now {}",
+            kind(was).unwrap_or_default(),
+            kind(now).unwrap_or_default()
+        )];
+    }
     let mut out = Vec::new();
     diff_into("", was, now, &mut out);
     out
+}
+
+/// A value in a diff line; a field that is not there is `absent`.
+fn shown(v: Option<&serde_json::Value>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "absent".into())
 }
 
 fn diff_into(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
@@ -375,12 +399,10 @@ fn diff_into(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut
         (V::Object(x), V::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                diff_into(
-                    &join(k),
-                    x.get(k).unwrap_or(&V::Null),
-                    y.get(k).unwrap_or(&V::Null),
-                    out,
-                );
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff_into(&join(k), p, q, out),
+                    (p, q) => out.push(format!("{}: was {}, now {}", join(k), shown(p), shown(q))),
+                }
             }
         }
         (V::Array(x), V::Array(y)) => {

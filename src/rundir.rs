@@ -7,7 +7,13 @@
 //! | ---------------------- | -------------- | ------------------------- | -------------------------- |
 //! | missing or empty       | start          | error: nothing to resume  | start                      |
 //! | holds a run            | error          | continue (same config)    | discard it (listed), start |
-//! | holds other files only | error          | error                     | error (never deleted)      |
+//! | run parts, no resolved.yaml (a `--force` killed midway) | error | error | discard them, start |
+//! | holds other files      | error          | error                     | error (never deleted)      |
+//! | is a file              | error          | error                     | error                      |
+//!
+//! A run holds an exclusive lock on `<run-dir>/.lock` from the moment it
+//! writes into the folder until it ends, so a second `bench run` on the
+//! same folder is refused instead of deleting the first one's files.
 //!
 //! "Same config" is checked field by field on the run's [`run_fingerprint`]:
 //! everything that changes what meta-training computes (dataset, data
@@ -82,18 +88,40 @@ pub fn run_fingerprint(b: &Benchmark) -> serde_json::Value {
     })
 }
 
-/// Entries of a folder that are not temporary files (sorted).
+/// The lock file of a run folder.
+pub const LOCK: &str = ".lock";
+
+/// Entries of a folder other than fewshot's temporary files and lock
+/// (sorted).
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let file = e.file_type().is_ok_and(|t| t.is_file());
+                    !(file && (is_temp_name(&n) || n == LOCK))
+                })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !is_temp_name(n))
                 .collect()
         })
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Whether an entry of a run folder is something a run writes:
+/// `results.json`, or an algorithm folder (it has `checkpoints/`,
+/// `curve.csv` or `test_episodes.csv`).
+fn run_part(dir: &Path, name: &str) -> bool {
+    let p = dir.join(name);
+    if name == "results.json" || name == "resolved.yaml" {
+        return p.is_file();
+    }
+    p.is_dir()
+        && ["checkpoints", "curve.csv", "test_episodes.csv"]
+            .iter()
+            .any(|f| p.join(f).exists())
 }
 
 /// The results of the run in `dir`, if it has any.
@@ -133,15 +161,28 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
         reason,
     };
     let resolved = dir.join("resolved.yaml");
+    if dir.exists() && !dir.is_dir() {
+        return Err(err(
+            "is a file, not a folder; give a folder for --run-dir".into()
+        ));
+    }
     let holds_run = resolved.is_file();
     let others = entries(dir);
+    // What a `--force` killed midway leaves: run parts without resolved.yaml.
+    let leftovers = !holds_run && !others.is_empty() && others.iter().all(|n| run_part(dir, n));
     let mut out = Plan {
         dir: dir.to_path_buf(),
         mode,
         previous: None,
         discard: vec![],
     };
-    if !holds_run && !others.is_empty() {
+    if leftovers && mode != Mode::Force {
+        return Err(err(format!(
+            "holds parts of a run ({}) but no resolved.yaml (a --force that was interrupted?); discard them with --force",
+            others.join(", ")
+        )));
+    }
+    if !holds_run && !leftovers && !others.is_empty() {
         return Err(err(format!(
             "is not empty ({}) and holds no fewshot run (no resolved.yaml); give a new or empty --run-dir",
             others.join(", ")
@@ -160,7 +201,12 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
         })),
         Mode::Resume => {
             let text = std::fs::read_to_string(&resolved).map_err(|e| Error::io(&resolved, e))?;
-            let old: Benchmark = spec::from_str(&text, &resolved.display().to_string())?;
+            let old: Benchmark =
+                spec::from_str(&text, &resolved.display().to_string()).map_err(|e| {
+                    err(format!(
+                        "its resolved.yaml is damaged, so the run's configuration cannot be checked ({e}); restore it, or start over with --force"
+                    ))
+                })?;
             let diff = checkpoint::config_diff(&run_fingerprint(&old), &run_fingerprint(bench));
             if !diff.is_empty() {
                 return Err(err(format!(
@@ -168,17 +214,26 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
                     diff.join("\n  ")
                 )));
             }
-            out.previous = load_results(dir)?;
+            out.previous = match load_results(dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("{e}; ignoring it: the rows are rebuilt from the checkpoints");
+                    None
+                }
+            };
             Ok(out)
         }
         Mode::Force => {
-            if holds_run {
+            if holds_run || leftovers {
                 let text = std::fs::read_to_string(&resolved).unwrap_or_default();
                 let old = spec::from_str::<Benchmark>(&text, "").ok();
                 let mut labels: Vec<String> = bench.algorithms.iter().map(|a| a.label.clone()).collect();
                 if let Some(o) = &old {
                     labels.extend(o.algorithms.iter().map(|a| a.label.clone()));
                 }
+                // And whatever algorithm folders a run left.
+                labels.extend(others.iter().filter(|n| run_part(dir, n)).cloned());
+                labels.retain(|l| l != "results.json" && l != "resolved.yaml");
                 labels.sort();
                 labels.dedup();
                 out.discard = contents(dir, &labels);
@@ -196,7 +251,10 @@ fn run_contents(dir: &Path, bench: &Benchmark) -> Vec<(PathBuf, String)> {
 /// The files of a run: resolved.yaml, results.json and the algorithm
 /// folders, each with a short description.
 fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
-    let mut v = vec![(dir.join("resolved.yaml"), "resolved.yaml".to_string())];
+    let mut v = Vec::new();
+    if dir.join("resolved.yaml").is_file() {
+        v.push((dir.join("resolved.yaml"), "resolved.yaml".to_string()));
+    }
     if let Ok(Some(r)) = load_results(dir) {
         v.push((
             dir.join("results.json"),
@@ -229,30 +287,70 @@ fn describe(c: &[(PathBuf, String)]) -> String {
         .join(", ")
 }
 
+/// The exclusive lock a run holds on its folder (released when dropped,
+/// or by the kernel when the process dies).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Lock `dir` for this process, or say that another run holds it.
+pub fn lock(dir: &Path) -> Result<Lock> {
+    let p = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Lock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::RunDir {
+            path: dir.to_path_buf(),
+            reason: "is in use by another `bench run` (it holds the folder's lock); wait for it to end or stop it".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
+}
+
 impl Plan {
-    /// Carry the plan out: discard what `--force` replaces, create the
-    /// folder, remove stale temporary files, write `resolved.yaml`.
-    pub fn commit(&self, bench: &Benchmark) -> Result<()> {
+    /// Carry the plan out: create and lock the folder, discard what
+    /// `--force` replaces (algorithm folders and results first, the old
+    /// `resolved.yaml` last, by writing the new one over it), remove stale
+    /// temporary files. Returns the lock, to hold until the run ends.
+    pub fn commit(&self, bench: &Benchmark) -> Result<Lock> {
+        crate::util::create_dir_durable(&self.dir)?;
+        let lock = lock(&self.dir)?;
         if !self.discard.is_empty() {
             tracing::warn!(
                 "--force: discarding the previous run in {}: {}",
                 self.dir.display(),
                 describe(&self.discard)
             );
-            for (p, _) in &self.discard {
+            for (p, _) in self
+                .discard
+                .iter()
+                .filter(|(p, _)| !p.ends_with("resolved.yaml"))
+            {
                 let r = if p.is_dir() {
                     std::fs::remove_dir_all(p)
                 } else {
                     std::fs::remove_file(p)
                 };
-                r.map_err(|e| Error::io(p, e))?;
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(p, e)),
+                }
             }
+            crate::util::sync_dir(&self.dir)?;
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         checkpoint::remove_stale_temps(&self.dir)?;
         write_atomic(
             &self.dir.join("resolved.yaml"),
             spec::to_string(bench)?.as_bytes(),
-        )
+        )?;
+        Ok(lock)
     }
 }

@@ -142,7 +142,8 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         crate::sampler::Sampler::new(&ds, Split::Val, bench.episode, bench.seed)?;
     }
     check_images(&ds)?;
-    plan.commit(bench)?;
+    // Held until the run ends: a second run on this folder is refused.
+    let _lock = plan.commit(bench)?;
     let device = candle_core::Device::Cpu;
     let ctx = bench.context(&device);
     let mut out = RunResults {

@@ -30,9 +30,10 @@ pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
             });
             reason = match line {
                 Some(l) => format!("line {l}: {reason}"),
-                None => {
-                    format!("line 1: {reason} (the file must be a mapping of benchmark fields)")
-                }
+                // A field named in backticks is place enough (a duplicate
+                // key has no location; line 1 would be wrong).
+                None if reason.contains('`') => reason,
+                None => format!("{reason} (the file must be a mapping of benchmark fields)"),
             };
         }
         Error::Config {
@@ -297,6 +298,10 @@ fn cfg_err(source: &str, field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Most fixed test or validation episodes a benchmark may ask for (the
+/// field's standard is 600; 100,000 already takes hours).
+pub const MAX_EPISODES: usize = 100_000;
+
 /// An algorithm label names its folder in the run folder: letters, digits
 /// and `-_.`, starting with a letter or digit (so never `..` or a path).
 pub fn check_label(label: &str) -> std::result::Result<(), String> {
@@ -307,7 +312,15 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
     let ok_chars = label
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok_start && ok_chars && label.len() <= 64 {
+    // Names the run folder itself uses.
+    let reserved = ["resolved.yaml", "results.json"]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(label));
+    if reserved {
+        Err(format!(
+            "`{label}` is reserved: the run folder has a file of that name"
+        ))
+    } else if ok_start && ok_chars && label.len() <= 64 {
         Ok(())
     } else {
         Err(format!(
@@ -317,6 +330,8 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
 }
 
 fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
+    // The name names the default run folder (runs/<name>/...).
+    check_label(&f.name).map_err(|r| cfg_err(source, "name", r.replace("label", "name")))?;
     f.episode
         .validate()
         .map_err(|e| cfg_err(source, "episode", e.to_string()))?;
@@ -412,7 +427,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             return Err(cfg_err(
                 source,
                 "budget.minutes",
-                format!("must be > 0, got {m}"),
+                format!("must be a finite number > 0, got {m}"),
             ));
         }
     }
@@ -423,6 +438,18 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     let val_episodes = f.val_episodes.unwrap_or(100);
     if test_episodes == 0 {
         return Err(cfg_err(source, "test_episodes", "must be >= 1"));
+    }
+    for (field, v) in [
+        ("test_episodes", test_episodes),
+        ("val_episodes", val_episodes),
+    ] {
+        if v > MAX_EPISODES {
+            return Err(cfg_err(
+                source,
+                field,
+                format!("{v} is more than the {MAX_EPISODES} episodes fewshot evaluates"),
+            ));
+        }
     }
     let validate_every = match (f.validate_every, f.validate_every_minutes) {
         (None, None) => Some(100),
@@ -436,7 +463,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             return Err(cfg_err(
                 source,
                 "validate_every_minutes",
-                format!("must be > 0, got {m}"),
+                format!("must be a finite number > 0, got {m}"),
             ));
         }
     }

@@ -12,30 +12,74 @@ use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` atomically: write a temporary file in the same
 /// folder, flush it to disk, rename it over `path`, fsync the folder. A
-/// crash leaves either the old file or the new one, never a torn one.
+/// crash leaves either the old file or the new one, never a torn one; a
+/// failed write removes its temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(d)?;
     }
     let name = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    rename(&tmp, path)?;
     sync_parent(path)
 }
 
-/// Whether a file name is one of fewshot's temporary files (an atomic
-/// write that a kill interrupted).
+/// Rename `from` to `to`; the error names both (and the temporary file is
+/// removed if the rename failed).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| {
+        let _ = std::fs::remove_file(from);
+        Error::Io {
+            path: format!("{} (renaming to {})", from.display(), to.display()).into(),
+            source: e,
+        }
+    })
+}
+
+/// Whether a file name is one of fewshot's temporary files, left by an
+/// atomic write that a kill interrupted: `.<name>.tmp<pid>` ([`write_atomic`])
+/// or `.step-<step>.tmp-<pid>` (checkpoints). Nothing else matches (a
+/// user's `.draft.tmp` does not).
 pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp")
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((stem, pid)) = rest.rsplit_once(".tmp") else {
+        return false;
+    };
+    let pid = pid.strip_prefix('-').unwrap_or(pid);
+    !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `create_dir_all`, then fsync the parent of every folder it created, so
+/// that the new folders survive a power loss with what is written in them.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut created = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        created.push(d.to_path_buf());
+        p = d.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for d in created.iter().rev() {
+        sync_parent(d)?;
+    }
+    Ok(())
 }
 
 /// Fsync the folder holding `path` (so that a rename into it is durable).
@@ -66,4 +110,31 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_temporary_names_match() {
+        for ours in [
+            ".results.json.tmp123",
+            ".curve.csv.tmp9",
+            ".step-0000000004.tmp-77",
+        ] {
+            assert!(is_temp_name(ours), "{ours}");
+        }
+        for theirs in [
+            ".draft.tmp",
+            ".tmp",
+            "results.json.tmp1",
+            ".x.tmpfile",
+            ".x.tmp-",
+            ".tmp12",
+            "notes",
+        ] {
+            assert!(!is_temp_name(theirs), "{theirs}");
+        }
+    }
 }

@@ -468,7 +468,14 @@ algorithms:
 fn labels_that_would_leave_the_run_folder_are_refused() {
     // Case 8.
     let e = Env::new();
-    for bad in ["../../x", "a/b", ".hidden", ""] {
+    for bad in [
+        "../../x",
+        "a/b",
+        ".hidden",
+        "",
+        "results.json",
+        "Resolved.yaml",
+    ] {
         let y = e.yaml(
             "l.yaml",
             &TINY.replace(
@@ -478,10 +485,13 @@ fn labels_that_would_leave_the_run_folder_are_refused() {
         );
         common::assert_bench_fails(
             &e.run(&[&y, "--run-dir", e.path("r").to_str().unwrap()]),
-            &["algorithms[2].label", "not a usable label"],
+            &["algorithms[2].label"],
         );
         assert!(!e.path("r").exists() && !e.tmp.path().parent().unwrap().join("x").exists());
     }
+    // The benchmark's name names the default run folder runs/<name>/.
+    let y = e.yaml("n.yaml", &TINY.replace("name: tiny", "name: ../../escaped"));
+    common::assert_bench_fails(&e.run(&[&y]), &["n.yaml: name", "not a usable name"]);
 }
 
 #[test]
@@ -557,5 +567,145 @@ fn a_checkpoint_of_the_old_two_file_format_is_not_silently_ignored() {
     common::assert_bench_fails(
         &e.run(&[&y, "--run-dir", rs, "--resume", "--only", "fomaml"]),
         &["checkpoint.json", "cannot continue", "--force"],
+    );
+}
+
+#[test]
+fn a_second_run_on_the_same_folder_is_refused_while_the_first_runs() {
+    use std::io::{BufRead, BufReader};
+    let e = Env::new();
+    let y = e.yaml("tiny.yaml", TINY);
+    let r = e.path("r");
+    let rs = r.to_str().unwrap();
+    let data = common::shared_datasets();
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        &y,
+        "--run-dir",
+        rs,
+        "--only",
+        "fomaml",
+        "--meta-steps",
+        "2",
+    ];
+    // The first run pauses inside its checkpoint write (test hook).
+    let mut first = common::bench_cmd(&args)
+        .env("FEWSHOT_TEST_CHECKPOINT_DELAY_MS", "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("the first run ended early").unwrap();
+        if l.starts_with("fewshot-test: checkpoint half-written") {
+            break;
+        }
+    }
+    for mode in ["--resume", "--force"] {
+        common::assert_bench_fails(
+            &e.run(&[&y, "--run-dir", rs, "--only", "fomaml", mode]),
+            &["in use by another `bench run`"],
+        );
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(
+        first.wait().unwrap().success(),
+        "the first run was disturbed"
+    );
+    assert_eq!(labels(&r), vec![("fomaml".to_string(), 2)]);
+}
+
+#[test]
+fn parts_of_a_run_without_its_resolved_yaml_need_force() {
+    // What a --force killed midway could leave: algorithm folders and
+    // results, no resolved.yaml. Only --force takes such a folder.
+    let e = Env::new();
+    let y = e.yaml("tiny.yaml", TINY);
+    let r = e.path("r");
+    let rs = r.to_str().unwrap();
+    common::assert_bench_ok(&e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--only",
+        "fomaml",
+        "--meta-steps",
+        "2",
+    ]));
+    std::fs::remove_file(r.join("resolved.yaml")).unwrap();
+    for extra in [None, Some("--resume")] {
+        let mut a = vec![y.as_str(), "--run-dir", rs];
+        a.extend(extra);
+        common::assert_bench_fails(&e.run(&a), &["holds parts of a run", "--force"]);
+    }
+    let out = e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--force",
+        "--only",
+        "reptile",
+        "--meta-steps",
+        "2",
+    ]);
+    common::assert_bench_ok(&out);
+    assert!(
+        stderr(&out).contains("fomaml/ (checkpoint at meta-step 2)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(labels(&r), vec![("reptile".to_string(), 2)]);
+    // A run folder that is a file is refused before any work.
+    let f = e.path("afile");
+    std::fs::write(&f, "x").unwrap();
+    common::assert_bench_fails(
+        &e.run(&[&y, "--run-dir", f.to_str().unwrap()]),
+        &["is a file, not a folder"],
+    );
+}
+
+#[test]
+fn only_fewshots_own_temporary_files_are_cleaned_up() {
+    let e = Env::new();
+    let y = e.yaml("tiny.yaml", TINY);
+    let r = e.path("r");
+    let rs = r.to_str().unwrap();
+    common::assert_bench_ok(&e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--only",
+        "fomaml",
+        "--meta-steps",
+        "2",
+    ]));
+    std::fs::write(r.join(".draft.tmp"), "mine").unwrap();
+    std::fs::create_dir(r.join(".tmp")).unwrap();
+    std::fs::write(r.join(".results.json.tmp4242"), "{").unwrap();
+    common::assert_bench_ok(&e.run(&[
+        &y,
+        "--run-dir",
+        rs,
+        "--resume",
+        "--only",
+        "fomaml",
+        "--meta-steps",
+        "4",
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(r.join(".draft.tmp")).unwrap(),
+        "mine"
+    );
+    assert!(r.join(".tmp").is_dir() && !r.join(".results.json.tmp4242").exists());
+    // A folder holding only a user's file is not empty.
+    let u = e.path("u");
+    std::fs::create_dir(&u).unwrap();
+    std::fs::write(u.join(".draft.tmp"), "mine").unwrap();
+    common::assert_bench_fails(
+        &e.run(&[&y, "--run-dir", u.to_str().unwrap()]),
+        &[".draft.tmp", "holds no fewshot run"],
     );
 }

@@ -213,7 +213,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
             return Err(Error::Csv {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "line 1: expected header `filename,label`, got {:?}",
+                    "line 1: expected header `filename,label`, got `{}`",
                     other.map(|o| o.1).unwrap_or("")
                 ),
             })
@@ -230,12 +230,12 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
         }
         let (f, l) = line.split_once(',').ok_or_else(|| Error::Csv {
             path: path.to_path_buf(),
-            reason: format!("line {}: expected `filename,label`, got {line:?}", n + 1),
+            reason: format!("line {}: expected `filename,label`, got `{line}`", n + 1),
         })?;
         if f.is_empty() || l.is_empty() || l.contains(',') {
             return Err(Error::Csv {
                 path: path.to_path_buf(),
-                reason: format!("line {}: expected `filename,label`, got {line:?}", n + 1),
+                reason: format!("line {}: expected `filename,label`, got `{line}`", n + 1),
             });
         }
         if let Some(first) = first_line.insert(f.to_string(), n + 1) {

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""PyTorch timings of exactly fewshot's shapes, for the side-by-side in
+docs/perf.md. Run by hand (PyTorch is not a dependency of fewshot); the
+driver `side_by_side.py` runs every case in its own process next to
+`bench perf` and prints the ratios.
+
+    python3 benchmarks/reference/perf_torch.py CASE [--reps N]
+
+prints one JSON line {"case", "ms", "peak_mib"} for CASE:
+
+- learner-omniglot-5 / -75, learner-mini-5 / -75: forward + backward of the
+  conv-4 learner (stride-2 Omniglot 28x28, 64 channels; max-pool
+  mini-ImageNet 84x84, 32 channels) with train-mode batch norm and the mean
+  cross-entropy, on a batch of 5 or 75 images.
+- fomaml-task, maml-task: one Omniglot 5-way 1-shot 15-query task of MAML
+  as fewshot's comparison benchmark runs it (one inner SGD step, lr 0.4, on
+  the 5 support images; the query loss with query statistics; first-order:
+  the adapted parameters are leaves; second order: create_graph).
+- reptile-task: one Omniglot Reptile task as fewshot's comparison
+  benchmark runs it (5-way, 10 shots = 50 images, 5 inner Adam steps on
+  mini-batches of 10 with the summed loss; the outer interpolation is
+  negligible).
+- meta-lstm-10, meta-lstm-20: one meta-learner-LSTM episode on the Omniglot
+  learner (113,221 coordinates), T = 10 or 20 updates on the support set,
+  the query loss and its meta-gradient, the same equations as
+  fixtures.py's meta_lstm_fixture (no second derivatives).
+
+Float32, torch.set_num_threads(2) (the project's 2-core machine), one
+warm-up repetition, then the median of --reps. Peak memory is the process's
+peak resident set (ru_maxrss) after the case, so run one case per process.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fixtures  # noqa: E402  (its Net and preprocess; it sets float64)
+from fixtures import Net, preprocess  # noqa: E402
+
+torch.set_default_dtype(torch.float32)
+torch.set_num_threads(2)
+
+
+def params(net, gen):
+    return {k: v.float() for k, v in net.init(gen).items()}
+
+
+def leaves(p):
+    return {k: v.detach().clone().requires_grad_(True) for k, v in p.items()}
+
+
+def images(gen, n, cin, size):
+    return torch.randn(n, cin, size, size, generator=gen)
+
+
+def labels(ways, per):
+    return torch.arange(ways).repeat_interleave(per)
+
+
+def learner_case(form, batch):
+    gen = torch.Generator().manual_seed(0)
+    net = Net(1, 28, 64, 5, "stride2") if form == "omniglot" else Net(3, 84, 32, 5, "maxpool")
+    p = params(net, gen)
+    x = images(gen, batch, net.cin, net.size)
+    y = labels(5, batch // 5) if batch % 5 == 0 else torch.zeros(batch, dtype=torch.long)
+
+    def run():
+        pl = leaves(p)
+        loss = F.cross_entropy(net.forward(pl, x), y)
+        torch.autograd.grad(loss, list(pl.values()))
+
+    return run
+
+
+def maml_case(second_order):
+    gen = torch.Generator().manual_seed(0)
+    net = Net(1, 28, 64, 5, "stride2")
+    p = params(net, gen)
+    sx, sy = images(gen, 5, 1, 28), labels(5, 1)
+    qx, qy = images(gen, 75, 1, 28), labels(5, 15)
+
+    def run():
+        pl = leaves(p)
+        names = list(pl)
+        loss = F.cross_entropy(net.forward(pl, sx), sy)
+        gs = torch.autograd.grad(loss, [pl[k] for k in names], create_graph=second_order)
+        adapted = {k: pl[k] - 0.4 * g for k, g in zip(names, gs)}
+        if not second_order:
+            adapted = leaves(adapted)
+        qloss = F.cross_entropy(net.forward(adapted, qx), qy)
+        wrt = [pl[k] for k in names] if second_order else [adapted[k] for k in names]
+        torch.autograd.grad(qloss, wrt)
+
+    return run
+
+
+def reptile_case():
+    gen = torch.Generator().manual_seed(0)
+    net = Net(1, 28, 64, 5, "stride2")
+    p = params(net, gen)
+    names = net.names()
+    x, y = images(gen, 50, 1, 28), labels(5, 10)
+    m = {k: torch.zeros_like(v) for k, v in p.items()}
+    v = {k: torch.zeros_like(t) for k, t in p.items()}
+
+    def run():
+        w = {k: t.clone() for k, t in p.items()}
+        perm = torch.randperm(50, generator=gen)
+        for it in range(5):
+            idx = perm[10 * it:10 * it + 10]
+            wl = leaves(w)
+            loss = F.cross_entropy(net.forward(wl, x[idx]), y[idx], reduction="sum")
+            gs = torch.autograd.grad(loss, [wl[k] for k in names])
+            with torch.no_grad():
+                for k, g in zip(names, gs):
+                    m[k] = 0.0 * m[k] + g
+                    v[k] = 0.999 * v[k] + 0.001 * g * g
+                    w[k] = w[k] - 1e-3 * m[k] / (v[k].sqrt() + 1e-8)
+        return w
+
+    return run
+
+
+def meta_lstm_case(T):
+    gen = torch.Generator().manual_seed(0)
+    net = Net(1, 28, 64, 5, "stride2")
+    p0 = params(net, gen)
+    names = net.names()
+    sx, sy = images(gen, 5, 1, 28), labels(5, 1)
+    qx, qy = images(gen, 75, 1, 28), labels(5, 15)
+    n = sum(v.numel() for v in p0.values())
+    H = 20
+    u = lambda *s, lo=-0.01, hi=0.01: lo + (hi - lo) * torch.rand(*s, generator=gen)
+    mp = {
+        "lstm.w_ih": u(4 * H, 4), "lstm.w_hh": u(4 * H, H), "lstm.b": u(4 * H),
+        "cell.w_f": u(1, H + 2), "cell.w_i": u(1, H + 2),
+        "cell.b_f": u(1, 1, lo=4.0, hi=5.0), "cell.b_i": u(1, 1, lo=-5.0, hi=-4.0),
+        "theta0": torch.cat([p0[k].reshape(-1) for k in names]).reshape(1, n),
+    }
+    zeros_b = torch.zeros(4 * H)
+
+    def unflat(v):
+        out, off = {}, 0
+        for k in names:
+            m = p0[k].numel()
+            out[k] = v[off:off + m].reshape(p0[k].shape)
+            off += m
+        return out
+
+    def run():
+        ml = leaves(mp)
+        theta = ml["theta0"]
+        h = torch.zeros(n, H)
+        c = torch.zeros(n, H)
+        f_prev = torch.zeros(1, n)
+        i_prev = torch.zeros(1, n)
+        wf, wi = ml["cell.w_f"], ml["cell.w_i"]
+        for _ in range(T):
+            pt = leaves(unflat(theta.detach().reshape(-1)))
+            loss = F.cross_entropy(net.forward(pt, sx), sy)
+            g = torch.autograd.grad(loss, [pt[k] for k in names])
+            grad = torch.cat([x.reshape(-1) for x in g]).reshape(1, n) / sx.shape[0]
+            ga, gb = preprocess(grad)
+            la, lb = preprocess(loss.detach().reshape(1, 1))
+            xin = torch.cat([ga, gb, la.expand(1, n), lb.expand(1, n)], 0).t()
+            h, c = torch.lstm_cell(xin, (h, c), ml["lstm.w_ih"], ml["lstm.w_hh"], ml["lstm.b"], zeros_b)
+            ht = h.t()
+            f_pre = wf[:, :H] @ ht + wf[:, H:H + 1] * theta + wf[:, H + 1:] * f_prev + ml["cell.b_f"]
+            i_pre = wi[:, :H] @ ht + wi[:, H:H + 1] * theta + wi[:, H + 1:] * i_prev + ml["cell.b_i"]
+            theta = torch.sigmoid(f_pre) * theta - torch.sigmoid(i_pre) * grad
+            f_prev, i_prev = f_pre, i_pre
+        qloss = F.cross_entropy(net.forward(unflat(theta.reshape(-1)), qx), qy)
+        torch.autograd.grad(qloss, list(ml.values()))
+
+    return run
+
+
+CASES = {
+    "learner-omniglot-5": lambda: learner_case("omniglot", 5),
+    "learner-omniglot-75": lambda: learner_case("omniglot", 75),
+    "learner-mini-5": lambda: learner_case("mini", 5),
+    "learner-mini-75": lambda: learner_case("mini", 75),
+    "fomaml-task": lambda: maml_case(False),
+    "maml-task": lambda: maml_case(True),
+    "reptile-task": reptile_case,
+    "meta-lstm-10": lambda: meta_lstm_case(10),
+    "meta-lstm-20": lambda: meta_lstm_case(20),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case", choices=sorted(CASES))
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    run = CASES[a.case]()
+    run()  # warm-up
+    times = []
+    for _ in range(a.reps):
+        t = time.perf_counter()
+        run()
+        times.append(1e3 * (time.perf_counter() - t))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"case": a.case, "ms": statistics.median(times), "peak_mib": round(peak),
+                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

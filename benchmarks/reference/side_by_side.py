@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""fewshot against PyTorch on the same shapes, in one go, with ratios.
+
+    cargo build --release
+    python3 benchmarks/reference/side_by_side.py [--bench target/release/bench] [--data-dir ../shared/datasets]
+
+Each case runs in its own process, PyTorch's (perf_torch.py, 2 threads)
+right after ours, so that both see the same machine state; only the ratios
+mean something across days (machines here vary by 2x). Prints a Markdown
+table for docs/perf.md. Our learner cases run candle with 2 threads
+(CANDLE_NUM_THREADS=2, one pass at a time, like PyTorch's); our algorithm
+cases run as `bench run` does (episodes in parallel on rayon's 2 threads,
+candle single-threaded), and their time is per training episode (task).
+Our peak memory includes the decoded images of the train and test splits
+(about 60 MiB on Omniglot); PyTorch's includes its own libraries.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+MAML2 = """name: perf-maml
+dataset: omniglot
+episode: {ways: 5, shots: 1, queries: 15}
+budget: {meta_steps: 1}
+algorithms:
+  - {algorithm: maml, meta_batch: 2}
+"""
+
+
+def ours(bench, data, case, tmp):
+    env = dict(os.environ)
+    m = re.match(r"learner-(omniglot|mini)-(\d+)", case)
+    if m:
+        env["CANDLE_NUM_THREADS"] = "2"
+        ds = "omniglot" if m.group(1) == "omniglot" else "mini-imagenet"
+        out = subprocess.run([bench, "perf", "learner", ds, "--batch", m.group(2), "--reps", "10"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        ms = float(re.search(r"forward\+backward ([\d.]+) ms", out).group(1))
+        return ms, None
+    args = {
+        "fomaml-task": ["fewshot-5way1shot", "--only", "fomaml", "--steps", "2"],
+        "maml-task": [os.path.join(tmp, "maml.yaml"), "--only", "maml", "--steps", "3"],
+        "reptile-task": ["fewshot-5way1shot", "--only", "reptile", "--steps", "4"],
+        "meta-lstm-10": ["fewshot-5way1shot", "--only", "meta-lstm", "--steps", "5"],
+        "meta-lstm-20": ["fewshot-5way1shot", "--lstm-steps", "20", "--only", "meta-lstm (T=20)", "--steps", "3"],
+    }[case]
+    out = subprocess.run([bench, "--data-dir", data, "perf", "algorithms", args[0], "--episodes", "1"] + args[1:],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    row = [l for l in out.splitlines() if l.startswith(args[args.index("--only") + 1])][-1]
+    nums = re.findall(r"[\d.]+", row.split(")")[-1] if "(T=" in row else row[len(args[2]):])
+    # columns: meta-step ms, ms/train ep, ms/test episode, peak RSS MiB
+    return float(nums[1]), float(nums[3])
+
+
+def torch_case(case):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "perf_torch.py"), case],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default="target/release/bench")
+    ap.add_argument("--data-dir", default="../shared/datasets")
+    ap.add_argument("--cases", default="learner-omniglot-5,learner-omniglot-75,learner-mini-5,learner-mini-75,"
+                                       "fomaml-task,maml-task,reptile-task,meta-lstm-10,meta-lstm-20")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    with open(os.path.join(tmp, "maml.yaml"), "w") as f:
+        f.write(MAML2)
+    rows = []
+    version = "?"
+    for case in a.cases.split(","):
+        ms, peak = ours(a.bench, a.data_dir, case, tmp)
+        t = torch_case(case)
+        version = t["torch"]
+        rows.append((case, ms, peak, t["ms"], t["peak_mib"]))
+        print(f"{case}: fewshot {ms:.1f} ms, PyTorch {t['ms']:.1f} ms", file=sys.stderr)
+    print(f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} CPUs), "
+          f"PyTorch {version} (2 threads), `python3 benchmarks/reference/side_by_side.py`:\n")
+    print("| work | fewshot ms | PyTorch ms | time ratio | fewshot peak MiB | PyTorch peak MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for case, ms, peak, tms, tpeak in rows:
+        p = f"{peak:.0f}" if peak is not None else "n/a"
+        print(f"| {case} | {ms:.1f} | {tms:.1f} | {ms / tms:.2f}x | {p} | {tpeak} |")
+
+
+if __name__ == "__main__":
+    main()

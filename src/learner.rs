@@ -130,6 +130,11 @@ pub struct Learner {
     /// -> 6) [default: valid].
     #[serde(default = "default_pool_padding")]
     pub pool_padding: PoolPadding,
+    /// Fused conv+BN+ReLU(+pool) blocks where they apply ([`Learner::fusable`])
+    /// or the composed candle path [default: fused; the benchmark's
+    /// `kernels`].
+    #[serde(default)]
+    pub kernels: crate::ops::Kernels,
 }
 
 /// Max-pool treatment of an odd last row/column.
@@ -192,6 +197,7 @@ impl Learner {
             padding: Padding::Torch,
             init: Init::Torch,
             pool_padding: PoolPadding::Valid,
+            kernels: crate::ops::Kernels::Fused,
         }
     }
 
@@ -213,6 +219,26 @@ impl Learner {
                 in_channels: channels,
                 ..Learner::mini_imagenet(ways, image_size)
             },
+        }
+    }
+
+    /// Whether passes with the batch's own statistics run as fused blocks
+    /// ([`crate::block`]): the `fused` kernels and the shared learner's
+    /// options (PyTorch padding, a batch-norm scale, floor pooling); the
+    /// reference variants use the composed path.
+    pub fn fusable(&self) -> bool {
+        self.kernels == crate::ops::Kernels::Fused
+            && self.padding == Padding::Torch
+            && self.bn_scale
+            && self.pool_padding == PoolPadding::Valid
+    }
+
+    /// This learner on the composed path (for passes whose backward is
+    /// itself differentiated, or whose statistics are).
+    pub fn composed(&self) -> Learner {
+        Learner {
+            kernels: crate::ops::Kernels::Composed,
+            ..self.clone()
         }
     }
 
@@ -409,8 +435,27 @@ impl Learner {
         // [B, C, H, W] -> channel-major [C, B, H, W] (see ops.rs).
         let mut h = x.transpose(0, 1)?.contiguous()?;
         let mut used = Vec::with_capacity(self.blocks);
+        let fused = stats.is_none() && self.fusable() && x.device().is_cpu();
         for i in 0..self.blocks {
             let t = &p.tensors[k * i..k * i + k];
+            if fused {
+                // One op per block; no input gradient for the images.
+                let stride = if self.downsample == Downsample::Stride2 {
+                    2
+                } else {
+                    1
+                };
+                let op = crate::block::ConvBnRelu::new(
+                    stride,
+                    self.downsample == Downsample::MaxPool,
+                    self.bn_eps,
+                    i > 0,
+                );
+                let (y, st) = op.apply(&h, &t[0], &t[1], &t[2], &t[3])?;
+                used.push(st);
+                h = y;
+                continue;
+            }
             let (gamma, beta) = if self.bn_scale {
                 (Some(&t[2]), &t[3])
             } else {

@@ -23,6 +23,7 @@
 //!   Figure-2-style plot.
 
 pub mod algo;
+pub mod block;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -114,7 +114,7 @@ impl Im2Col {
         (v >= 0 && (v as usize) < len).then_some(v as usize)
     }
 
-    fn fwd<T: Copy + Default + Send + Sync>(&self, x: &[T]) -> Vec<T> {
+    pub(crate) fn fwd<T: Copy + Default + Send + Sync>(&self, x: &[T]) -> Vec<T> {
         let (ho, wo) = self.out_hw();
         let (n, h, w) = (self.n, self.h, self.w);
         let m = n * ho * wo;
@@ -145,7 +145,10 @@ impl Im2Col {
         out
     }
 
-    fn adjoint<T: Copy + Default + Send + Sync + std::ops::AddAssign>(&self, cols: &[T]) -> Vec<T> {
+    pub(crate) fn adjoint<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
+        &self,
+        cols: &[T],
+    ) -> Vec<T> {
         let (ho, wo) = self.out_hw();
         let (n, h, w) = (self.n, self.h, self.w);
         let m = n * ho * wo;

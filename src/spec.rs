@@ -491,7 +491,10 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         validate_every_minutes: f.validate_every_minutes,
         checkpoint_every,
         kernels: f.kernels.unwrap_or_default(),
-        learner,
+        learner: Learner {
+            kernels: f.kernels.unwrap_or_default(),
+            ..learner
+        },
         algorithms: vec![],
     };
     let ctx = bench.context(&candle_core::Device::Cpu);

@@ -194,9 +194,15 @@ impl Maml {
             .learner
             .init(&mut Rng::derive(ctx.seed, &[0x1417]), &ctx.device)?;
         let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &theta)?;
+        let mut ctx = ctx.clone();
+        if !config.first_order {
+            // Second order differentiates the inner gradient itself: the
+            // fused blocks' hand-written backward is not differentiable.
+            ctx.learner = ctx.learner.composed();
+        }
         Ok(Maml {
             config,
-            ctx: ctx.clone(),
+            ctx,
             theta,
             adam,
         })

@@ -63,7 +63,7 @@ impl Context {
     ) -> Result<Tensor> {
         match self.norm.meta_train {
             TrainStats::Query => self.learner.forward(p, query_x),
-            TrainStats::Support => self.predict_with_support_stats(p, support_x, query_x),
+            TrainStats::Support => self.predict_with_support_stats(p, support_x, query_x, true),
         }
     }
 
@@ -78,7 +78,7 @@ impl Context {
         let p = &a.params;
         match self.norm.eval {
             EvalStats::Query => self.learner.forward(p, query_x),
-            EvalStats::Support => self.predict_with_support_stats(p, support_x, query_x),
+            EvalStats::Support => self.predict_with_support_stats(p, support_x, query_x, false),
             EvalStats::SupportPlusOne => {
                 // openai/supervised-reptile reptile.py `_test_predictions`:
                 // each query is appended to the support set and predicted
@@ -105,13 +105,25 @@ impl Context {
         }
     }
 
+    /// Query logits normalised with the support set's statistics. When the
+    /// gradient must flow through those statistics (meta-training), the
+    /// support pass is composed: fused blocks return their statistics as
+    /// constants.
     fn predict_with_support_stats(
         &self,
         p: &Params,
         support_x: &Tensor,
         query_x: &Tensor,
+        differentiable: bool,
     ) -> Result<Tensor> {
-        let (_, stats) = self.learner.forward_with(p, support_x, None)?;
+        let composed;
+        let l = if differentiable {
+            composed = self.learner.composed();
+            &composed
+        } else {
+            &self.learner
+        };
+        let (_, stats) = l.forward_with(p, support_x, None)?;
         Ok(self.learner.forward_with(p, query_x, Some(&stats))?.0)
     }
 

@@ -151,6 +151,26 @@ fn matmul<T: Num>(
     }
 }
 
+/// Sum of f(i) over 0..len with eight partial sums: vectorisable (a single
+/// running sum is a serial chain), and the same order on every run.
+#[inline(always)]
+fn sum8<T: Num>(len: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let n8 = len / 8 * 8;
+    let mut i = 0;
+    while i < n8 {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += 8;
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for j in n8..len {
+        s += f(j);
+    }
+    s
+}
+
 impl ConvBnRelu {
     pub fn new(stride: usize, pool: bool, eps: f64, need_dx: bool) -> Self {
         ConvBnRelu {
@@ -240,21 +260,16 @@ impl ConvBnRelu {
             )
             .enumerate()
             .for_each(|(c, ((yr, ar), (rs, (mu, va))))| {
-                let mut s = T::zero();
                 for v in yr.iter_mut() {
                     *v = *v + bias[c];
-                    s += *v;
                 }
-                let m = s / pf;
-                let mut q = T::zero();
-                for v in yr.iter() {
-                    q += (*v - m) * (*v - m);
-                }
-                let vr = q / pf;
+                let m = sum8(yr.len(), |i| yr[i]) / pf;
+                let vr = sum8(yr.len(), |i| (yr[i] - m) * (yr[i] - m)) / pf;
                 let r = T::one() / (vr + eps).sqrt();
+                let (gc, bc) = (gamma[c], beta[c]);
                 for (v, a) in yr.iter_mut().zip(ar.iter_mut()) {
                     *v = (*v - m) * r; // now xhat
-                    let z = gamma[c] * *v + beta[c];
+                    let z = gc * *v + bc;
                     *a = if z > T::zero() { z } else { T::zero() };
                 }
                 *rs = r;
@@ -303,14 +318,13 @@ impl ConvBnRelu {
             .for_each(|(c, (dr, (dg, db)))| {
                 let xr = &s.xhat[c * p..(c + 1) * p];
                 let ar = &s.act[c * p..(c + 1) * p];
-                let (mut sg, mut sgx) = (T::zero(), T::zero());
-                for ((d, x), a) in dr.iter_mut().zip(xr).zip(ar) {
+                for (d, a) in dr.iter_mut().zip(ar) {
                     if *a <= T::zero() {
                         *d = T::zero();
                     }
-                    sg += *d;
-                    sgx += *d * *x;
                 }
+                let sg = sum8(p, |i| dr[i]);
+                let sgx = sum8(p, |i| dr[i] * xr[i]);
                 // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma)
                 let scale = gamma[c] * s.rstd[c] / pf;
                 for (d, x) in dr.iter_mut().zip(xr) {
@@ -322,10 +336,7 @@ impl ConvBnRelu {
         let dy = da;
         let mut dw = vec![T::zero(); o * k];
         matmul(o, k, p, &mut dw, (&dy, p, 1), (&s.cols, 1, p));
-        let dbias: Vec<T> = dy
-            .par_chunks(p)
-            .map(|r| r.iter().fold(T::zero(), |a, v| a + *v))
-            .collect();
+        let dbias: Vec<T> = dy.par_chunks(p).map(|r| sum8(p, |i| r[i])).collect();
         let dx = self.need_dx.then(|| {
             let mut dcols = vec![T::zero(); k * p];
             matmul(k, p, o, &mut dcols, (wt, 1, k), (&dy, p, 1));

@@ -261,7 +261,7 @@ impl ConvBnRelu {
             .enumerate()
             .for_each(|(c, ((yr, ar), (rs, (mu, va))))| {
                 for v in yr.iter_mut() {
-                    *v = *v + bias[c];
+                    *v += bias[c];
                 }
                 let m = sum8(yr.len(), |i| yr[i]) / pf;
                 let vr = sum8(yr.len(), |i| (yr[i] - m) * (yr[i] - m)) / pf;

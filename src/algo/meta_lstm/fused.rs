@@ -40,7 +40,9 @@ const Z: usize = 4 * H;
 const IN: usize = 4;
 
 /// Scalar types of the kernel: f32 (training) and f64 (gradient checks).
-pub trait Float: Act + candle_core::WithDType + Default + Copy + Send + Sync + 'static {
+pub trait Float:
+    Act + candle_core::WithDType + Default + Copy + Send + Sync + std::ops::AddAssign + 'static
+{
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
 }
@@ -94,19 +96,19 @@ impl<T: Float> Weights<T> {
     }
 
     fn add(&mut self, o: &Self) {
-        let add = |a: &mut [T], b: &[T]| a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + *y);
+        let add = |a: &mut [T], b: &[T]| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y);
         add(&mut self.w_ih, &o.w_ih);
         add(&mut self.w_hh, &o.w_hh);
         add(&mut self.b, &o.b);
         add(&mut self.w_f, &o.w_f);
         add(&mut self.w_i, &o.w_i);
-        self.b_f = self.b_f + o.b_f;
-        self.b_i = self.b_i + o.b_i;
+        self.b_f += o.b_f;
+        self.b_i += o.b_i;
     }
 }
 
 /// What the backward needs from one step of one block.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Tape<T> {
     /// `[80][len]`: i, f, g, o after their nonlinearities.
     gates: Vec<T>,
@@ -133,9 +135,9 @@ struct Block<T> {
     c: Vec<T>,
     f_prev: Vec<T>,
     i_prev: Vec<T>,
-    /// Scratch: z for the current step.
-    z: Vec<T>,
     tape: Vec<Tape<T>>,
+    /// Tape entries of an earlier unroll, their buffers reused.
+    spare: Vec<Tape<T>>,
 }
 
 impl<T: Float> Block<T> {
@@ -146,8 +148,8 @@ impl<T: Float> Block<T> {
             c: vec![T::zero(); H * len],
             f_prev: vec![T::zero(); len],
             i_prev: vec![T::zero(); len],
-            z: vec![T::zero(); Z * len],
             tape: vec![],
+            spare: vec![],
         }
     }
 }
@@ -208,7 +210,7 @@ fn matmul<T: Float>(
 #[inline(always)]
 fn axpy<T: Float>(a: T, x: &[T], y: &mut [T]) {
     for (yi, xi) in y.iter_mut().zip(x) {
-        *yi = *yi + a * *xi;
+        *yi += a * *xi;
     }
 }
 
@@ -220,12 +222,12 @@ fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     let n8 = a.len() / 8 * 8;
     for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] = acc[l] + ca[l] * cb[l];
+            acc[l] += ca[l] * cb[l];
         }
     }
     let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for k in n8..a.len() {
-        s = s + a[k] * b[k];
+        s += a[k] * b[k];
     }
     s
 }
@@ -236,12 +238,12 @@ fn sum<T: Float>(a: &[T]) -> T {
     let n8 = a.len() / 8 * 8;
     for c in a[..n8].chunks_exact(8) {
         for l in 0..8 {
-            acc[l] = acc[l] + c[l];
+            acc[l] += c[l];
         }
     }
     let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for x in &a[n8..] {
-        s = s + *x;
+        s += *x;
     }
     s
 }
@@ -269,6 +271,27 @@ impl<T: Float> Unroll<T> {
             blocks,
             keep,
             gates,
+        }
+    }
+
+    /// Start again from θ_0 (same number of coordinates), keeping the
+    /// buffers of this unroll's tape for reuse: meta-training episodes
+    /// then allocate nothing.
+    pub fn reset(&mut self, theta0: &[T], gates: Gates, keep: bool) {
+        if theta0.len() != self.theta.len() {
+            *self = Unroll::new(theta0.to_vec(), gates, keep);
+            return;
+        }
+        self.theta.copy_from_slice(theta0);
+        self.gates = gates;
+        self.keep = keep;
+        for b in &mut self.blocks {
+            b.h.fill(T::zero());
+            b.c.fill(T::zero());
+            b.f_prev.fill(T::zero());
+            b.i_prev.fill(T::zero());
+            let used: Vec<Tape<T>> = b.tape.drain(..).collect();
+            b.spare.extend(used);
         }
     }
 
@@ -465,8 +488,20 @@ fn block_step_body<T: Float>(
     keep: bool,
 ) -> Option<Tape<T>> {
     let len = blk.len;
+    // The tape entry's buffers are recycled (no allocation, no page
+    // faults): each is cleared and refilled.
+    let mut t = blk.spare.pop().unwrap_or_default();
+    let sized = |v: &mut Vec<T>, n: usize| {
+        v.clear();
+        v.resize(n, T::zero());
+    };
+    let copied = |v: &mut Vec<T>, src: &[T]| {
+        v.clear();
+        v.extend_from_slice(src);
+    };
     // Inputs: preprocessed gradient and loss.
-    let mut x = vec![T::zero(); IN * len];
+    sized(&mut t.x, IN * len);
+    let x = &mut t.x;
     for k in 0..len {
         let (a, b) = preprocess(grad[k].f64(), p);
         x[k] = T::of(a);
@@ -474,8 +509,9 @@ fn block_step_body<T: Float>(
     }
     x[2 * len..3 * len].fill(la);
     x[3 * len..].fill(lb);
-    // z = W_ih x + W_hh h_{t-1} + b
-    let z = &mut blk.z;
+    // z = W_ih x + W_hh h_{t-1} + b, computed where the tape keeps the gates.
+    sized(&mut t.gates, Z * len);
+    let z = &mut t.gates;
     for j in 0..Z {
         z[j * len..(j + 1) * len].fill(w.b[j]);
     }
@@ -484,7 +520,7 @@ fn block_step_body<T: Float>(
         rs: cols,
         cs: 1,
     };
-    matmul(Z, len, IN, z, true, rm(&w.w_ih[..], IN), rm(&x[..], len));
+    matmul(Z, len, IN, z, true, rm(&w.w_ih[..], IN), rm(&t.x[..], len));
     matmul(Z, len, H, z, true, rm(&w.w_hh[..], H), rm(&blk.h[..], len));
     // Gates in place: [σ, σ, tanh, σ] on rows [i, f, g, o].
     let (ifg, o) = z.split_at_mut(3 * H * len);
@@ -500,7 +536,7 @@ fn block_step_body<T: Float>(
         *v = v.th();
     }
     // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
-    let mut tc = vec![T::zero(); H * len];
+    sized(&mut t.tc, H * len);
     for m in 0..H {
         let (i, f, g, o) = (
             &z[m * len..(m + 1) * len],
@@ -510,47 +546,46 @@ fn block_step_body<T: Float>(
         );
         let c = &mut blk.c[m * len..(m + 1) * len];
         let h = &mut blk.h[m * len..(m + 1) * len];
-        let t = &mut tc[m * len..(m + 1) * len];
+        let tc = &mut t.tc[m * len..(m + 1) * len];
         for k in 0..len {
             let ck = f[k] * c[k] + i[k] * g[k];
             c[k] = ck;
-            t[k] = ck.th();
-            h[k] = o[k] * t[k];
+            tc[k] = ck.th();
+            h[k] = o[k] * tc[k];
         }
     }
-    // Meta-gates: f̃ = w_f·[h, θ, f̃_prev] + b_f, ĩ likewise.
-    let mut f_pre = vec![w.b_f; len];
-    let mut i_pre = vec![w.b_i; len];
+    copied(&mut t.c, &blk.c);
+    // Meta-gates: f̃ = w_f·[h, θ, f̃_prev] + b_f, ĩ likewise (the fed-back
+    // values this step saw go to the tape; the new ones replace them).
+    copied(&mut t.f_in, &blk.f_prev);
+    copied(&mut t.i_in, &blk.i_prev);
+    copied(&mut t.theta_prev, theta);
+    copied(&mut t.grad, grad);
+    blk.f_prev.fill(w.b_f);
+    blk.i_prev.fill(w.b_i);
     for m in 0..H {
         let hm = &blk.h[m * len..(m + 1) * len];
-        axpy(w.w_f[m], hm, &mut f_pre);
-        axpy(w.w_i[m], hm, &mut i_pre);
+        axpy(w.w_f[m], hm, &mut blk.f_prev);
+        axpy(w.w_i[m], hm, &mut blk.i_prev);
     }
-    let mut big_f = vec![T::zero(); len];
-    let mut big_i = vec![T::zero(); len];
-    let theta_prev = keep.then(|| theta.to_vec());
+    sized(&mut t.big_f, len);
+    sized(&mut t.big_i, len);
     for k in 0..len {
-        f_pre[k] = f_pre[k] + w.w_f[H] * theta[k] + w.w_f[H + 1] * blk.f_prev[k];
-        i_pre[k] = i_pre[k] + w.w_i[H] * theta[k] + w.w_i[H + 1] * blk.i_prev[k];
-        big_f[k] = f_pre[k].sig();
-        big_i[k] = i_pre[k].sig();
+        let fp = blk.f_prev[k] + w.w_f[H] * theta[k] + w.w_f[H + 1] * t.f_in[k];
+        let ip = blk.i_prev[k] + w.w_i[H] * theta[k] + w.w_i[H + 1] * t.i_in[k];
+        blk.f_prev[k] = fp;
+        blk.i_prev[k] = ip;
+        t.big_f[k] = fp.sig();
+        t.big_i[k] = ip.sig();
         // θ_t = F_t θ_{t-1} - I_t grad_t
-        theta[k] = big_f[k] * theta[k] - big_i[k] * grad[k];
+        theta[k] = t.big_f[k] * theta[k] - t.big_i[k] * grad[k];
     }
-    let f_in = std::mem::replace(&mut blk.f_prev, f_pre);
-    let i_in = std::mem::replace(&mut blk.i_prev, i_pre);
-    keep.then(|| Tape {
-        gates: blk.z.clone(),
-        c: blk.c.clone(),
-        tc,
-        x,
-        theta_prev: theta_prev.unwrap_or_default(),
-        grad: grad.to_vec(),
-        big_f,
-        big_i,
-        f_in,
-        i_in,
-    })
+    if keep {
+        Some(t)
+    } else {
+        blk.spare.push(t);
+        None
+    }
 }
 
 /// Backward of one block over all steps: accumulates the weights'
@@ -570,7 +605,7 @@ fn block_backward_body<T: Float>(
     if let Gates::Fixed { forget, .. } = gates {
         let fo = T::of(forget);
         for _ in &blk.tape {
-            dth.iter_mut().for_each(|d| *d = *d * fo);
+            dth.iter_mut().for_each(|d| *d *= fo);
         }
         d0.copy_from_slice(&dth);
         return;
@@ -618,15 +653,15 @@ fn block_backward_body<T: Float>(
         }
         for m in 0..H {
             let hm = &h[m * len..(m + 1) * len];
-            gw.w_f[m] = gw.w_f[m] + dot(&dfpre, hm);
-            gw.w_i[m] = gw.w_i[m] + dot(&dipre, hm);
+            gw.w_f[m] += dot(&dfpre, hm);
+            gw.w_i[m] += dot(&dipre, hm);
         }
-        gw.w_f[H] = gw.w_f[H] + dot(&dfpre, &t.theta_prev);
-        gw.w_i[H] = gw.w_i[H] + dot(&dipre, &t.theta_prev);
-        gw.w_f[H + 1] = gw.w_f[H + 1] + dot(&dfpre, &t.f_in);
-        gw.w_i[H + 1] = gw.w_i[H + 1] + dot(&dipre, &t.i_in);
-        gw.b_f = gw.b_f + sum(&dfpre);
-        gw.b_i = gw.b_i + sum(&dipre);
+        gw.w_f[H] += dot(&dfpre, &t.theta_prev);
+        gw.w_i[H] += dot(&dipre, &t.theta_prev);
+        gw.w_f[H + 1] += dot(&dfpre, &t.f_in);
+        gw.w_i[H + 1] += dot(&dipre, &t.i_in);
+        gw.b_f += sum(&dfpre);
+        gw.b_i += sum(&dipre);
         for k in 0..len {
             dfp_next[k] = dfpre[k] * w.w_f[H + 1];
             dip_next[k] = dipre[k] * w.w_i[H + 1];
@@ -669,7 +704,7 @@ fn block_backward_body<T: Float>(
         matmul(Z, IN, len, &mut gw.w_ih, true, dzm, tr(&t.x[..]));
         matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]));
         for j in 0..Z {
-            gw.b[j] = gw.b[j] + sum(&dz[j * len..(j + 1) * len]);
+            gw.b[j] += sum(&dz[j * len..(j + 1) * len]);
         }
         // dL/dh_{t-1} = W_hh^T dz
         let w_hh_t = Mat {

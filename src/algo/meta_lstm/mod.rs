@@ -224,6 +224,9 @@ pub struct MetaLstm {
     /// Shapes and names of the learner's parameters (values unused).
     template: Params,
     adam: Adam,
+    /// The last meta-training unroll (a `fused::Unroll<T>`), kept so that
+    /// the next episode reuses its tape's buffers.
+    spare: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl MetaLstm {
@@ -271,6 +274,7 @@ impl MetaLstm {
             params,
             template,
             adam,
+            spare: std::sync::Mutex::new(None),
         })
     }
 
@@ -467,7 +471,18 @@ impl MetaLstm {
         let theta0 = mp.tensors[7].flatten_all()?.to_vec1::<T>()?;
         let n = theta0.len();
         let dev = mp.tensors[7].device().clone();
-        let mut u = fused::Unroll::new(theta0, gates, keep);
+        // Meta-training reuses the previous episode's unroll (its tape).
+        let reuse = keep
+            .then(|| self.spare.lock().ok().and_then(|mut s| s.take()))
+            .flatten()
+            .and_then(|b| b.downcast::<fused::Unroll<T>>().ok());
+        let mut u = match reuse {
+            Some(mut u) => {
+                u.reset(&theta0, gates, keep);
+                *u
+            }
+            None => fused::Unroll::new(theta0, gates, keep),
+        };
         let mut recorded = Vec::new();
         let mut inputs = Vec::with_capacity(steps);
         for step in 0..steps {
@@ -614,6 +629,9 @@ impl MetaLstm {
             None => vec![T::zero(); n],
         };
         let (gw, d0) = u.backward(&w, &d_theta_t);
+        if let Ok(mut s) = self.spare.lock() {
+            *s = Some(Box::new(u));
+        }
         let shapes: Vec<Vec<usize>> = mp.tensors.iter().map(|t| t.dims().to_vec()).collect();
         let data = [
             gw.w_ih,

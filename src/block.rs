@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{BnStats, Im2Col};
+use crate::ops::{matmul, BnStats, Im2Col, Mat};
 
 /// What the backward keeps from the forward.
 #[derive(Debug)]
@@ -107,47 +107,6 @@ impl Geo {
     }
     fn pooled(&self) -> (usize, usize) {
         (self.ho / 2, self.wo / 2)
-    }
-}
-
-/// `dst[m×n] (+)= lhs · rhs` with strided operands (element (r, c) at
-/// `r * rs + c * cs`), dst row-major; bounds checked here.
-#[allow(clippy::too_many_arguments)]
-fn matmul<T: Num>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    lhs: (&[T], usize, usize),
-    rhs: (&[T], usize, usize),
-) {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
-    assert!(last(m, k, lhs.1, lhs.2) < lhs.0.len() && last(k, n, rhs.1, rhs.2) < rhs.0.len());
-    // SAFETY: every index read or written is inside the slices (asserted
-    // above), and dst (&mut) aliases neither operand (&).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
     }
 }
 
@@ -245,7 +204,12 @@ impl ConvBnRelu {
         let (bias, rest) = rest.split_at(o);
         let (gamma, beta) = rest.split_at(o);
         let mut y = vec![T::zero(); o * p];
-        matmul(o, p, k, &mut y, (wt, k, 1), (&cols, p, 1));
+        let rm = |data, cols| Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        };
+        matmul(o, p, k, &mut y, false, rm(wt, k), rm(&cols[..], p), true);
         let eps = T::from(self.eps).unwrap_or_else(T::zero);
         let pf = T::from(p).unwrap_or_else(T::one);
         let mut act = vec![T::zero(); o * p];
@@ -335,11 +299,28 @@ impl ConvBnRelu {
             });
         let dy = da;
         let mut dw = vec![T::zero(); o * k];
-        matmul(o, k, p, &mut dw, (&dy, p, 1), (&s.cols, 1, p));
+        let dym = Mat {
+            data: &dy[..],
+            rs: p,
+            cs: 1,
+        };
+        // dw = dy cols^T
+        let cols_t = Mat {
+            data: &s.cols[..],
+            rs: 1,
+            cs: p,
+        };
+        matmul(o, k, p, &mut dw, false, dym, cols_t, true);
         let dbias: Vec<T> = dy.par_chunks(p).map(|r| sum8(p, |i| r[i])).collect();
         let dx = self.need_dx.then(|| {
             let mut dcols = vec![T::zero(); k * p];
-            matmul(k, p, o, &mut dcols, (wt, 1, k), (&dy, p, 1));
+            // dcols = w^T dy
+            let w_t = Mat {
+                data: wt,
+                rs: 1,
+                cs: k,
+            };
+            matmul(k, p, o, &mut dcols, false, w_t, dym, true);
             g.im2col().adjoint(&dcols)
         });
         let mut dprm = dw;

@@ -19,6 +19,67 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+/// A strided matrix view for [`matmul`]: element (r, c) is
+/// `data[r * rs + c * cs]` (row-major: `rs = cols, cs = 1`; its transpose:
+/// `rs = 1, cs = rows`).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst[m×n] = (acc ? dst : 0) + lhs[m×k] · rhs[k×n]`, `dst` row-major,
+/// for the fused kernels. Bounds are checked here; the product is the
+/// `gemm` crate's (runtime-dispatched SIMD), on rayon's threads when `par`
+/// (else on the caller's: the caller is already parallel), in the same
+/// order on every run.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: num_traits::Float + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    acc: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    par: bool,
+) {
+    let last = |v: &Mat<T>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
+    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
+    let parallelism = if par {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the product reads or writes is within the slices
+    // (asserted above); dst (&mut) aliases neither operand (&).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// 3x3 convolution with padding 1 and stride 1 or 2 on `[C, B, H, W]`.
 ///
 /// `w`: `[O, C, 3, 3]`, `b`: `[O]`; returns `[O, B, Ho, Wo]` with

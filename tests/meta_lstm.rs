@@ -410,7 +410,10 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
             .unwrap()
         };
         let (c, f) = (run(Kernels::Composed), run(Kernels::Fused));
-        let d = rel_diff(std::slice::from_ref(&c.theta), std::slice::from_ref(&f.theta));
+        let d = rel_diff(
+            std::slice::from_ref(&c.theta),
+            std::slice::from_ref(&f.theta),
+        );
         assert!(d < tol, "{dtype:?}: theta_T differs by {d}");
         assert_eq!(c.gates.len(), 10);
         for (s, ((cf, ci), (ff, fi))) in c.gates.iter().zip(&f.gates).enumerate() {

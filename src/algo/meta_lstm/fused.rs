@@ -29,7 +29,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::Act;
+use crate::ops::{matmul, Act, Mat};
 
 /// Coordinates per block: the block's inputs, state and z (about 130
 /// values per coordinate) fit in L2.
@@ -151,58 +151,6 @@ impl<T: Float> Block<T> {
             tape: vec![],
             spare: vec![],
         }
-    }
-}
-
-/// A row-major or strided matrix view for [`matmul`]: element (r, c) is
-/// `data[r * rs + c * cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` with `dst` row-major (`n` per row),
-/// accumulating when `acc`. Bounds are checked here; the product is the
-/// `gemm` crate's (runtime-dispatched SIMD, single-threaded: the blocks
-/// already run in parallel; the same order on every run).
-fn matmul<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    acc: bool,
-    lhs: Mat<T>,
-    rhs: Mat<T>,
-) {
-    let last = |v: &Mat<T>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
-    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
-    assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
-    // SAFETY: every index the product reads or writes is within the slices
-    // (asserted above); dst does not alias lhs or rhs (&mut vs &).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 
@@ -520,8 +468,26 @@ fn block_step_body<T: Float>(
         rs: cols,
         cs: 1,
     };
-    matmul(Z, len, IN, z, true, rm(&w.w_ih[..], IN), rm(&t.x[..], len));
-    matmul(Z, len, H, z, true, rm(&w.w_hh[..], H), rm(&blk.h[..], len));
+    matmul(
+        Z,
+        len,
+        IN,
+        z,
+        true,
+        rm(&w.w_ih[..], IN),
+        rm(&t.x[..], len),
+        false,
+    );
+    matmul(
+        Z,
+        len,
+        H,
+        z,
+        true,
+        rm(&w.w_hh[..], H),
+        rm(&blk.h[..], len),
+        false,
+    );
     // Gates in place: [σ, σ, tanh, σ] on rows [i, f, g, o].
     let (ifg, o) = z.split_at_mut(3 * H * len);
     let (i_f, g) = ifg.split_at_mut(2 * H * len);
@@ -701,8 +667,8 @@ fn block_backward_body<T: Float>(
             rs: 1,
             cs: len,
         };
-        matmul(Z, IN, len, &mut gw.w_ih, true, dzm, tr(&t.x[..]));
-        matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]));
+        matmul(Z, IN, len, &mut gw.w_ih, true, dzm, tr(&t.x[..]), false);
+        matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]), false);
         for j in 0..Z {
             gw.b[j] += sum(&dz[j * len..(j + 1) * len]);
         }
@@ -712,7 +678,7 @@ fn block_backward_body<T: Float>(
             rs: 1,
             cs: H,
         };
-        matmul(H, len, Z, &mut dh_next, false, w_hh_t, dzm);
+        matmul(H, len, Z, &mut dh_next, false, w_hh_t, dzm, false);
     }
     d0.copy_from_slice(&dth);
 }

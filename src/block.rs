@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{matmul, BnStats, Im2Col, Mat};
+use crate::ops::{matmul, sum8, BnStats, Im2Col, Mat};
 
 /// What the backward keeps from the forward.
 #[derive(Debug)]
@@ -108,26 +108,6 @@ impl Geo {
     fn pooled(&self) -> (usize, usize) {
         (self.ho / 2, self.wo / 2)
     }
-}
-
-/// Sum of f(i) over 0..len with eight partial sums: vectorisable (a single
-/// running sum is a serial chain), and the same order on every run.
-#[inline(always)]
-fn sum8<T: Num>(len: usize, f: impl Fn(usize) -> T) -> T {
-    let mut acc = [T::zero(); 8];
-    let n8 = len / 8 * 8;
-    let mut i = 0;
-    while i < n8 {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
-        }
-        i += 8;
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for j in n8..len {
-        s += f(j);
-    }
-    s
 }
 
 impl ConvBnRelu {

@@ -29,7 +29,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::{matmul, Act, Mat};
+use crate::ops::{matmul, sum8, Act, Mat};
 
 /// Coordinates per block: the block's inputs, state and z (about 130
 /// values per coordinate) fit in L2.
@@ -162,38 +162,15 @@ fn axpy<T: Float>(a: T, x: &[T], y: &mut [T]) {
     }
 }
 
-/// Sum of a_k * b_k with eight partial sums (vectorisable, and the same
-/// order on every run).
+/// Sum of a_k * b_k ([`sum8`]: eight partial sums, fixed order).
 #[inline(always)]
 fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let n8 = a.len() / 8 * 8;
-    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for k in n8..a.len() {
-        s += a[k] * b[k];
-    }
-    s
+    sum8(a.len(), |k| a[k] * b[k])
 }
 
 #[inline(always)]
 fn sum<T: Float>(a: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let n8 = a.len() / 8 * 8;
-    for c in a[..n8].chunks_exact(8) {
-        for l in 0..8 {
-            acc[l] += c[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for x in &a[n8..] {
-        s += *x;
-    }
-    s
+    sum8(a.len(), |k| a[k])
 }
 
 /// An unroll of the meta-learner over all coordinates.

@@ -7,6 +7,8 @@
 //! passes it. That only happens when batch norm degenerates (one value per
 //! channel, e.g. batch 1 with a 1x1 last map), which the cases avoid.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use fewshot::learner::{cross_entropy, Downsample, Learner};
 use fewshot::ops::Kernels;
@@ -138,29 +140,7 @@ fn fused_block_gradients_match_finite_differences() {
                 .unwrap()
         };
         let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
-        let h = 1e-6;
-        let mut checked = 0;
-        for (i, name) in p.names.iter().enumerate() {
-            let t = &p.tensors[i];
-            let ga = flat(&g.tensors[i]);
-            let n = t.elem_count();
-            for k in (0..n).step_by((n / 5).max(1)) {
-                let shift = |d: f64| {
-                    let mut q = p.clone();
-                    let mut v = flat(t);
-                    v[k] += d;
-                    q.tensors[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                    q
-                };
-                let fd = (loss(&shift(h)) - loss(&shift(-h))) / (2.0 * h);
-                assert!(
-                    (fd - ga[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                    "{down:?} {name}[{k}]: fused {} vs finite difference {fd}",
-                    ga[k]
-                );
-                checked += 1;
-            }
-        }
+        let checked = common::check_gradient_fd(&p, &g, 5, loss, &format!("{down:?}"));
         assert!(checked > 60, "{checked}");
     }
 }

@@ -171,17 +171,7 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, t) in names {
-            let bits: Vec<u64> = t
-                .flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            out.push((format!("{l} {k}"), format!("{bits:?}")));
+            out.push((format!("{l} {k}"), format!("{:?}", common::bits(t))));
         }
     }
     out

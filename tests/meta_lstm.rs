@@ -263,34 +263,13 @@ fn meta_gradient_matches_finite_differences() {
         let pv = Params::from_vars(&m.params.names, &vars);
         let (loss, _) = m.meta_loss(&pv, &b, Some(&frozen)).unwrap();
         let g = pv.grads(&loss.backward().unwrap()).unwrap();
-        let h = 1e-6;
-        let mut checked = 0;
-        for (i, name) in m.params.names.iter().enumerate() {
-            let t = &m.params.tensors[i];
-            let ga = g.tensors[i]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let n = t.elem_count();
-            let stride = (n / 6).max(1);
-            for k in (0..n).step_by(stride) {
-                let shift = |d: f64| {
-                    let mut q = m.params.clone();
-                    let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                    v[k] += d;
-                    q.tensors[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                    q
-                };
-                let fd = (f(&shift(h)) - f(&shift(-h))) / (2.0 * h);
-                assert!(
-                    (fd - ga[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                    "{name}[{k}] (transductive {transductive}): analytic {} vs finite difference {fd}",
-                    ga[k]
-                );
-                checked += 1;
-            }
-        }
+        let checked = common::check_gradient_fd(
+            &m.params,
+            &g,
+            6,
+            f,
+            &format!("composed meta-gradient (transductive {transductive})"),
+        );
         assert!(checked > 40);
         // The gradient reaches the LSTM weights and theta_0.
         for name in ["lstm.w_ih", "cell.w_f", "cell.b_i", "theta0"] {
@@ -476,32 +455,6 @@ fn fused_meta_gradient_matches_finite_differences() {
     let frozen = base.inputs.clone();
     let f = |q: &Params| m.meta_gradient(q, &b, Some(&frozen)).unwrap().0;
     let (_, _, g) = m.meta_gradient(&m.params, &b, Some(&frozen)).unwrap();
-    let h = 1e-6;
-    let mut checked = 0;
-    for (i, name) in m.params.names.iter().enumerate() {
-        let t = &m.params.tensors[i];
-        let ga = g.tensors[i]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let n = t.elem_count();
-        for k in (0..n).step_by((n / 8).max(1)) {
-            let shift = |d: f64| {
-                let mut q = m.params.clone();
-                let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                v[k] += d;
-                q.tensors[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                q
-            };
-            let fd = (f(&shift(h)) - f(&shift(-h))) / (2.0 * h);
-            assert!(
-                (fd - ga[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "{name}[{k}]: fused backward {} vs finite difference {fd}",
-                ga[k]
-            );
-            checked += 1;
-        }
-    }
+    let checked = common::check_gradient_fd(&m.params, &g, 8, f, "fused backward");
     assert!(checked > 50, "{checked}");
 }

@@ -62,19 +62,7 @@ fn tensors(dir: &Path) -> Vec<(String, Vec<u64>)> {
         .checkpoint
         .state
         .into_iter()
-        .map(|(k, t)| {
-            let bits = t
-                .flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            (k, bits)
-        })
+        .map(|(k, t)| (k, common::bits(&t)))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v

@@ -268,3 +268,58 @@ pub fn both_stats(transductive: bool) -> fewshot::norm::NormProtocol {
         momentum: 0.9,
     }
 }
+
+/// A tensor's values as float64 bit patterns (exact comparisons of
+/// checkpoints).
+pub fn bits(t: &candle_core::Tensor) -> Vec<u64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// Check the float64 gradient `g` of `f` at `p` against central differences
+/// (step 1e-6, tolerance 1e-6 relative), on about `per_tensor` evenly spaced
+/// coordinates of every tensor; `what` prefixes failure messages. Returns
+/// how many coordinates were checked.
+pub fn check_gradient_fd(
+    p: &fewshot::params::Params,
+    g: &fewshot::params::Params,
+    per_tensor: usize,
+    f: impl Fn(&fewshot::params::Params) -> f64,
+    what: &str,
+) -> usize {
+    let h = 1e-6;
+    let mut checked = 0;
+    for (i, name) in p.names.iter().enumerate() {
+        let t = &p.tensors[i];
+        let ga = g.tensors[i]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let n = t.elem_count();
+        for k in (0..n).step_by((n / per_tensor).max(1)) {
+            let shift = |d: f64| {
+                let mut q = p.clone();
+                let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                v[k] += d;
+                q.tensors[i] = candle_core::Tensor::from_vec(v, t.shape(), t.device()).unwrap();
+                q
+            };
+            let fd = (f(&shift(h)) - f(&shift(-h))) / (2.0 * h);
+            assert!(
+                (fd - ga[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{what}: {name}[{k}]: analytic {} vs finite difference {fd}",
+                ga[k]
+            );
+            checked += 1;
+        }
+    }
+    checked
+}

@@ -141,8 +141,9 @@ pub fn load_results(dir: &Path) -> Result<Option<RunResults>> {
 }
 
 /// A checked plan for a run folder: nothing is written until
-/// [`Plan::commit`], so a run refused by a later check (bad data) leaves
-/// the folder as it was.
+/// [`Plan::commit`] (other than the lock file of a folder that already
+/// holds a run), so a run refused by a later check (bad data) leaves the
+/// folder as it was.
 #[derive(Debug)]
 pub struct Plan {
     pub dir: PathBuf,
@@ -151,6 +152,9 @@ pub struct Plan {
     pub previous: Option<RunResults>,
     /// Paths `--force` removes, with what each held.
     discard: Vec<(PathBuf, String)>,
+    /// The folder's lock, taken as soon as the folder is known to hold a
+    /// run (so a run in progress is reported before any other check).
+    lock: Option<Lock>,
 }
 
 /// Check what `bench run` may do with `dir` for `bench` (table in the
@@ -175,7 +179,11 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
         mode,
         previous: None,
         discard: vec![],
+        lock: None,
     };
+    if holds_run || leftovers {
+        out.lock = Some(lock(dir)?);
+    }
     if leftovers && mode != Mode::Force {
         return Err(err(format!(
             "holds parts of a run ({}) but no resolved.yaml (a --force that was interrupted?); discard them with --force",
@@ -319,9 +327,12 @@ impl Plan {
     /// `--force` replaces (algorithm folders and results first, the old
     /// `resolved.yaml` last, by writing the new one over it), remove stale
     /// temporary files. Returns the lock, to hold until the run ends.
-    pub fn commit(&self, bench: &Benchmark) -> Result<Lock> {
+    pub fn commit(&mut self, bench: &Benchmark) -> Result<Lock> {
         crate::util::create_dir_durable(&self.dir)?;
-        let lock = lock(&self.dir)?;
+        let lock = match self.lock.take() {
+            Some(l) => l,
+            None => lock(&self.dir)?,
+        };
         if !self.discard.is_empty() {
             tracing::warn!(
                 "--force: discarding the previous run in {}: {}",

@@ -134,7 +134,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     }
     // Nothing is written before the run folder, the data and the episodes
     // are known to be usable.
-    let plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
+    let mut plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
     tracing::info!("{}", ds.description);
     crate::sampler::Sampler::new(&ds, Split::Test, bench.episode, bench.seed)?;

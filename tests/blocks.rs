@@ -47,27 +47,6 @@ fn data(l: &Learner, n: usize, seed: u64, dtype: DType) -> (Tensor, Tensor) {
     (x, y)
 }
 
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// Largest |a - b| relative to the largest |a| over a list of tensors.
-fn rel(a: &[Tensor], b: &[Tensor]) -> f64 {
-    let (mut d, mut s) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        for (p, q) in flat(x).iter().zip(flat(y)) {
-            d = d.max((p - q).abs());
-            s = s.max(p.abs());
-        }
-    }
-    d / s.max(1e-30)
-}
-
 #[test]
 fn fused_blocks_match_the_composed_path() {
     // (form, image side, channels, batch, dtype, tolerance)
@@ -93,10 +72,10 @@ fn fused_blocks_match_the_composed_path() {
         let what = format!("{down:?} {size}x{size}, {hidden} channels, batch {n}, {dtype:?}");
         let (lf, sf) = f.forward_with(&p, &x, None).unwrap();
         let (lc, sc) = c.forward_with(&p, &x, None).unwrap();
-        assert!(rel(&[lc], &[lf]) < tol, "{what}: logits");
+        assert!(common::max_rel_diff(&[lc], &[lf]) < tol, "{what}: logits");
         for (a, b) in sc.iter().zip(&sf) {
             assert!(
-                rel(
+                common::max_rel_diff(
                     &[a.mean.clone(), a.var.clone()],
                     &[b.mean.clone(), b.var.clone()]
                 ) < tol,
@@ -116,7 +95,7 @@ fn fused_blocks_match_the_composed_path() {
             if name.ends_with("bias") && name.starts_with("conv") {
                 continue;
             }
-            let d = rel(&[gc.tensors[i].clone()], &[gf.tensors[i].clone()]);
+            let d = common::max_rel_diff(&[gc.tensors[i].clone()], &[gf.tensors[i].clone()]);
             assert!(d < 10.0 * tol, "{what}: gradient of {name} differs by {d}");
         }
     }
@@ -172,20 +151,20 @@ fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
     let x = Tensor::ones((2, 3, 16, 16), DType::F64, &Device::Cpu).unwrap();
     let (lf, _) = l.forward_with(&p, &x, None).unwrap();
     let (lc, _) = c.forward_with(&p, &x, None).unwrap();
-    assert!(rel(&[lc], &[lf]) < 1e-12);
+    assert!(common::max_rel_diff(&[lc], &[lf]) < 1e-12);
     let y = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
     let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
     // The head sees the pooled features; its gradient equals the composed
     // path's (nothing upstream of the pool is involved).
     let (_, gc, _) = c.loss_and_grad(&p, &x, &y).unwrap();
     let k = p.names.iter().position(|n| n == "head.weight").unwrap();
-    assert!(rel(&[gc.tensors[k].clone()], &[g.tensors[k].clone()]) < 1e-12);
+    assert!(common::max_rel_diff(&[gc.tensors[k].clone()], &[g.tensors[k].clone()]) < 1e-12);
     // And the beta of the last block gets the window's gradient once: with
     // all four tied, the composed path (candle's max) would send it to all
     // four; the fused path, like PyTorch, to one.
     let kb = p.names.iter().position(|n| n == "bn4.beta").unwrap();
-    let fused = flat(&g.tensors[kb]);
-    let composed = flat(&gc.tensors[kb]);
+    let fused = common::values(&g.tensors[kb]);
+    let composed = common::values(&gc.tensors[kb]);
     for (f, c) in fused.iter().zip(&composed) {
         assert!(
             (4.0 * f - c).abs() < 1e-9 * (1.0 + c.abs()),

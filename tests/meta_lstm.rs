@@ -42,8 +42,13 @@ fn tiny() -> Learner {
 }
 
 fn batch(l: &Learner, seed: u64, dtype: DType) -> Batch {
+    episode(l, seed, dtype, 2, 2)
+}
+
+/// A random `l.ways`-way episode of single-channel images.
+fn episode(l: &Learner, seed: u64, dtype: DType, shots: usize, queries: usize) -> Batch {
     let mut rng = Rng::new(seed);
-    let s = l.image_size;
+    let (s, ways) = (l.image_size, l.ways);
     let mut img = |n: usize| {
         let v: Vec<f64> = (0..n * s * s).map(|_| rng.normal()).collect();
         Tensor::from_vec(v, (n, 1, s, s), &Device::Cpu)
@@ -53,17 +58,17 @@ fn batch(l: &Learner, seed: u64, dtype: DType) -> Batch {
     };
     let lab = |k: usize| {
         Tensor::from_vec(
-            (0..3 * k).map(|i| (i / k) as u32).collect::<Vec<_>>(),
-            3 * k,
+            (0..ways * k).map(|i| (i / k) as u32).collect::<Vec<_>>(),
+            ways * k,
             &Device::Cpu,
         )
         .unwrap()
     };
     Batch {
-        support_x: img(6),
-        support_y: lab(2),
-        query_x: img(6),
-        query_y: lab(2),
+        support_x: img(ways * shots),
+        support_y: lab(shots),
+        query_x: img(ways * queries),
+        query_y: lab(queries),
     }
 }
 
@@ -307,29 +312,6 @@ fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
     Params::new(p.names.clone(), tensors)
 }
 
-/// Largest |a - b| over every tensor, relative to the largest |a|.
-fn rel_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
-    let flat = |t: &Tensor| {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-    };
-    let mut diff: f64 = 0.0;
-    let mut scale: f64 = 0.0;
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (flat(x), flat(y));
-        assert_eq!(x.len(), y.len());
-        for (p, q) in x.iter().zip(&y) {
-            diff = diff.max((p - q).abs());
-            scale = scale.max(p.abs());
-        }
-    }
-    diff / scale.max(1e-30)
-}
-
 #[test]
 fn fused_and_composed_paths_agree_over_ten_steps() {
     // The fused kernel against the composed candle graph: theta_T, the
@@ -351,28 +333,7 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
         let b = if l.image_size == 8 {
             batch(&l, 4, dtype)
         } else {
-            let mut rng = Rng::new(3);
-            let img = |n: usize, rng: &mut Rng| {
-                let v: Vec<f64> = (0..n * 28 * 28).map(|_| rng.normal()).collect();
-                Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let y = |k: usize| {
-                Tensor::from_vec(
-                    (0..5 * k).map(|i| (i / k) as u32).collect::<Vec<_>>(),
-                    5 * k,
-                    &Device::Cpu,
-                )
-                .unwrap()
-            };
-            Batch {
-                support_x: img(5, &mut rng),
-                support_y: y(1),
-                query_x: img(15, &mut rng),
-                query_y: y(3),
-            }
+            episode(&l, 3, dtype, 1, 3)
         };
         let run = |k: Kernels| {
             m.unroll_with(
@@ -389,14 +350,14 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
             .unwrap()
         };
         let (c, f) = (run(Kernels::Composed), run(Kernels::Fused));
-        let d = rel_diff(
+        let d = common::max_rel_diff(
             std::slice::from_ref(&c.theta),
             std::slice::from_ref(&f.theta),
         );
         assert!(d < tol, "{dtype:?}: theta_T differs by {d}");
         assert_eq!(c.gates.len(), 10);
         for (s, ((cf, ci), (ff, fi))) in c.gates.iter().zip(&f.gates).enumerate() {
-            let d = rel_diff(&[cf.clone(), ci.clone()], &[ff.clone(), fi.clone()]);
+            let d = common::max_rel_diff(&[cf.clone(), ci.clone()], &[ff.clone(), fi.clone()]);
             assert!(d < tol, "{dtype:?}: gates of step {} differ by {d}", s + 1);
         }
         let mut composed = meta(l.clone(), false, 10);
@@ -420,7 +381,7 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
             gf.0
         );
         for (i, name) in m.params.names.iter().enumerate() {
-            let d = rel_diff(&[gc.2.tensors[i].clone()], &[gf.2.tensors[i].clone()]);
+            let d = common::max_rel_diff(&[gc.2.tensors[i].clone()], &[gf.2.tensors[i].clone()]);
             assert!(
                 d < 10.0 * tol,
                 "{dtype:?}: meta-gradient of {name} differs by {d} (relative)"

@@ -44,6 +44,16 @@ impl Env {
         std::fs::write(&p, text).unwrap();
         p.to_str().unwrap().to_string()
     }
+    /// The tiny benchmark run into a new folder `r` with `extra` arguments
+    /// (asserted to succeed); returns the benchmark file and the folder.
+    fn started(&self, extra: &[&str]) -> (String, PathBuf) {
+        let y = self.yaml("tiny.yaml", TINY);
+        let r = self.path("r");
+        let mut a = vec![y.as_str(), "--run-dir", r.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        common::assert_bench_ok(&self.run(&a));
+        (y, r)
+    }
     /// `bench --data-dir <shared> run <args>`.
     fn run(&self, args: &[&str]) -> Output {
         self.run_with_data(&common::shared_datasets(), args)
@@ -91,10 +101,8 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn an_existing_run_is_never_overwritten_without_resume_or_force() {
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&[]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs]));
     let before = std::fs::read(r.join("fomaml/checkpoints/step-0000000006.safetensors")).unwrap();
 
     // Case 1: the same folder again, without --resume: refused, untouched.
@@ -181,10 +189,8 @@ fn resume_with_nothing_to_resume_is_an_error() {
 fn resume_after_a_configuration_change_is_refused_naming_the_fields() {
     // Case 3.
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&[]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs]));
     let resolved = std::fs::read_to_string(r.join("resolved.yaml")).unwrap();
     let changed = e.yaml(
         "changed.yaml",
@@ -265,10 +271,8 @@ fn copy_dir(from: &Path, to: &Path) {
 fn only_merges_its_rows_into_the_existing_results() {
     // Case 4.
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&["--only", "meta-lstm"]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--only", "meta-lstm"]));
     let resolved = std::fs::read_to_string(r.join("resolved.yaml")).unwrap();
     assert!(
         resolved.contains("fomaml") && resolved.contains("reptile"),
@@ -304,11 +308,9 @@ fn torn_or_corrupt_checkpoints_fall_back_to_the_previous_one() {
     // Case 5: the newest checkpoint torn (truncated) or corrupt (one byte
     // flipped), and temporary files left by a kill.
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
-    let rs = r.to_str().unwrap();
     let only = ["--only", "fomaml"];
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, only[0], only[1], "--meta-steps", "4"]));
+    let (y, r) = e.started(&[only[0], only[1], "--meta-steps", "4"]);
+    let rs = r.to_str().unwrap();
     let ck = r.join("fomaml/checkpoints");
     assert_eq!(
         checkpoints(&r.join("fomaml")),
@@ -557,10 +559,8 @@ fn errors_are_said_once_and_name_the_file_or_field() {
 #[test]
 fn a_checkpoint_of_the_old_two_file_format_is_not_silently_ignored() {
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&["--only", "fomaml"]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[&y, "--run-dir", rs, "--only", "fomaml"]));
     std::fs::remove_dir_all(r.join("fomaml/checkpoints")).unwrap();
     std::fs::write(r.join("fomaml/checkpoint.json"), "{}").unwrap();
     std::fs::write(r.join("fomaml/checkpoint.safetensors"), "").unwrap();
@@ -623,18 +623,8 @@ fn parts_of_a_run_without_its_resolved_yaml_need_force() {
     // What a --force killed midway could leave: algorithm folders and
     // results, no resolved.yaml. Only --force takes such a folder.
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&["--only", "fomaml", "--meta-steps", "2"]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[
-        &y,
-        "--run-dir",
-        rs,
-        "--only",
-        "fomaml",
-        "--meta-steps",
-        "2",
-    ]));
     std::fs::remove_file(r.join("resolved.yaml")).unwrap();
     for extra in [None, Some("--resume")] {
         let mut a = vec![y.as_str(), "--run-dir", rs];
@@ -670,18 +660,8 @@ fn parts_of_a_run_without_its_resolved_yaml_need_force() {
 #[test]
 fn only_fewshots_own_temporary_files_are_cleaned_up() {
     let e = Env::new();
-    let y = e.yaml("tiny.yaml", TINY);
-    let r = e.path("r");
+    let (y, r) = e.started(&["--only", "fomaml", "--meta-steps", "2"]);
     let rs = r.to_str().unwrap();
-    common::assert_bench_ok(&e.run(&[
-        &y,
-        "--run-dir",
-        rs,
-        "--only",
-        "fomaml",
-        "--meta-steps",
-        "2",
-    ]));
     std::fs::write(r.join(".draft.tmp"), "mine").unwrap();
     std::fs::create_dir(r.join(".tmp")).unwrap();
     std::fs::write(r.join(".results.json.tmp4242"), "{").unwrap();

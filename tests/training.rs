@@ -312,14 +312,32 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     assert!(!run.join("fomaml").join("gates.jsonl").exists());
 }
 
+/// Run a benchmark given as YAML text through the binary on the shared
+/// data; returns its temp folder (keep it alive), run folder and results.
+fn run_yaml(text: &str) -> (tempfile::TempDir, std::path::PathBuf, serde_json::Value) {
+    let tmp = common::tempdir();
+    let yaml = tmp.path().join("bench.yaml");
+    std::fs::write(&yaml, text).unwrap();
+    let run = tmp.path().join("run");
+    common::assert_bench_ok(&common::bench(&[
+        "--data-dir",
+        common::shared_datasets().to_str().unwrap(),
+        "run",
+        yaml.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]));
+    let r =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    (tmp, run, r)
+}
+
 #[test]
 fn a_wall_clock_budget_with_timed_validation_runs_as_shipped() {
     // The shipped benchmarks' form: `budget: {minutes}` and
     // `validate_every_minutes`, here 6 s of training validated every 1.2 s.
-    let tmp = common::tempdir();
-    let yaml = tmp.path().join("clock.yaml");
-    std::fs::write(
-        &yaml,
+    let t = std::time::Instant::now();
+    let (_tmp, run, r) = run_yaml(
         "name: clock
 dataset: omniglot
 episode: {ways: 5, shots: 1, queries: 5}
@@ -331,21 +349,8 @@ learner: {hidden: 8}
 algorithms:
   - {algorithm: reptile, inner_iters: 2, eval_inner_iters: 2}
 ",
-    )
-    .unwrap();
-    let run = tmp.path().join("run");
-    let t = std::time::Instant::now();
-    common::assert_bench_ok(&common::bench(&[
-        "--data-dir",
-        common::shared_datasets().to_str().unwrap(),
-        "run",
-        yaml.to_str().unwrap(),
-        "--run-dir",
-        run.to_str().unwrap(),
-    ]));
+    );
     let wall = t.elapsed().as_secs_f64();
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let row = &r["results"][0];
     let secs = row["train_seconds"].as_f64().unwrap();
     let steps = row["meta_steps"].as_u64().unwrap();
@@ -385,10 +390,7 @@ fn every_algorithm_takes_real_meta_steps_on_mini_imagenet() {
     // A few real meta-steps of each algorithm (second-order MAML included)
     // on real mini-ImageNet through the binary, with small episodes and
     // meta-batches so that it takes about a minute.
-    let tmp = common::tempdir();
-    let yaml = tmp.path().join("mini.yaml");
-    std::fs::write(
-        &yaml,
+    let (_tmp, run, r) = run_yaml(
         "name: mini-steps
 dataset: mini-imagenet
 episode: {ways: 5, shots: 1, queries: 2}
@@ -402,19 +404,7 @@ algorithms:
   - {algorithm: reptile, meta_batch: 2, inner_iters: 3, eval_inner_iters: 3}
   - {algorithm: meta-lstm}
 ",
-    )
-    .unwrap();
-    let run = tmp.path().join("run");
-    common::assert_bench_ok(&common::bench(&[
-        "--data-dir",
-        common::shared_datasets().to_str().unwrap(),
-        "run",
-        yaml.to_str().unwrap(),
-        "--run-dir",
-        run.to_str().unwrap(),
-    ]));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    );
     let rows = r["results"].as_array().unwrap();
     let labels: Vec<&str> = rows.iter().map(|x| x["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["maml", "fomaml", "reptile", "meta-lstm"]);

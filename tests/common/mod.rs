@@ -272,15 +272,7 @@ pub fn both_stats(transductive: bool) -> fewshot::norm::NormProtocol {
 /// A tensor's values as float64 bit patterns (exact comparisons of
 /// checkpoints).
 pub fn bits(t: &candle_core::Tensor) -> Vec<u64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(candle_core::DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
+    values(t).iter().map(|x| x.to_bits()).collect()
 }
 
 /// Check the float64 gradient `g` of `f` at `p` against central differences
@@ -322,4 +314,29 @@ pub fn check_gradient_fd(
         }
     }
     checked
+}
+
+/// A tensor's values in float64.
+pub fn values(t: &candle_core::Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+/// Largest |a - b| over paired lists of tensors, relative to the largest
+/// |a| (the fused kernels against the composed path).
+pub fn max_rel_diff(a: &[candle_core::Tensor], b: &[candle_core::Tensor]) -> f64 {
+    let (mut d, mut s) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (values(x), values(y));
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(&y) {
+            d = d.max((p - q).abs());
+            s = s.max(p.abs());
+        }
+    }
+    d / s.max(1e-30)
 }

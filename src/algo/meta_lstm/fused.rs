@@ -247,7 +247,7 @@ impl<T: Float> Unroll<T> {
             .zip(grad.par_chunks(CHUNK))
             .for_each(|((blk, theta), g)| {
                 let t = match gates {
-                    Gates::Learned => block_step(blk, w, theta, g, la, lb, p, keep),
+                    Gates::Learned => block_step(blk, w, theta, g, StepIn { la, lb, p, keep }),
                     Gates::Fixed { forget, input } => {
                         let (fo, inp) = (T::of(forget), T::of(input));
                         let tape = keep.then(|| Tape {
@@ -324,6 +324,16 @@ impl<T: Float> Unroll<T> {
     }
 }
 
+/// What every block's step shares: the preprocessed loss pair, the
+/// preprocessing constant p, and whether the tape is kept.
+#[derive(Debug, Clone, Copy)]
+struct StepIn<T> {
+    la: T,
+    lb: T,
+    p: f64,
+    keep: bool,
+}
+
 /// Whether this CPU runs the AVX2 builds of the kernels (checked once).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
@@ -333,39 +343,31 @@ fn has_avx2() -> bool {
 
 /// [`block_step_body`] compiled for AVX2 when the CPU has it (8-wide
 /// vectors; the default build targets baseline x86-64).
-#[allow(clippy::too_many_arguments)]
 fn block_step<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     theta: &mut [T],
     grad: &[T],
-    la: T,
-    lb: T,
-    p: f64,
-    keep: bool,
+    s: StepIn<T>,
 ) -> Option<Tape<T>> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { block_step_avx2(blk, w, theta, grad, la, lb, p, keep) };
+        return unsafe { block_step_avx2(blk, w, theta, grad, s) };
     }
-    block_step_body(blk, w, theta, grad, la, lb, p, keep)
+    block_step_body(blk, w, theta, grad, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_step_avx2<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     theta: &mut [T],
     grad: &[T],
-    la: T,
-    lb: T,
-    p: f64,
-    keep: bool,
+    s: StepIn<T>,
 ) -> Option<Tape<T>> {
-    block_step_body(blk, w, theta, grad, la, lb, p, keep)
+    block_step_body(blk, w, theta, grad, s)
 }
 
 /// [`block_backward_body`], compiled for AVX2 when the CPU has it.
@@ -400,18 +402,15 @@ unsafe fn block_backward_avx2<T: Float>(
 
 /// Forward of one step on one block (learned gates). Updates θ in place
 /// and the block's recurrent state; returns the tape entry if kept.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn block_step_body<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     theta: &mut [T],
     grad: &[T],
-    la: T,
-    lb: T,
-    p: f64,
-    keep: bool,
+    s: StepIn<T>,
 ) -> Option<Tape<T>> {
+    let StepIn { la, lb, p, keep } = s;
     let len = blk.len;
     // The tape entry's buffers are recycled (no allocation, no page
     // faults): each is cleared and refilled.

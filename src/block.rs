@@ -4,13 +4,18 @@
 //!
 //! The composed path ([`crate::ops`]) runs about ten candle ops per block,
 //! each a pass over memory with a fresh allocation, and candle's autograd
-//! keeps every intermediate. Here the forward is one im2col, one GEMM (the
-//! `gemm` crate) and one pass per channel for the statistics, the
-//! normalisation and the ReLU (and one for the pool); the backward is the
-//! chain rule written out below with two GEMMs, and it skips the input
-//! gradient of the first block (the images), which nobody asks for. What
-//! the backward needs (the patches, the normalised values, 1/sigma, the
-//! pool's arg-max) is kept from the forward in the op itself.
+//! keeps every intermediate. Here the work goes in chunks of whole images
+//! (about [`CHUNK_COLS`] output positions, so a chunk's patches stay in
+//! cache), in parallel over chunks: per chunk one im2col and one GEMM (the
+//! `gemm` crate) and the chunk's batch-norm moments; then one pass per
+//! channel normalises, applies the ReLU and pools. The backward is the
+//! chain rule written out below, chunk by chunk again: it recomputes the
+//! chunk's patches instead of keeping them, forms the chunk's dy, and runs
+//! two GEMMs (weights; input, skipped for the first block, whose input is
+//! the images). The op keeps only the normalised values, 1/sigma and the
+//! pool's arg-max. Chunks depend on the shapes only, and per-chunk partial
+//! sums are combined in chunk order, so results do not depend on the
+//! thread count.
 //!
 //! Layout: channel-major `[C, B, H, W]` as in [`crate::ops`]; the block's
 //! parameters come packed in one vector `[w (O*C*9), b (O), gamma (O),
@@ -33,17 +38,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{matmul, sum8, BnStats, Im2Col, Mat};
+use crate::ops::{matmul, matmul_raw, sum8, BnStats, Im2Col, Mat};
+
+/// Output positions per chunk of whole images (at least one image).
+pub const CHUNK_COLS: usize = 512;
 
 /// What the backward keeps from the forward.
 #[derive(Debug)]
 struct Saved<T> {
-    cols: Vec<T>,
+    /// The normalised pre-activations `[O, B*Ho*Wo]`.
     xhat: Vec<T>,
-    act: Vec<T>,
     rstd: Vec<T>,
     mean: Vec<T>,
     var: Vec<T>,
@@ -76,6 +83,33 @@ trait Num:
 impl Num for f32 {}
 impl Num for f64 {}
 
+/// The batch-norm output before the ReLU; the forward's ReLU and the
+/// backward's mask both come from this one expression, so they agree
+/// bit for bit.
+#[inline(always)]
+fn pre<T: Num>(gamma: T, beta: T, xhat: T) -> T {
+    gamma * xhat + beta
+}
+
+/// A pointer that threads may share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct Disjoint<T>(*mut T);
+// SAFETY: only used to hand disjoint ranges to rayon's threads (each user
+// states which range it owns).
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// # Safety
+    /// `start..start + len` lies in the buffer, and no other thread
+    /// touches it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// Geometry of one application.
 #[derive(Debug, Clone, Copy)]
 struct Geo {
@@ -90,6 +124,18 @@ struct Geo {
 }
 
 impl Geo {
+    fn new(c: usize, n: usize, h: usize, w: usize, o: usize, stride: usize) -> Geo {
+        Geo {
+            c,
+            n,
+            h,
+            w,
+            o,
+            ho: (h - 1) / stride + 1,
+            wo: (w - 1) / stride + 1,
+            stride,
+        }
+    }
     fn im2col(&self) -> Im2Col {
         Im2Col {
             c: self.c,
@@ -102,12 +148,38 @@ impl Geo {
     fn k(&self) -> usize {
         self.c * 9
     }
+    fn plane(&self) -> usize {
+        self.ho * self.wo
+    }
     fn p(&self) -> usize {
-        self.n * self.ho * self.wo
+        self.n * self.plane()
     }
     fn pooled(&self) -> (usize, usize) {
         (self.ho / 2, self.wo / 2)
     }
+    /// The chunks `(first image, images)`: a function of the shapes only.
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        let per = (CHUNK_COLS / self.plane()).clamp(1, self.n);
+        (0..self.n)
+            .step_by(per)
+            .map(|b0| (b0, per.min(self.n - b0)))
+            .collect()
+    }
+}
+
+/// Per-thread buffers of the backward, reused from chunk to chunk.
+#[derive(Default)]
+struct Scratch<T> {
+    dy: Vec<T>,
+    cols: Vec<T>,
+    gplane: Vec<T>,
+}
+
+/// Mean and sum of squared deviations of `v`, in two passes.
+fn moments<T: Num>(v: &[T]) -> (T, T) {
+    let n = T::from(v.len()).unwrap_or_else(T::one);
+    let m = sum8(v.len(), |i| v[i]) / n;
+    (m, sum8(v.len(), |i| (v[i] - m) * (v[i] - m)))
 }
 
 impl ConvBnRelu {
@@ -155,80 +227,120 @@ impl ConvBnRelu {
         Ok((out, BnStats { mean, var, count }))
     }
 
-    fn geo(&self, lx: &Layout, lp: &Layout) -> Result<Geo> {
-        let (c, n, h, w) = lx.shape().dims4()?;
-        let len = lp.shape().elem_count();
+    fn geo(&self, shape: &Shape, len: usize) -> Result<Geo> {
+        let (c, n, h, w) = shape.dims4()?;
         // len = o*c*9 + 3o
         let o = len / (c * 9 + 3);
-        if o * (c * 9 + 3) != len {
+        if o == 0 || o * (c * 9 + 3) != len {
             candle_core::bail!(
                 "fused block: {len} packed parameters do not fit {c} input channels"
             );
         }
-        Ok(Geo {
-            c,
-            n,
-            h,
-            w,
-            o,
-            ho: (h - 1) / self.stride + 1,
-            wo: (w - 1) / self.stride + 1,
-            stride: self.stride,
-        })
+        Ok(Geo::new(c, n, h, w, o, self.stride))
     }
 
     fn forward<T: Num>(&self, g: Geo, x: &[T], prm: &[T]) -> (Vec<T>, Saved<T>) {
-        let (k, p, o) = (g.k(), g.p(), g.o);
-        let cols = g.im2col().fwd(x);
+        let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
         let (wt, rest) = prm.split_at(o * k);
         let (bias, rest) = rest.split_at(o);
         let (gamma, beta) = rest.split_at(o);
+        let chunks = g.chunks();
+        // y = w * patches, without the bias (batch norm removes it; it
+        // only shifts the mean reported below).
         let mut y = vec![T::zero(); o * p];
-        let rm = |data, cols| Mat {
-            data,
-            rs: cols,
-            cs: 1,
-        };
-        matmul(o, p, k, &mut y, false, rm(wt, k), rm(&cols[..], p), true);
+        let yp = Disjoint(y.as_mut_ptr());
+        let parts: Vec<Vec<(T, T)>> = chunks
+            .par_iter()
+            .map_init(Vec::new, |cols, &(b0, nb)| {
+                let pc = nb * plane;
+                // Fully written by fill_chunk: resizing zeroes only growth.
+                cols.resize(k * pc, T::zero());
+                g.im2col().fill_chunk(x, b0, cols);
+                let rm = |data, cols| Mat {
+                    data,
+                    rs: cols,
+                    cs: 1,
+                };
+                // SAFETY: this chunk owns columns b0*plane..+pc of every row
+                // of y (chunks are disjoint).
+                unsafe {
+                    matmul_raw(
+                        o,
+                        pc,
+                        k,
+                        yp.0.add(b0 * plane),
+                        p,
+                        false,
+                        rm(wt, k),
+                        rm(&cols[..k * pc], pc),
+                        false,
+                    )
+                };
+                (0..o)
+                    // SAFETY: the same columns, now read back by their owner.
+                    .map(|c| moments(unsafe { yp.slice(c * p + b0 * plane, pc) }))
+                    .collect()
+            })
+            .collect();
+        // Combine the chunks' moments in chunk order (Chan et al.).
         let eps = T::from(self.eps).unwrap_or_else(T::zero);
-        let pf = T::from(p).unwrap_or_else(T::one);
-        let mut act = vec![T::zero(); o * p];
-        let mut rstd = vec![T::zero(); o];
         let mut mean = vec![T::zero(); o];
-        let mut var = vec![T::zero(); o];
+        let mut m2 = vec![T::zero(); o];
+        let mut count = T::zero();
+        for (&(_, nb), part) in chunks.iter().zip(&parts) {
+            let nc = T::from(nb * plane).unwrap_or_else(T::one);
+            let total = count + nc;
+            for (c, &(mc, m2c)) in part.iter().enumerate() {
+                let delta = mc - mean[c];
+                mean[c] = mean[c] + delta * nc / total;
+                m2[c] = m2[c] + m2c + delta * delta * count * nc / total;
+            }
+            count = total;
+        }
+        let var: Vec<T> = m2.iter().map(|&v| v / count).collect();
+        let rstd: Vec<T> = var.iter().map(|&v| T::one() / (v + eps).sqrt()).collect();
+        let (hp, wp) = g.pooled();
+        let out_plane = if self.pool { hp * wp } else { plane };
+        let mut out = vec![T::zero(); o * g.n * out_plane];
+        // One arg-max plane per channel (a placeholder byte without pool).
+        let arg_plane = if self.pool { g.n * hp * wp } else { 0 }.max(1);
+        let mut argmax = vec![0u8; o * arg_plane];
         y.par_chunks_mut(p)
-            .zip(act.par_chunks_mut(p))
-            .zip(
-                rstd.par_iter_mut()
-                    .zip(mean.par_iter_mut().zip(var.par_iter_mut())),
-            )
+            .zip(out.par_chunks_mut(g.n * out_plane))
+            .zip(argmax.par_chunks_mut(arg_plane))
             .enumerate()
-            .for_each(|(c, ((yr, ar), (rs, (mu, va))))| {
+            .for_each(|(c, ((yr, or), ar))| {
+                let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
                 for v in yr.iter_mut() {
-                    *v += bias[c];
-                }
-                let m = sum8(yr.len(), |i| yr[i]) / pf;
-                let vr = sum8(yr.len(), |i| (yr[i] - m) * (yr[i] - m)) / pf;
-                let r = T::one() / (vr + eps).sqrt();
-                let (gc, bc) = (gamma[c], beta[c]);
-                for (v, a) in yr.iter_mut().zip(ar.iter_mut()) {
                     *v = (*v - m) * r; // now xhat
-                    let z = gc * *v + bc;
-                    *a = if z > T::zero() { z } else { T::zero() };
                 }
-                *rs = r;
-                *mu = m;
-                *va = vr;
+                if !self.pool {
+                    for (a, &v) in or.iter_mut().zip(yr.iter()) {
+                        let z = pre(gc, bc, v);
+                        *a = if z > T::zero() { z } else { T::zero() };
+                    }
+                    return;
+                }
+                for b in 0..g.n {
+                    let src = &yr[b * plane..(b + 1) * plane];
+                    let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
+                    let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
+                    pool_plane(g, src, dst, arg, |v| {
+                        let z = pre(gc, bc, v);
+                        if z > T::zero() {
+                            z
+                        } else {
+                            T::zero()
+                        }
+                    });
+                }
             });
-        let (out, argmax) = if self.pool {
-            pool_fwd(g, &act)
-        } else {
-            (act.clone(), vec![])
-        };
+        if !self.pool {
+            argmax = Vec::new();
+        }
+        let mean = mean.iter().zip(bias).map(|(&m, &b)| m + b).collect();
         let saved = Saved {
-            cols,
             xhat: y,
-            act,
             rstd,
             mean,
             var,
@@ -240,122 +352,215 @@ impl ConvBnRelu {
     fn backward<T: Num>(
         &self,
         g: Geo,
+        x: &[T],
         prm: &[T],
         s: &Saved<T>,
         grad: &[T],
     ) -> (Option<Vec<T>>, Vec<T>) {
-        let (k, p, o) = (g.k(), g.p(), g.o);
+        let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
         let (wt, rest) = prm.split_at(o * k);
-        let gamma = &rest[o..2 * o];
-        // dL/da, then masked by the ReLU.
-        let mut da = if self.pool {
-            pool_bwd(g, grad, &s.argmax)
-        } else {
-            grad.to_vec()
-        };
-        let mut dgamma = vec![T::zero(); o];
-        let mut dbeta = vec![T::zero(); o];
+        let (gamma, beta) = (&rest[o..2 * o], &rest[2 * o..3 * o]);
+        let (hp, wp) = g.pooled();
         let pf = T::from(p).unwrap_or_else(T::one);
-        da.par_chunks_mut(p)
-            .zip(dgamma.par_iter_mut().zip(dbeta.par_iter_mut()))
-            .enumerate()
-            .for_each(|(c, (dr, (dg, db)))| {
+        // g = dL/da masked by the ReLU; dbeta = sum g, dgamma = sum g xhat.
+        let sums: Vec<(T, T)> = (0..o)
+            .into_par_iter()
+            .map(|c| {
                 let xr = &s.xhat[c * p..(c + 1) * p];
-                let ar = &s.act[c * p..(c + 1) * p];
-                for (d, a) in dr.iter_mut().zip(ar) {
-                    if *a <= T::zero() {
-                        *d = T::zero();
+                let (gc, bc) = (gamma[c], beta[c]);
+                let on = |v: T| pre(gc, bc, v) > T::zero();
+                if self.pool {
+                    let q = g.n * hp * wp;
+                    let gr = &grad[c * q..(c + 1) * q];
+                    let ar = &s.argmax[c * q..(c + 1) * q];
+                    let (mut sg, mut sgx) = (T::zero(), T::zero());
+                    for (i, (&gv, &a)) in gr.iter().zip(ar).enumerate() {
+                        let b = i / (hp * wp);
+                        let xv = xr[b * plane + pool_source(g, i % (hp * wp), a)];
+                        if on(xv) {
+                            sg += gv;
+                            sgx += gv * xv;
+                        }
+                    }
+                    (sg, sgx)
+                } else {
+                    masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
+                }
+            })
+            .collect();
+        // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
+        // then dw = dy cols^T, db = sum dy, dcols = w^T dy -> dx.
+        let scale: Vec<T> = (0..o).map(|c| gamma[c] * s.rstd[c] / pf).collect();
+        let mut dx = self.need_dx.then(|| vec![T::zero(); g.c * g.n * g.h * g.w]);
+        let dxp = dx.as_mut().map(|v| Disjoint(v.as_mut_ptr()));
+        let chunks = g.chunks();
+        let parts: Vec<(Vec<T>, Vec<T>)> = chunks
+            .par_iter()
+            .map_init(Scratch::default, |scratch, &(b0, nb)| {
+                let pc = nb * plane;
+                // All three fully written below: resizing zeroes only growth.
+                let Scratch { dy, cols, gplane } = scratch;
+                dy.resize(o * pc, T::zero());
+                cols.resize(k * pc, T::zero());
+                gplane.resize(plane, T::zero());
+                let mut db = vec![T::zero(); o];
+                for c in 0..o {
+                    let (gc, bc) = (gamma[c], beta[c]);
+                    let (sg, sgx) = sums[c];
+                    let sc = scale[c];
+                    for bi in 0..nb {
+                        let b = b0 + bi;
+                        let at = c * p + b * plane;
+                        let xr = &s.xhat[at..at + plane];
+                        if self.pool {
+                            gplane.fill(T::zero());
+                            let q0 = (c * g.n + b) * hp * wp;
+                            for i in 0..hp * wp {
+                                let src = pool_source(g, i, s.argmax[q0 + i]);
+                                if pre(gc, bc, xr[src]) > T::zero() {
+                                    gplane[src] = grad[q0 + i];
+                                }
+                            }
+                        } else {
+                            for (gv, (&d, &xv)) in
+                                gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
+                            {
+                                *gv = if pre(gc, bc, xv) > T::zero() {
+                                    d
+                                } else {
+                                    T::zero()
+                                };
+                            }
+                        }
+                        let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
+                        for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
+                            *d = sc * (pf * gv - sg - xv * sgx);
+                        }
+                    }
+                    let row = &dy[c * pc..(c + 1) * pc];
+                    db[c] = sum8(pc, |i| row[i]);
+                }
+                g.im2col().fill_chunk(x, b0, cols);
+                let dym = Mat {
+                    data: &dy[..],
+                    rs: pc,
+                    cs: 1,
+                };
+                let mut dw = vec![T::zero(); o * k];
+                // dw = dy cols^T
+                let cols_t = Mat {
+                    data: &cols[..],
+                    rs: 1,
+                    cs: pc,
+                };
+                matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
+                if let Some(dxp) = dxp {
+                    // dcols = w^T dy, reusing the patch buffer.
+                    let w_t = Mat {
+                        data: wt,
+                        rs: 1,
+                        cs: k,
+                    };
+                    matmul(k, pc, o, cols, false, w_t, dym, false);
+                    let im = g.im2col();
+                    let chw = g.n * g.h * g.w;
+                    for ci in 0..g.c {
+                        // SAFETY: this chunk owns images b0..b0+nb of every
+                        // channel of dx (chunks are disjoint).
+                        let img = unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
+                        for tap in 0..9 {
+                            let r = ci * 9 + tap;
+                            im.add_row(&cols[r * pc..(r + 1) * pc], tap, img);
+                        }
                     }
                 }
-                let sg = sum8(p, |i| dr[i]);
-                let sgx = sum8(p, |i| dr[i] * xr[i]);
-                // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma)
-                let scale = gamma[c] * s.rstd[c] / pf;
-                for (d, x) in dr.iter_mut().zip(xr) {
-                    *d = scale * (pf * *d - sg - *x * sgx);
-                }
-                *dg = sgx;
-                *db = sg;
-            });
-        let dy = da;
-        let mut dw = vec![T::zero(); o * k];
-        let dym = Mat {
-            data: &dy[..],
-            rs: p,
-            cs: 1,
-        };
-        // dw = dy cols^T
-        let cols_t = Mat {
-            data: &s.cols[..],
-            rs: 1,
-            cs: p,
-        };
-        matmul(o, k, p, &mut dw, false, dym, cols_t, true);
-        let dbias: Vec<T> = dy.par_chunks(p).map(|r| sum8(p, |i| r[i])).collect();
-        let dx = self.need_dx.then(|| {
-            let mut dcols = vec![T::zero(); k * p];
-            // dcols = w^T dy
-            let w_t = Mat {
-                data: wt,
-                rs: 1,
-                cs: k,
-            };
-            matmul(k, p, o, &mut dcols, false, w_t, dym, true);
-            g.im2col().adjoint(&dcols)
-        });
-        let mut dprm = dw;
-        dprm.extend_from_slice(&dbias);
-        dprm.extend_from_slice(&dgamma);
-        dprm.extend_from_slice(&dbeta);
+                (dw, db)
+            })
+            .collect();
+        // Reduce in chunk order.
+        let mut dprm = vec![T::zero(); o * k + 3 * o];
+        for (dw, db) in &parts {
+            for (a, &v) in dprm[..o * k].iter_mut().zip(dw) {
+                *a += v;
+            }
+            for (a, &v) in dprm[o * k..o * k + o].iter_mut().zip(db) {
+                *a += v;
+            }
+        }
+        for (c, &(sg, sgx)) in sums.iter().enumerate() {
+            dprm[o * k + o + c] = sgx;
+            dprm[o * k + 2 * o + c] = sg;
+        }
         (dx, dprm)
     }
 }
 
-/// 2x2 max pool, stride 2, floor, on `[O, B, Ho, Wo]`; the arg-max is the
-/// first maximum in row-major window order (as PyTorch).
-fn pool_fwd<T: Num>(g: Geo, a: &[T]) -> (Vec<T>, Vec<u8>) {
-    let (hp, wp) = g.pooled();
-    let planes = g.o * g.n;
-    let mut out = vec![T::zero(); planes * hp * wp];
-    let mut arg = vec![0u8; planes * hp * wp];
-    out.par_chunks_mut(hp * wp)
-        .zip(arg.par_chunks_mut(hp * wp))
-        .enumerate()
-        .for_each(|(pl, (or, ar))| {
-            let src = &a[pl * g.ho * g.wo..(pl + 1) * g.ho * g.wo];
-            for i in 0..hp {
-                for j in 0..wp {
-                    let mut best = src[2 * i * g.wo + 2 * j];
-                    let mut at = 0u8;
-                    for (q, (di, dj)) in [(0, 1), (1, 0), (1, 1)].iter().enumerate() {
-                        let v = src[(2 * i + di) * g.wo + 2 * j + dj];
-                        if v > best {
-                            best = v;
-                            at = q as u8 + 1;
-                        }
-                    }
-                    or[i * wp + j] = best;
-                    ar[i * wp + j] = at;
-                }
-            }
-        });
-    (out, arg)
+/// `(sum g, sum g xhat)` with `g` the gradient where the ReLU passed it,
+/// in eight lanes (vectorisable; the same order on every run).
+fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
+    let mut sg = [T::zero(); 8];
+    let mut sgx = [T::zero(); 8];
+    let (gc, xc) = (grad.chunks_exact(8), xhat.chunks_exact(8));
+    let (gt, xt) = (gc.remainder(), xc.remainder());
+    for (g8, x8) in gc.zip(xc) {
+        for l in 0..8 {
+            let gm = if pre(gamma, beta, x8[l]) > T::zero() {
+                g8[l]
+            } else {
+                T::zero()
+            };
+            sg[l] += gm;
+            sgx[l] += gm * x8[l];
+        }
+    }
+    let fold = |a: [T; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    let (mut g, mut gx) = (fold(sg), fold(sgx));
+    for (&gv, &xv) in gt.iter().zip(xt) {
+        if pre(gamma, beta, xv) > T::zero() {
+            g += gv;
+            gx += gv * xv;
+        }
+    }
+    (g, gx)
 }
 
-fn pool_bwd<T: Num>(g: Geo, grad: &[T], arg: &[u8]) -> Vec<T> {
+/// Position inside the `[Ho, Wo]` plane of pooled output `i` of its
+/// `[Ho/2, Wo/2]` plane, whose window arg-max is `a`.
+#[inline(always)]
+fn pool_source(g: Geo, i: usize, a: u8) -> usize {
+    let wp = g.wo / 2;
+    let (pi, pj) = (i / wp, i % wp);
+    let a = a as usize;
+    (2 * pi + a / 2) * g.wo + 2 * pj + a % 2
+}
+
+/// 2x2 max pool, stride 2, floor, of `act(src)` for one `[Ho, Wo]` plane;
+/// the arg-max is the first maximum in row-major window order (as
+/// PyTorch).
+fn pool_plane<T: Num>(g: Geo, src: &[T], dst: &mut [T], arg: &mut [u8], act: impl Fn(T) -> T) {
     let (hp, wp) = g.pooled();
-    let mut da = vec![T::zero(); g.o * g.n * g.ho * g.wo];
-    da.par_chunks_mut(g.ho * g.wo)
-        .enumerate()
-        .for_each(|(pl, dr)| {
-            for i in 0..hp {
-                for j in 0..wp {
-                    let q = arg[pl * hp * wp + i * wp + j] as usize;
-                    dr[(2 * i + q / 2) * g.wo + 2 * j + q % 2] = grad[pl * hp * wp + i * wp + j];
+    for i in 0..hp {
+        let r0 = &src[2 * i * g.wo..(2 * i + 1) * g.wo];
+        let r1 = &src[(2 * i + 1) * g.wo..(2 * i + 2) * g.wo];
+        for j in 0..wp {
+            let v = [
+                act(r0[2 * j]),
+                act(r0[2 * j + 1]),
+                act(r1[2 * j]),
+                act(r1[2 * j + 1]),
+            ];
+            let mut best = v[0];
+            let mut at = 0u8;
+            for (q, &x) in v.iter().enumerate().skip(1) {
+                if x > best {
+                    best = x;
+                    at = q as u8;
                 }
             }
-        });
-    da
+            dst[i * wp + j] = best;
+            arg[i * wp + j] = at;
+        }
+    }
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
@@ -377,7 +582,7 @@ impl CustomOp2 for ConvBnRelu {
         sp: &CpuStorage,
         lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geo(lx, lp)?;
+        let g = self.geo(lx.shape(), lp.shape().elem_count())?;
         let (out, cache) = match (sx, sp) {
             (CpuStorage::F32(x), CpuStorage::F32(p)) => {
                 let (o, s) = self.forward(g, slice(x, lx)?, slice(p, lp)?);
@@ -401,27 +606,19 @@ impl CustomOp2 for ConvBnRelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (c, n, h, w) = x.dims4()?;
         let len = prm.elem_count();
-        let o = len / (c * 9 + 3);
-        let g = Geo {
-            c,
-            n,
-            h,
-            w,
-            o,
-            ho: (h - 1) / self.stride + 1,
-            wo: (w - 1) / self.stride + 1,
-            stride: self.stride,
-        };
+        let g = self.geo(x.shape(), len)?;
+        let (c, n, h, w) = (g.c, g.n, g.h, g.w);
         let grad = grad.contiguous()?;
         let guard = self.cache.lock().expect("block cache");
         let dev = x.device();
+        // The input, read in place (the op was applied to a contiguous x).
+        let (xs, xl) = x.storage_and_layout();
         macro_rules! run {
-            ($t:ty, $s:expr) => {{
+            ($t:ty, $s:expr, $xv:expr) => {{
                 let pv = prm.flatten_all()?.to_vec1::<$t>()?;
                 let gv = grad.flatten_all()?.to_vec1::<$t>()?;
-                let (dx, dp) = self.backward(g, &pv, $s, &gv);
+                let (dx, dp) = self.backward(g, slice($xv, xl)?, &pv, $s, &gv);
                 let dx = match dx {
                     Some(v) => Some(Tensor::from_vec(v, (c, n, h, w), dev)?),
                     None => None,
@@ -429,10 +626,13 @@ impl CustomOp2 for ConvBnRelu {
                 (dx, Some(Tensor::from_vec(dp, len, dev)?))
             }};
         }
-        Ok(match guard.as_ref() {
-            Some(Cache::F32(s)) => run!(f32, s),
-            Some(Cache::F64(s)) => run!(f64, s),
-            None => candle_core::bail!("fused block: backward without a forward"),
+        Ok(match (guard.as_ref(), &*xs) {
+            (Some(Cache::F32(s)), Storage::Cpu(CpuStorage::F32(xv))) => run!(f32, s, xv),
+            (Some(Cache::F64(s)), Storage::Cpu(CpuStorage::F64(xv))) => run!(f64, s, xv),
+            (None, _) => candle_core::bail!("fused block: backward without a forward"),
+            _ => candle_core::bail!(
+                "fused block: the input is not on the CPU in the forward's dtype"
+            ),
         })
     }
 }

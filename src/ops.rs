@@ -45,24 +45,51 @@ pub(crate) fn matmul<T: num_traits::Float + 'static>(
     rhs: Mat<T>,
     par: bool,
 ) {
+    assert!(dst.len() >= m * n && m > 0 && n > 0);
+    // SAFETY: dst holds m rows of n (asserted); it is borrowed mutably, so
+    // nothing else reads or writes it meanwhile.
+    unsafe { matmul_raw(m, n, k, dst.as_mut_ptr(), n, acc, lhs, rhs, par) }
+}
+
+/// [`matmul`] into an `m×n` block of a larger row-major matrix: row `r`
+/// of the block starts at `dst + r * dst_rs`. For kernels whose threads
+/// fill disjoint column ranges of one matrix.
+///
+/// # Safety
+/// `dst + r * dst_rs + c` must be valid for writes (and reads when `acc`)
+/// for every `r < m`, `c < n`, and no other thread may touch those
+/// elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_raw<T: num_traits::Float + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    par: bool,
+) {
     let last = |v: &Mat<T>, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
-    assert!(dst.len() >= m * n && m > 0 && n > 0 && k > 0);
+    assert!(m > 0 && n > 0 && k > 0 && dst_rs >= n);
     assert!(last(&lhs, m, k) < lhs.data.len() && last(&rhs, k, n) < rhs.data.len());
     let parallelism = if par {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every index the product reads or writes is within the slices
-    // (asserted above); dst (&mut) aliases neither operand (&).
+    // SAFETY: every operand index the product reads is within the slices
+    // (asserted above); the destination is the caller's promise; dst
+    // aliases neither operand (they are shared borrows).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -187,42 +214,114 @@ impl Im2Col {
         )
     }
 
-    /// For output column `j` (within one image) and tap `dx`, the input
-    /// column or None (padding).
+    /// The output indices `lo..hi` (along one axis of `len` inputs and
+    /// `out` outputs) whose input `stride * j + d - 1` lies inside the
+    /// image; the others read the zero padding.
     #[inline]
-    fn src(&self, i: usize, d: usize, len: usize) -> Option<usize> {
-        let v = (self.stride * i + d) as isize - 1;
-        (v >= 0 && (v as usize) < len).then_some(v as usize)
+    fn inside(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
+        let lo = usize::from(d == 0);
+        let hi = if len >= d {
+            ((len - d) / self.stride + 1).min(out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Fill one row of patches: tap `tap` (`dy * 3 + dx`) of one channel
+    /// `x_c` (`[n, h, w]`) for images `b0..b0 + nb`, `row` of length
+    /// `nb * ho * wo`. Every element is written (padding as zero).
+    pub(crate) fn fill_row<T: Copy + Default>(
+        &self,
+        x_c: &[T],
+        tap: usize,
+        b0: usize,
+        row: &mut [T],
+    ) {
+        let (ho, wo) = self.out_hw();
+        let (h, w, s) = (self.h, self.w, self.stride);
+        let (dy, dx) = (tap / 3, tap % 3);
+        let (ilo, ihi) = self.inside(dy, h, ho);
+        let (jlo, jhi) = self.inside(dx, w, wo);
+        let zero = T::default();
+        for (bi, img) in row.chunks_exact_mut(ho * wo).enumerate() {
+            let b = b0 + bi;
+            for (i, d) in img.chunks_exact_mut(wo).enumerate() {
+                if i < ilo || i >= ihi {
+                    d.fill(zero);
+                    continue;
+                }
+                let y = s * i + dy - 1;
+                let src = &x_c[(b * h + y) * w..(b * h + y + 1) * w];
+                d[..jlo].fill(zero);
+                d[jhi..].fill(zero);
+                if s == 1 {
+                    d[jlo..jhi].copy_from_slice(&src[jlo + dx - 1..jhi + dx - 1]);
+                } else if jhi > jlo {
+                    let from = src[s * jlo + dx - 1..].iter().step_by(s);
+                    for (v, x) in d[jlo..jhi].iter_mut().zip(from) {
+                        *v = *x;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Im2Col::fill_row`]: add one row of patch gradients
+    /// into the images `img` (`[nb, h, w]` of one channel).
+    pub(crate) fn add_row<T: Copy + std::ops::AddAssign>(
+        &self,
+        row: &[T],
+        tap: usize,
+        img: &mut [T],
+    ) {
+        let (ho, wo) = self.out_hw();
+        let (h, w, s) = (self.h, self.w, self.stride);
+        let (dy, dx) = (tap / 3, tap % 3);
+        let (ilo, ihi) = self.inside(dy, h, ho);
+        let (jlo, jhi) = self.inside(dx, w, wo);
+        for (bi, src_img) in row.chunks_exact(ho * wo).enumerate() {
+            for i in ilo..ihi {
+                let y = s * i + dy - 1;
+                let dst = &mut img[(bi * h + y) * w..(bi * h + y + 1) * w];
+                let src = &src_img[i * wo..(i + 1) * wo];
+                if s == 1 {
+                    for (d, v) in dst[jlo + dx - 1..jhi + dx - 1]
+                        .iter_mut()
+                        .zip(&src[jlo..jhi])
+                    {
+                        *d += *v;
+                    }
+                } else if jhi > jlo {
+                    let to = dst[s * jlo + dx - 1..].iter_mut().step_by(s);
+                    for (d, v) in to.zip(&src[jlo..jhi]) {
+                        *d += *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
+    /// (`[C, n, H, W]`), into `cols` (fully written).
+    pub(crate) fn fill_chunk<T: Copy + Default>(&self, x: &[T], b0: usize, cols: &mut [T]) {
+        let plane = self.n * self.h * self.w;
+        let len = cols.len() / (self.c * 9);
+        for (r, row) in cols.chunks_exact_mut(len).enumerate() {
+            let ci = r / 9;
+            self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row);
+        }
     }
 
     pub(crate) fn fwd<T: Copy + Default + Send + Sync>(&self, x: &[T]) -> Vec<T> {
         let (ho, wo) = self.out_hw();
-        let (n, h, w) = (self.n, self.h, self.w);
-        let m = n * ho * wo;
+        let m = self.n * ho * wo;
+        let plane = self.n * self.h * self.w;
         let mut out = vec![T::default(); self.c * 9 * m];
-        out.par_chunks_mut(9 * m)
-            .enumerate()
-            .for_each(|(ci, rows)| {
-                let img = &x[ci * n * h * w..(ci + 1) * n * h * w];
-                for k in 0..9 {
-                    let (dy, dx) = (k / 3, k % 3);
-                    let row = &mut rows[k * m..(k + 1) * m];
-                    for b in 0..n {
-                        for i in 0..ho {
-                            let Some(y) = self.src(i, dy, h) else {
-                                continue;
-                            };
-                            let src = &img[(b * h + y) * w..(b * h + y + 1) * w];
-                            let dst = &mut row[(b * ho + i) * wo..(b * ho + i + 1) * wo];
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                if let Some(xx) = self.src(j, dx, w) {
-                                    *d = src[xx];
-                                }
-                            }
-                        }
-                    }
-                }
-            });
+        out.par_chunks_mut(m).enumerate().for_each(|(r, row)| {
+            let ci = r / 9;
+            self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, 0, row);
+        });
         out
     }
 
@@ -237,24 +336,9 @@ impl Im2Col {
         out.par_chunks_mut(n * h * w)
             .enumerate()
             .for_each(|(ci, img)| {
-                let rows = &cols[ci * 9 * m..(ci + 1) * 9 * m];
-                for k in 0..9 {
-                    let (dy, dx) = (k / 3, k % 3);
-                    let row = &rows[k * m..(k + 1) * m];
-                    for b in 0..n {
-                        for i in 0..ho {
-                            let Some(y) = self.src(i, dy, h) else {
-                                continue;
-                            };
-                            let dst = &mut img[(b * h + y) * w..(b * h + y + 1) * w];
-                            let src = &row[(b * ho + i) * wo..(b * ho + i + 1) * wo];
-                            for (j, s) in src.iter().enumerate() {
-                                if let Some(xx) = self.src(j, dx, w) {
-                                    dst[xx] += *s;
-                                }
-                            }
-                        }
-                    }
+                for tap in 0..9 {
+                    let r = ci * 9 + tap;
+                    self.add_row(&cols[r * m..(r + 1) * m], tap, img);
                 }
             });
         out

@@ -172,3 +172,35 @@ fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
         );
     }
 }
+
+#[test]
+fn fused_blocks_do_not_depend_on_the_thread_count() {
+    // Work is split in chunks of whole images fixed by the shapes, and the
+    // chunks' partial sums are combined in chunk order: one thread and
+    // three threads must give the same bits (float32, several chunks per
+    // layer on both forms).
+    for (down, size, hidden, n) in [
+        (Downsample::Stride2, 28, 16, 20),
+        (Downsample::MaxPool, 42, 8, 6),
+    ] {
+        let l = learner(down, size, hidden, Kernels::Fused);
+        let p = l.init(&mut Rng::new(2), &Device::Cpu).unwrap();
+        let (x, y) = data(&l, n, 4, DType::F32);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (logits, _) = l.forward_with(&p, &x, None).unwrap();
+                let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
+                let mut all = common::bits(&logits);
+                for t in &g.tensors {
+                    all.extend(common::bits(t));
+                }
+                all
+            })
+        };
+        assert_eq!(run(1), run(3), "{down:?}");
+    }
+}

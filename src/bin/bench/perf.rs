@@ -150,25 +150,38 @@ pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
         &dev,
     )?;
     let y = Tensor::zeros(batch, DType::U32, &dev)?;
-    let t = Instant::now();
-    for _ in 0..reps {
+    // One warm-up repetition, then the median of `reps` (as
+    // benchmarks/reference/perf_torch.py times PyTorch).
+    let fwd = median_secs(reps, || {
         std::hint::black_box(l.forward(&p, &x)?);
-    }
-    let fwd = t.elapsed().as_secs_f64() / reps as f64;
-    let t = Instant::now();
-    for _ in 0..reps {
+        Ok(())
+    })?;
+    let fb = median_secs(reps, || {
         let vars = p.to_vars()?;
         let pv = Params::from_vars(&p.names, &vars);
         let loss = cross_entropy(&l.forward(&pv, &x)?, &y)?;
         std::hint::black_box(loss.backward()?);
-    }
-    let fb = t.elapsed().as_secs_f64() / reps as f64;
+        Ok(())
+    })?;
     println!(
         "{dataset} learner, batch {batch}: forward {:.1} ms, forward+backward {:.1} ms",
         fwd * 1e3,
         fb * 1e3
     );
     Ok(())
+}
+
+/// Seconds of `f`: one warm-up call, then the median of `reps` calls.
+fn median_secs(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f().map(|()| s.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.

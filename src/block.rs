@@ -292,8 +292,8 @@ impl ConvBnRelu {
             let total = count + nc;
             for (c, &(mc, m2c)) in part.iter().enumerate() {
                 let delta = mc - mean[c];
-                mean[c] = mean[c] + delta * nc / total;
-                m2[c] = m2[c] + m2c + delta * delta * count * nc / total;
+                mean[c] += delta * nc / total;
+                m2[c] += m2c + delta * delta * count * nc / total;
             }
             count = total;
         }

@@ -46,6 +46,9 @@ use crate::ops::{matmul, matmul_raw, sum8, BnStats, Im2Col, Mat};
 /// Output positions per chunk of whole images (at least one image).
 pub const CHUNK_COLS: usize = 512;
 
+/// Fewest chunks per application when the batch allows.
+pub const MIN_CHUNKS: usize = 4;
+
 /// What the backward keeps from the forward.
 #[derive(Debug)]
 struct Saved<T> {
@@ -157,9 +160,14 @@ impl Geo {
     fn pooled(&self) -> (usize, usize) {
         (self.ho / 2, self.wo / 2)
     }
-    /// The chunks `(first image, images)`: a function of the shapes only.
+    /// The chunks `(first image, images)`: about [`CHUNK_COLS`] positions
+    /// each, but at least [`MIN_CHUNKS`] where there are enough images (small
+    /// batches on small maps still use every core). A function of the
+    /// shapes only, never of the thread count.
     fn chunks(&self) -> Vec<(usize, usize)> {
-        let per = (CHUNK_COLS / self.plane()).clamp(1, self.n);
+        let per = (CHUNK_COLS / self.plane())
+            .min(self.n.div_ceil(MIN_CHUNKS))
+            .clamp(1, self.n);
         (0..self.n)
             .step_by(per)
             .map(|b0| (b0, per.min(self.n - b0)))

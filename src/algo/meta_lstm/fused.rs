@@ -15,6 +15,16 @@
 //! Omniglot learner in float32); h_t is recomputed as o_t * tanh(c_t).
 //! Evaluation keeps no tape.
 //!
+//! Gradient checkpointing over steps ([`Unroll::set_segment`], the
+//! `grad_checkpoint_steps` option): instead of the tape, keep per step only
+//! the learner's gradient and loss (the inputs, one value per coordinate)
+//! and, every k steps, the block's recurrent state (h, c, the fed-back
+//! f̃, ĩ and θ: 43 values per coordinate). The backward recomputes each
+//! segment's tape from its saved state, block by block (a segment's tape is
+//! k x 130 values for 256 coordinates, in cache), and runs the same
+//! backward over it: the gradient is bit for bit the full tape's, for one
+//! more forward pass of the meta-learner (the learner is not re-run).
+//!
 //! Equations (module docs of [`super`]; coordinate k, step t):
 //! - x_t = (preprocess(grad_t), preprocess(loss_t))             (4 inputs)
 //! - z_t = W_ih x_t + W_hh h_{t-1} + b;  [i, f, g, o] = [σ, σ, tanh, σ](z_t)
@@ -127,6 +137,18 @@ struct Tape<T> {
     i_in: Vec<T>,
 }
 
+/// A block's recurrent state before a segment's first step (gradient
+/// checkpointing): h, c and the fed-back values after the previous step,
+/// and θ before this one.
+#[derive(Debug)]
+struct Mark<T> {
+    h: Vec<T>,
+    c: Vec<T>,
+    f_prev: Vec<T>,
+    i_prev: Vec<T>,
+    theta: Vec<T>,
+}
+
 /// One block of coordinates: its recurrent state and tape.
 #[derive(Debug)]
 struct Block<T> {
@@ -138,6 +160,10 @@ struct Block<T> {
     tape: Vec<Tape<T>>,
     /// Tape entries of an earlier unroll, their buffers reused.
     spare: Vec<Tape<T>>,
+    /// With gradient checkpointing: the state at each segment's start and
+    /// the learner's gradient at every step (instead of `tape`).
+    marks: Vec<Mark<T>>,
+    grads: Vec<Vec<T>>,
 }
 
 impl<T: Float> Block<T> {
@@ -150,7 +176,26 @@ impl<T: Float> Block<T> {
             i_prev: vec![T::zero(); len],
             tape: vec![],
             spare: vec![],
+            marks: vec![],
+            grads: vec![],
         }
+    }
+
+    fn mark(&self, theta: &[T]) -> Mark<T> {
+        Mark {
+            h: self.h.clone(),
+            c: self.c.clone(),
+            f_prev: self.f_prev.clone(),
+            i_prev: self.i_prev.clone(),
+            theta: theta.to_vec(),
+        }
+    }
+
+    fn restore(&mut self, m: &Mark<T>) {
+        self.h.copy_from_slice(&m.h);
+        self.c.copy_from_slice(&m.c);
+        self.f_prev.copy_from_slice(&m.f_prev);
+        self.i_prev.copy_from_slice(&m.i_prev);
     }
 }
 
@@ -182,6 +227,11 @@ pub struct Unroll<T> {
     /// Keep the tape (meta-training) or not (evaluation).
     keep: bool,
     gates: Gates,
+    /// Gradient checkpointing: keep the state every `segment` steps and
+    /// recompute the tape in the backward (0: keep the whole tape).
+    segment: usize,
+    /// Steps taken, and what every block's step shared at each.
+    inputs: Vec<StepIn<T>>,
 }
 
 impl<T: Float> Unroll<T> {
@@ -196,7 +246,21 @@ impl<T: Float> Unroll<T> {
             blocks,
             keep,
             gates,
+            segment: 0,
+            inputs: vec![],
         }
+    }
+
+    /// Gradient checkpointing for the unrolls that keep a tape (learned
+    /// gates): keep the state every `k` steps and recompute the steps
+    /// between in the backward; 0 keeps the whole tape. Set it before the
+    /// first step (a reset keeps it).
+    pub fn set_segment(&mut self, k: usize) {
+        self.segment = k;
+    }
+
+    fn checkpointed(&self) -> bool {
+        self.keep && self.segment > 0 && self.gates == Gates::Learned
     }
 
     /// Start again from θ_0 (same number of coordinates), keeping the
@@ -217,12 +281,15 @@ impl<T: Float> Unroll<T> {
             b.i_prev.fill(T::zero());
             let used: Vec<Tape<T>> = b.tape.drain(..).collect();
             b.spare.extend(used);
+            b.marks.clear();
+            b.grads.clear();
         }
+        self.inputs.clear();
     }
 
-    /// Steps taken so far (when the tape is kept).
+    /// Steps taken so far.
     pub fn steps(&self) -> usize {
-        self.blocks.first().map(|b| b.tape.len()).unwrap_or(0)
+        self.inputs.len()
     }
 
     /// One update θ_t = F_t θ_{t-1} - I_t grad_t from the learner's
@@ -241,12 +308,24 @@ impl<T: Float> Unroll<T> {
         let (la, lb) = (T::of(la), T::of(lb));
         let keep = self.keep;
         let gates = self.gates;
+        let checkpointed = self.checkpointed();
+        let mark = checkpointed && self.inputs.len() % self.segment.max(1) == 0;
+        self.inputs.push(StepIn { la, lb, p, keep });
         self.blocks
             .par_iter_mut()
             .zip(self.theta.par_chunks_mut(CHUNK))
             .zip(grad.par_chunks(CHUNK))
             .for_each(|((blk, theta), g)| {
                 let t = match gates {
+                    Gates::Learned if checkpointed => {
+                        if mark {
+                            let m = blk.mark(theta);
+                            blk.marks.push(m);
+                        }
+                        blk.grads.push(g.to_vec());
+                        let s = StepIn { la, lb, p, keep: false };
+                        block_step(blk, w, theta, g, s)
+                    }
                     Gates::Learned => block_step(blk, w, theta, g, StepIn { la, lb, p, keep }),
                     Gates::Fixed { forget, input } => {
                         let (fo, inp) = (T::of(forget), T::of(input));
@@ -305,6 +384,7 @@ impl<T: Float> Unroll<T> {
         let n = self.theta.len();
         let mut d_theta0 = vec![T::zero(); n];
         let gates = self.gates;
+        let seg = self.checkpointed().then_some((self.segment, &self.inputs[..]));
         let partial: Vec<Weights<T>> = self
             .blocks
             .par_iter()
@@ -312,7 +392,7 @@ impl<T: Float> Unroll<T> {
             .zip(d_theta_t.par_chunks(CHUNK))
             .map(|((blk, d0), dt)| {
                 let mut gw = Weights::zeros();
-                block_backward(blk, w, gates, dt, d0, &mut gw);
+                block_backward(blk, w, gates, seg, dt, d0, &mut gw);
                 gw
             })
             .collect();
@@ -370,11 +450,16 @@ unsafe fn block_step_avx2<T: Float>(
     block_step_body(blk, w, theta, grad, s)
 }
 
+/// With gradient checkpointing: the segment length and every step's
+/// shared inputs.
+type Segments<'a, T> = Option<(usize, &'a [StepIn<T>])>;
+
 /// [`block_backward_body`], compiled for AVX2 when the CPU has it.
 fn block_backward<T: Float>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
+    seg: Segments<T>,
     d_theta_t: &[T],
     d0: &mut [T],
     gw: &mut Weights<T>,
@@ -382,9 +467,9 @@ fn block_backward<T: Float>(
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { block_backward_avx2(blk, w, gates, d_theta_t, d0, gw) };
+        return unsafe { block_backward_avx2(blk, w, gates, seg, d_theta_t, d0, gw) };
     }
-    block_backward_body(blk, w, gates, d_theta_t, d0, gw)
+    block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -393,11 +478,12 @@ unsafe fn block_backward_avx2<T: Float>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
+    seg: Segments<T>,
     d_theta_t: &[T],
     d0: &mut [T],
     gw: &mut Weights<T>,
 ) {
-    block_backward_body(blk, w, gates, d_theta_t, d0, gw)
+    block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw)
 }
 
 /// Forward of one step on one block (learned gates). Updates θ in place
@@ -531,41 +617,117 @@ fn block_step_body<T: Float>(
 }
 
 /// Backward of one block over all steps: accumulates the weights'
-/// gradient into `gw` and writes dL/dθ_0 into `d0`.
+/// gradient into `gw` and writes dL/dθ_0 into `d0`. With `seg`, the tape
+/// of each segment is first recomputed from its mark (last segment first).
 #[inline(always)]
 fn block_backward_body<T: Float>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
+    seg: Segments<T>,
     d_theta_t: &[T],
     d0: &mut [T],
     gw: &mut Weights<T>,
 ) {
     let len = blk.len;
-    let one = T::one();
-    let mut dth = d_theta_t.to_vec();
+    let mut carry = Carry::new(len, d_theta_t);
     if let Gates::Fixed { forget, .. } = gates {
         let fo = T::of(forget);
         for _ in &blk.tape {
-            dth.iter_mut().for_each(|d| *d *= fo);
+            carry.dth.iter_mut().for_each(|d| *d *= fo);
         }
-        d0.copy_from_slice(&dth);
+        d0.copy_from_slice(&carry.dth);
         return;
     }
-    let mut dh_next = vec![T::zero(); H * len];
-    let mut dc_next = vec![T::zero(); H * len];
-    let mut dfp_next = vec![T::zero(); len];
-    let mut dip_next = vec![T::zero(); len];
-    let mut dfpre = vec![T::zero(); len];
-    let mut dipre = vec![T::zero(); len];
-    let mut dh = vec![T::zero(); H * len];
-    let mut dz = vec![T::zero(); Z * len];
-    let mut h = vec![T::zero(); H * len];
-    let mut h_prev = vec![T::zero(); H * len];
-    let zeros = vec![T::zero(); H * len];
-    for s in (0..blk.tape.len()).rev() {
-        let t = &blk.tape[s];
-        let c_prev = if s > 0 { &blk.tape[s - 1].c } else { &zeros };
+    match seg {
+        None => {
+            let zeros = vec![T::zero(); H * len];
+            backward_steps(&blk.tape, &zeros, &zeros, w, &mut carry, gw);
+        }
+        Some((k, inputs)) => {
+            let mut scratch = Block::new(len);
+            let mut tapes = Vec::with_capacity(k);
+            for (j, m) in blk.marks.iter().enumerate().rev() {
+                let (a, b) = (j * k, ((j + 1) * k).min(inputs.len()));
+                scratch.restore(m);
+                let mut theta = m.theta.clone();
+                for (s, inp) in inputs.iter().enumerate().take(b).skip(a) {
+                    let inp = StepIn { keep: true, ..*inp };
+                    let t = block_step_body(&mut scratch, w, &mut theta, &blk.grads[s], inp);
+                    tapes.push(t.expect("a kept tape entry"));
+                }
+                backward_steps(&tapes, &m.c, &m.h, w, &mut carry, gw);
+                scratch.spare.append(&mut tapes);
+            }
+        }
+    }
+    d0.copy_from_slice(&carry.dth);
+}
+
+/// The backward's running state: dL/dθ and what flows from step t+1 back
+/// to step t, plus scratch buffers.
+struct Carry<T> {
+    dth: Vec<T>,
+    dh_next: Vec<T>,
+    dc_next: Vec<T>,
+    dfp_next: Vec<T>,
+    dip_next: Vec<T>,
+    dfpre: Vec<T>,
+    dipre: Vec<T>,
+    dh: Vec<T>,
+    dz: Vec<T>,
+    h: Vec<T>,
+    h_prev: Vec<T>,
+}
+
+impl<T: Float> Carry<T> {
+    fn new(len: usize, d_theta_t: &[T]) -> Self {
+        let z = |n: usize| vec![T::zero(); n];
+        Carry {
+            dth: d_theta_t.to_vec(),
+            dh_next: z(H * len),
+            dc_next: z(H * len),
+            dfp_next: z(len),
+            dip_next: z(len),
+            dfpre: z(len),
+            dipre: z(len),
+            dh: z(H * len),
+            dz: z(Z * len),
+            h: z(H * len),
+            h_prev: z(H * len),
+        }
+    }
+}
+
+/// Backward over consecutive steps `tape` (last first), whose first step
+/// was fed `c0`, `h0` (c and h after the step before it).
+#[inline(always)]
+fn backward_steps<T: Float>(
+    tape: &[Tape<T>],
+    c0: &[T],
+    h0: &[T],
+    w: &Weights<T>,
+    carry: &mut Carry<T>,
+    gw: &mut Weights<T>,
+) {
+    let len = carry.dth.len();
+    let one = T::one();
+    let Carry {
+        dth,
+        dh_next,
+        dc_next,
+        dfp_next,
+        dip_next,
+        dfpre,
+        dipre,
+        dh,
+        dz,
+        h,
+        h_prev,
+    } = carry;
+    for s in (0..tape.len()).rev() {
+        let t = &tape[s];
+        let c_prev = if s > 0 { &tape[s - 1].c } else { c0 };
         // h_t = o_t tanh(c_t); h_{t-1} likewise from the previous step.
         for m in 0..H {
             let o = &t.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
@@ -574,7 +736,7 @@ fn block_backward_body<T: Float>(
             }
         }
         if s > 0 {
-            let tp = &blk.tape[s - 1];
+            let tp = &tape[s - 1];
             for m in 0..H {
                 let o = &tp.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
                 for k in 0..len {
@@ -582,7 +744,7 @@ fn block_backward_body<T: Float>(
                 }
             }
         } else {
-            h_prev.fill(T::zero());
+            h_prev.copy_from_slice(h0);
         }
         // Cell update and meta-gates.
         for k in 0..len {
@@ -595,25 +757,25 @@ fn block_backward_body<T: Float>(
         }
         for m in 0..H {
             let hm = &h[m * len..(m + 1) * len];
-            gw.w_f[m] += dot(&dfpre, hm);
-            gw.w_i[m] += dot(&dipre, hm);
+            gw.w_f[m] += dot(&dfpre[..], hm);
+            gw.w_i[m] += dot(&dipre[..], hm);
         }
-        gw.w_f[H] += dot(&dfpre, &t.theta_prev);
-        gw.w_i[H] += dot(&dipre, &t.theta_prev);
-        gw.w_f[H + 1] += dot(&dfpre, &t.f_in);
-        gw.w_i[H + 1] += dot(&dipre, &t.i_in);
-        gw.b_f += sum(&dfpre);
-        gw.b_i += sum(&dipre);
+        gw.w_f[H] += dot(&dfpre[..], &t.theta_prev);
+        gw.w_i[H] += dot(&dipre[..], &t.theta_prev);
+        gw.w_f[H + 1] += dot(&dfpre[..], &t.f_in);
+        gw.w_i[H + 1] += dot(&dipre[..], &t.i_in);
+        gw.b_f += sum(&dfpre[..]);
+        gw.b_i += sum(&dipre[..]);
         for k in 0..len {
             dfp_next[k] = dfpre[k] * w.w_f[H + 1];
             dip_next[k] = dipre[k] * w.w_i[H + 1];
         }
         // dL/dh_t: from the meta-gates and from step t+1's z.
-        dh.copy_from_slice(&dh_next);
+        dh.copy_from_slice(dh_next);
         for m in 0..H {
             let row = &mut dh[m * len..(m + 1) * len];
-            axpy(w.w_f[m], &dfpre, row);
-            axpy(w.w_i[m], &dipre, row);
+            axpy(w.w_f[m], &dfpre[..], row);
+            axpy(w.w_i[m], &dipre[..], row);
         }
         // Layer 1.
         for m in 0..H {
@@ -634,7 +796,7 @@ fn block_backward_body<T: Float>(
         }
         // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1
         let dzm = Mat {
-            data: &dz,
+            data: &dz[..],
             rs: len,
             cs: 1,
         };
@@ -654,7 +816,6 @@ fn block_backward_body<T: Float>(
             rs: 1,
             cs: H,
         };
-        matmul(H, len, Z, &mut dh_next, false, w_hh_t, dzm, false);
+        matmul(H, len, Z, dh_next, false, w_hh_t, dzm, false);
     }
-    d0.copy_from_slice(&dth);
 }

@@ -123,6 +123,11 @@ pub struct MetaLstmConfig {
     /// the meta-learner sees it, as the reference does
     /// (`gradParameters:div(inputs:size(1))`) [default: true].
     pub grad_div_batch: Option<bool>,
+    /// Gradient checkpointing over the T updates (fused kernels): keep the
+    /// meta-learner's state every k steps and recompute the steps between
+    /// in the backward, for long unrolls; the meta-gradient is unchanged
+    /// bit for bit. 0 keeps every step's tape [default: 0].
+    pub grad_checkpoint_steps: Option<usize>,
 }
 
 /// Resolved meta-LSTM hyperparameters.
@@ -137,6 +142,8 @@ pub struct MetaLstmResolved {
     pub meta_batch: usize,
     pub preprocess_p: f64,
     pub grad_div_batch: bool,
+    #[serde(default)]
+    pub grad_checkpoint_steps: usize,
 }
 
 impl MetaLstmConfig {
@@ -161,6 +168,7 @@ impl MetaLstmConfig {
             meta_batch: at_least_one("meta_batch", self.meta_batch.unwrap_or(1))?,
             preprocess_p: positive("preprocess_p", self.preprocess_p.unwrap_or(10.0))?,
             grad_div_batch: self.grad_div_batch.unwrap_or(true),
+            grad_checkpoint_steps: self.grad_checkpoint_steps.unwrap_or(0),
         })
     }
 }
@@ -483,6 +491,7 @@ impl MetaLstm {
             }
             None => fused::Unroll::new(theta0, gates, keep),
         };
+        u.set_segment(self.config.grad_checkpoint_steps);
         let mut recorded = Vec::new();
         let mut inputs = Vec::with_capacity(steps);
         for step in 0..steps {

@@ -17,6 +17,7 @@
 //! - [`spec`]: benchmark files (YAML) and their resolved form;
 //! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
 //!   evaluation on fixed episodes, the leaderboard;
+//! - [`stats`]: Student-t intervals and paired differences over episodes;
 //! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
 //!   run folders that are never overwritten by mistake;
 //! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
@@ -38,6 +39,7 @@ pub mod rundir;
 pub mod runner;
 pub mod sampler;
 pub mod spec;
+pub mod stats;
 pub mod trace;
 pub mod train;
 pub mod util;

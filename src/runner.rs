@@ -25,6 +25,7 @@ use crate::eval::{self, Evaluation};
 use crate::norm::NormProtocol;
 use crate::rundir::{self, Mode};
 use crate::spec::{self, Benchmark, Select};
+use crate::stats::{paired_difference, Interval};
 use crate::train::{self, TrainOptions, TrainState};
 use crate::util::write_atomic;
 
@@ -45,6 +46,14 @@ pub struct AlgoResult {
     /// Which parameters were tested: `best@<step>` (validation) or `final`.
     pub selected: String,
     pub best_val_accuracy: Option<f64>,
+    /// Paired difference to the most accurate row over the same test
+    /// episodes (this row minus the best; [`crate::stats`]), `None` for the
+    /// best row itself and for rows scored on other episodes.
+    #[serde(default)]
+    pub vs_best: Option<Interval>,
+    /// Accuracy of every test episode, in episode order.
+    #[serde(default)]
+    pub episode_accuracy: Vec<f64>,
 }
 
 /// Everything a run produced.
@@ -209,6 +218,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         // Rows in the benchmark's order, whichever session wrote them.
         let order = |r: &AlgoResult| bench.algorithms.iter().position(|x| x.label == r.label);
         out.results.sort_by_key(order);
+        pair_with_best(&mut out.results);
         let json = serde_json::to_string_pretty(&out).map_err(|e| Error::Config {
             source_name: "results.json".into(),
             reason: e.to_string(),
@@ -275,6 +285,30 @@ fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: Stri
         test_seconds: ev.seconds,
         selected,
         best_val_accuracy: st.best_val_accuracy,
+        vs_best: None,
+        episode_accuracy: ev.scores.iter().map(|s| s.accuracy).collect(),
+    }
+}
+
+/// The row with the highest mean accuracy (the first of equals).
+fn best_row(rows: &[AlgoResult]) -> Option<usize> {
+    (0..rows.len()).reduce(|b, i| {
+        if rows[i].accuracy > rows[b].accuracy {
+            i
+        } else {
+            b
+        }
+    })
+}
+
+/// Fill every row's paired difference to the best row.
+pub fn pair_with_best(rows: &mut [AlgoResult]) {
+    let Some(b) = best_row(rows) else { return };
+    let best = rows[b].episode_accuracy.clone();
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.vs_best = (i != b)
+            .then(|| paired_difference(&r.episode_accuracy, &best))
+            .flatten();
     }
 }
 
@@ -286,9 +320,10 @@ fn write_episode_scores(ev: &Evaluation, path: &Path) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// The leaderboard as a text table: accuracy +/- 95% CI, episodes, time.
-/// Rows whose interval overlaps the best row's are marked `~` (not
-/// distinguishable from the best at this sample size); the best is `*`.
+/// The leaderboard as a text table: accuracy +/- 95% CI, the paired
+/// difference to the best row with its 95% interval (same test episodes),
+/// episodes, time. The best row is marked `*`; rows whose paired
+/// difference is not distinguishable from zero are marked `~`.
 pub fn leaderboard(r: &RunResults) -> String {
     let mut s = format!(
         "{} ({}, {}-way {}-shot, {} queries, {}; batch norm: meta-train {}, test {})\n",
@@ -306,10 +341,11 @@ pub fn leaderboard(r: &RunResults) -> String {
         spec::variant_name(&r.batch_norm.eval),
     );
     s.push_str(&format!(
-        "{:<2}{:<14} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
+        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
         "",
         "algorithm",
         "accuracy (%)",
+        "vs best (pp)",
         "test ep",
         "meta-steps",
         "train ep",
@@ -317,26 +353,31 @@ pub fn leaderboard(r: &RunResults) -> String {
         "test",
         "tested"
     ));
-    let best = r
-        .results
-        .iter()
-        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy));
-    for x in &r.results {
-        let mark = match best {
-            Some(b) if std::ptr::eq(b, x) => "*",
-            Some(b) if x.accuracy + x.ci95.unwrap_or(0.0) >= b.accuracy - b.ci95.unwrap_or(0.0) => {
-                "~"
-            }
+    let best = best_row(&r.results);
+    let pm = |v: f64, c: Option<f64>| {
+        format!(
+            "{:>9.2} +/- {:<4}",
+            100.0 * v,
+            c.map(|c| format!("{:.2}", 100.0 * c))
+                .unwrap_or_else(|| "n/a".into())
+        )
+    };
+    for (i, x) in r.results.iter().enumerate() {
+        let mark = match &x.vs_best {
+            _ if best == Some(i) => "*",
+            Some(d) if !d.excludes_zero() => "~",
             _ => "",
         };
+        let vs = match &x.vs_best {
+            Some(d) => pm(d.mean, d.ci95),
+            None => String::new(),
+        };
         s.push_str(&format!(
-            "{:<2}{:<14} {:>9.2} +/- {:<4} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
+            "{:<2}{:<14} {} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
             mark,
             x.label,
-            100.0 * x.accuracy,
-            x.ci95
-                .map(|c| format!("{:.2}", 100.0 * c))
-                .unwrap_or_else(|| "n/a".into()),
+            pm(x.accuracy, x.ci95),
+            vs,
             x.test_episodes,
             x.meta_steps,
             x.train_episodes,
@@ -346,7 +387,7 @@ pub fn leaderboard(r: &RunResults) -> String {
         ));
     }
     s.push_str(&format!(
-        "results: {}\n",
+        "* best; ~ paired difference to the best not distinguishable from 0 (95%)\nresults: {}\n",
         r.run_dir.join("results.json").display()
     ));
     s
@@ -361,4 +402,69 @@ pub fn default_run_dir(bench: &Benchmark) -> PathBuf {
     PathBuf::from("runs")
         .join(&bench.name)
         .join(secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, acc: &[f64]) -> AlgoResult {
+        let i = crate::stats::mean_interval(acc);
+        AlgoResult {
+            label: label.into(),
+            algorithm: label.into(),
+            accuracy: i.mean,
+            ci95: i.ci95,
+            test_episodes: acc.len(),
+            meta_steps: 1,
+            train_episodes: 1,
+            train_seconds: 1.0,
+            test_seconds: 1.0,
+            selected: "final".into(),
+            best_val_accuracy: None,
+            vs_best: None,
+            episode_accuracy: acc.to_vec(),
+        }
+    }
+
+    #[test]
+    fn leaderboard_marks_paired_differences() {
+        // b is best; a trails it on every episode by 0.02-0.06 (separate
+        // intervals overlap, the paired one excludes 0); c is noise around b.
+        let b = [0.64, 0.86, 0.44, 0.92, 0.74];
+        let a = [0.60, 0.80, 0.40, 0.90, 0.70];
+        let c = [0.66, 0.84, 0.45, 0.90, 0.73];
+        let mut rows = vec![row("a", &a), row("b", &b), row("c", &c)];
+        pair_with_best(&mut rows);
+        assert!(rows[1].vs_best.is_none());
+        let da = rows[0].vs_best.unwrap();
+        assert!((da.mean + 0.04).abs() < 1e-12 && da.excludes_zero());
+        assert!(!rows[2].vs_best.unwrap().excludes_zero());
+        let r = RunResults {
+            benchmark: "t".into(),
+            dataset: "omniglot".into(),
+            episode: crate::sampler::EpisodeSpec {
+                ways: 5,
+                shots: 1,
+                queries: 1,
+            },
+            transductive: false,
+            batch_norm: NormProtocol::default(),
+            select: Select::default(),
+            run_dir: PathBuf::from("runs/t"),
+            results: rows,
+        };
+        let table = leaderboard(&r);
+        let line = |l: &str| {
+            table
+                .lines()
+                .find(|x| x.get(2..).is_some_and(|y| y.starts_with(&format!("{l} "))))
+                .unwrap_or_else(|| panic!("{table}"))
+                .to_string()
+        };
+        assert!(line("b").starts_with('*'), "{table}");
+        assert!(line("a").starts_with("  "), "{table}");
+        assert!(line("a").contains("-4.00 +/- 1.76"), "{table}");
+        assert!(line("c").starts_with('~'), "{table}");
+    }
 }

@@ -446,7 +446,11 @@ fn gradient_checkpointing_gives_the_same_meta_gradient_bit_for_bit() {
             v
         };
         let full = bits(&m);
-        let ks: &[usize] = if dtype == DType::F64 { &[1, 3, 4, 10, 12] } else { &[3] };
+        let ks: &[usize] = if dtype == DType::F64 {
+            &[1, 3, 4, 10, 12]
+        } else {
+            &[3]
+        };
         for &k in ks {
             m.config.grad_checkpoint_steps = k;
             assert_eq!(bits(&m), full, "{dtype:?}, every {k} steps");

@@ -323,7 +323,12 @@ impl<T: Float> Unroll<T> {
                             blk.marks.push(m);
                         }
                         blk.grads.push(g.to_vec());
-                        let s = StepIn { la, lb, p, keep: false };
+                        let s = StepIn {
+                            la,
+                            lb,
+                            p,
+                            keep: false,
+                        };
                         block_step(blk, w, theta, g, s)
                     }
                     Gates::Learned => block_step(blk, w, theta, g, StepIn { la, lb, p, keep }),
@@ -384,7 +389,9 @@ impl<T: Float> Unroll<T> {
         let n = self.theta.len();
         let mut d_theta0 = vec![T::zero(); n];
         let gates = self.gates;
-        let seg = self.checkpointed().then_some((self.segment, &self.inputs[..]));
+        let seg = self
+            .checkpointed()
+            .then_some((self.segment, &self.inputs[..]));
         let partial: Vec<Weights<T>> = self
             .blocks
             .par_iter()

@@ -309,7 +309,7 @@ impl<T: Float> Unroll<T> {
         let keep = self.keep;
         let gates = self.gates;
         let checkpointed = self.checkpointed();
-        let mark = checkpointed && self.inputs.len() % self.segment.max(1) == 0;
+        let mark = checkpointed && self.inputs.len().is_multiple_of(self.segment.max(1));
         self.inputs.push(StepIn { la, lb, p, keep });
         self.blocks
             .par_iter_mut()

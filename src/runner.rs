@@ -290,6 +290,66 @@ fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: Stri
     }
 }
 
+/// Read a finished or partial run's `results.json` (any version of
+/// fewshot's): rows written before per-episode accuracies were kept get
+/// them from `<label>/test_episodes.csv`, and every row's paired difference
+/// to the best is (re)computed.
+pub fn load_results(run_dir: &Path) -> Result<RunResults> {
+    let path = run_dir.join("results.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut r: RunResults = serde_json::from_str(&text).map_err(|e| Error::Csv {
+        path: path.clone(),
+        reason: format!("not a fewshot results file: {e}"),
+    })?;
+    r.run_dir = run_dir.to_path_buf();
+    for row in &mut r.results {
+        if row.episode_accuracy.is_empty() {
+            let csv = run_dir.join(&row.label).join("test_episodes.csv");
+            if csv.is_file() {
+                row.episode_accuracy = read_episode_accuracy(&csv)?;
+            }
+        }
+        if !row.episode_accuracy.is_empty() && row.episode_accuracy.len() != row.test_episodes {
+            return Err(Error::Csv {
+                path: run_dir.join(&row.label).join("test_episodes.csv"),
+                reason: format!(
+                    "{} episode scores for row `{}`, which reports {} test episodes",
+                    row.episode_accuracy.len(),
+                    row.label,
+                    row.test_episodes
+                ),
+            });
+        }
+    }
+    pair_with_best(&mut r.results);
+    Ok(r)
+}
+
+/// The accuracy column of a `test_episodes.csv` (episodes in order).
+fn read_episode_accuracy(path: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |line: usize, why: &str| Error::Csv {
+        path: path.to_path_buf(),
+        reason: format!("line {line}: {why}"),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some("episode,accuracy,loss") {
+        return Err(bad(1, "expected the header `episode,accuracy,loss`"));
+    }
+    lines
+        .enumerate()
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').collect();
+            match (f.len(), f.first().and_then(|e| e.parse::<usize>().ok())) {
+                (3, Some(e)) if e == i => f[1]
+                    .parse::<f64>()
+                    .map_err(|_| bad(i + 2, "accuracy is not a number")),
+                _ => Err(bad(i + 2, &format!("expected `{i},<accuracy>,<loss>`"))),
+            }
+        })
+        .collect()
+}
+
 /// The row with the highest mean accuracy (the first of equals).
 fn best_row(rows: &[AlgoResult]) -> Option<usize> {
     (0..rows.len()).reduce(|b, i| {
@@ -466,5 +526,70 @@ mod tests {
         assert!(line("a").starts_with("  "), "{table}");
         assert!(line("a").contains("-4.00 +/- 1.76"), "{table}");
         assert!(line("c").starts_with('~'), "{table}");
+    }
+
+    #[test]
+    fn load_results_reads_old_runs_and_names_bad_files() {
+        // A results.json written before rows kept their episodes: the
+        // accuracies come from <label>/test_episodes.csv.
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = row("a", &[0.6, 0.8, 0.4]);
+        let mut b = row("b", &[0.7, 0.9, 0.5]);
+        for r in [&mut a, &mut b] {
+            let csv: String = std::iter::once("episode,accuracy,loss\n".to_string())
+                .chain(
+                    r.episode_accuracy
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| format!("{i},{x:.6},0.5\n")),
+                )
+                .collect();
+            std::fs::create_dir(dir.path().join(&r.label)).unwrap();
+            std::fs::write(dir.path().join(&r.label).join("test_episodes.csv"), csv).unwrap();
+            r.episode_accuracy.clear();
+        }
+        let r = RunResults {
+            benchmark: "t".into(),
+            dataset: "omniglot".into(),
+            episode: crate::sampler::EpisodeSpec {
+                ways: 5,
+                shots: 1,
+                queries: 1,
+            },
+            transductive: false,
+            batch_norm: NormProtocol::default(),
+            select: Select::default(),
+            run_dir: PathBuf::from("elsewhere"),
+            results: vec![a, b],
+        };
+        let mut v = serde_json::to_value(&r).unwrap();
+        for row in v["results"].as_array_mut().unwrap() {
+            let o = row.as_object_mut().unwrap();
+            o.remove("episode_accuracy");
+            o.remove("vs_best");
+        }
+        std::fs::write(dir.path().join("results.json"), v.to_string()).unwrap();
+        let got = load_results(dir.path()).unwrap();
+        assert_eq!(got.run_dir, dir.path());
+        let d = got.results[0].vs_best.unwrap();
+        assert!((d.mean + 0.1).abs() < 1e-9, "{d:?}");
+        assert!(d.ci95.unwrap() < 1e-12);
+        // A damaged score file is named with its line.
+        std::fs::write(
+            dir.path().join("a/test_episodes.csv"),
+            "episode,accuracy,loss\n0,x,1\n",
+        )
+        .unwrap();
+        let e = load_results(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("a/test_episodes.csv") && e.contains("line 2"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("results.json"), "{").unwrap();
+        let e = load_results(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("results.json") && e.contains("not a fewshot results file"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@ mod data;
 mod episodes;
 mod perf;
 mod run;
+mod show;
 mod trace;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Meta-train and evaluate every algorithm of a benchmark; print the leaderboard.
     Run(run::Args),
+    /// Reprint a run's leaderboard (with paired differences) from its folder.
+    Show(show::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
     Trace(trace::Args),
     /// Sample episodes from a dataset and describe them (class names, image ids).
@@ -79,6 +82,7 @@ fn main() {
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Run(a) => run::run(&data_dir, a),
+        Command::Show(a) => show::run(a),
         Command::Trace(a) => trace::run(&data_dir, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),

@@ -246,6 +246,54 @@ impl Benchmark {
     }
 }
 
+impl Budget {
+    /// The limits that are set, e.g. `30 min` or `60000 meta-steps`.
+    pub fn describe(&self) -> String {
+        let mut v = vec![];
+        if let Some(m) = self.minutes {
+            v.push(format!("{m} min"));
+        }
+        if let Some(s) = self.meta_steps {
+            v.push(format!("{s} meta-steps"));
+        }
+        if let Some(e) = self.episodes {
+            v.push(format!("{e} episodes"));
+        }
+        v.join(", ")
+    }
+}
+
+/// The folder of shipped benchmarks: `./benchmarks` when it exists, else
+/// the crate's own.
+pub fn benchmarks_dir() -> PathBuf {
+    let here = PathBuf::from("benchmarks");
+    if here.is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks")
+    }
+}
+
+/// Every `*.yaml` of `dir` (not its subfolders), by name, each parsed:
+/// a broken file is listed with its error instead of hiding the others.
+pub fn list_benchmarks(dir: &Path) -> Result<Vec<(PathBuf, Result<Benchmark>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read_to_string(&p)
+                .map_err(|e| Error::io(&p, e))
+                .and_then(|t| Benchmark::parse(&t, &p.display().to_string()));
+            (p, b)
+        })
+        .collect())
+}
+
 fn find(name_or_path: &str) -> Result<PathBuf> {
     let p = Path::new(name_or_path);
     if p.extension().is_some() || name_or_path.contains('/') {

@@ -265,9 +265,15 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         run.to_str().unwrap(),
     ]);
     let table = common::assert_bench_ok(&out);
-    for l in ["fomaml", "reptile", "meta-lstm", "+/-"] {
+    for l in ["fomaml", "reptile", "meta-lstm", "+/-", "vs best (pp)"] {
         assert!(table.contains(l), "{table}");
     }
+    // `bench show` reprints the same leaderboard from the folder.
+    let shown = common::assert_bench_ok(&common::bench(&["show", run.to_str().unwrap()]));
+    assert!(
+        shown.lines().count() >= 6 && table.contains(&shown),
+        "{table}\n---\n{shown}"
+    );
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let rows = results["results"].as_array().unwrap();

@@ -4,6 +4,7 @@
 
 mod data;
 mod episodes;
+mod list;
 mod perf;
 mod run;
 mod show;
@@ -40,6 +41,8 @@ struct Cli {
 enum Command {
     /// Meta-train and evaluate every algorithm of a benchmark; print the leaderboard.
     Run(run::Args),
+    /// List the shipped benchmarks (name, dataset, shape, algorithms, budget).
+    List(list::Args),
     /// Reprint a run's leaderboard (with paired differences) from its folder.
     Show(show::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
@@ -82,6 +85,7 @@ fn main() {
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Run(a) => run::run(&data_dir, a),
+        Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
         Command::Trace(a) => trace::run(&data_dir, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),

@@ -18,6 +18,8 @@
 //! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
 //!   evaluation on fixed episodes, the leaderboard;
 //! - [`stats`]: Student-t intervals and paired differences over episodes;
+//! - [`report`]: the leaderboard as a terminal table, `leaderboard.md` and
+//!   `leaderboard.csv`;
 //! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
 //!   run folders that are never overwritten by mistake;
 //! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
@@ -34,6 +36,7 @@ pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod report;
 pub mod rng;
 pub mod rundir;
 pub mod runner;

@@ -91,6 +91,15 @@ pub fn run_fingerprint(b: &Benchmark) -> serde_json::Value {
 /// The lock file of a run folder.
 pub const LOCK: &str = ".lock";
 
+/// The files a run writes at the top of its folder (algorithm labels may
+/// not take these names).
+pub const RUN_FILES: [&str; 4] = [
+    "resolved.yaml",
+    "results.json",
+    "leaderboard.md",
+    "leaderboard.csv",
+];
+
 /// Entries of a folder other than fewshot's temporary files and lock
 /// (sorted).
 fn entries(dir: &Path) -> Vec<String> {
@@ -110,12 +119,12 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Whether an entry of a run folder is something a run writes:
-/// `results.json`, or an algorithm folder (it has `checkpoints/`,
+/// Whether an entry of a run folder is something a run writes: one of
+/// [`RUN_FILES`], or an algorithm folder (it has `checkpoints/`,
 /// `curve.csv` or `test_episodes.csv`).
 fn run_part(dir: &Path, name: &str) -> bool {
     let p = dir.join(name);
-    if name == "results.json" || name == "resolved.yaml" {
+    if RUN_FILES.contains(&name) {
         return p.is_file();
     }
     p.is_dir()
@@ -256,8 +265,8 @@ fn run_contents(dir: &Path, bench: &Benchmark) -> Vec<(PathBuf, String)> {
     contents(dir, &labels)
 }
 
-/// The files of a run: resolved.yaml, results.json and the algorithm
-/// folders, each with a short description.
+/// The files of a run: resolved.yaml, results.json, the leaderboard files
+/// and the algorithm folders, each with a short description.
 fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
     let mut v = Vec::new();
     if dir.join("resolved.yaml").is_file() {
@@ -270,6 +279,11 @@ fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
         ));
     } else if dir.join("results.json").exists() {
         v.push((dir.join("results.json"), "results.json".into()));
+    }
+    for f in &RUN_FILES[2..] {
+        if dir.join(f).is_file() {
+            v.push((dir.join(f), f.to_string()));
+        }
     }
     for l in labels {
         let d = dir.join(l);

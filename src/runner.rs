@@ -4,7 +4,10 @@
 //! Run folder layout (`runs/<benchmark>/<run-id>/` by default):
 //! - `resolved.yaml`: the benchmark with every default made explicit;
 //! - `results.json`: the leaderboard (updated atomically after each
-//!   algorithm; `--only` runs merge their rows into it);
+//!   algorithm; `--only` runs merge their rows into it), with every test
+//!   episode's accuracy and each row's paired difference to the best;
+//! - `leaderboard.md`, `leaderboard.csv`: the same table for readers and
+//!   scripts ([`crate::report`]);
 //! - `<label>/`: `checkpoints/`, `curve.csv`, `test_episodes.csv` (accuracy
 //!   and loss of every test episode).
 //!
@@ -224,6 +227,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             reason: e.to_string(),
         })?;
         write_atomic(&opts.run_dir.join("results.json"), json.as_bytes())?;
+        crate::report::write_files(&out, &opts.run_dir)?;
     }
     Ok(out)
 }
@@ -351,7 +355,7 @@ fn read_episode_accuracy(path: &Path) -> Result<Vec<f64>> {
 }
 
 /// The row with the highest mean accuracy (the first of equals).
-fn best_row(rows: &[AlgoResult]) -> Option<usize> {
+pub fn best_row(rows: &[AlgoResult]) -> Option<usize> {
     (0..rows.len()).reduce(|b, i| {
         if rows[i].accuracy > rows[b].accuracy {
             i
@@ -380,79 +384,6 @@ fn write_episode_scores(ev: &Evaluation, path: &Path) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// The leaderboard as a text table: accuracy +/- 95% CI, the paired
-/// difference to the best row with its 95% interval (same test episodes),
-/// episodes, time. The best row is marked `*`; rows whose paired
-/// difference is not distinguishable from zero are marked `~`.
-pub fn leaderboard(r: &RunResults) -> String {
-    let mut s = format!(
-        "{} ({}, {}-way {}-shot, {} queries, {}; batch norm: meta-train {}, test {})\n",
-        r.benchmark,
-        r.dataset,
-        r.episode.ways,
-        r.episode.shots,
-        r.episode.queries,
-        if r.transductive {
-            "transductive"
-        } else {
-            "non-transductive"
-        },
-        spec::variant_name(&r.batch_norm.meta_train),
-        spec::variant_name(&r.batch_norm.eval),
-    );
-    s.push_str(&format!(
-        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
-        "",
-        "algorithm",
-        "accuracy (%)",
-        "vs best (pp)",
-        "test ep",
-        "meta-steps",
-        "train ep",
-        "train",
-        "test",
-        "tested"
-    ));
-    let best = best_row(&r.results);
-    let pm = |v: f64, c: Option<f64>| {
-        format!(
-            "{:>9.2} +/- {:<4}",
-            100.0 * v,
-            c.map(|c| format!("{:.2}", 100.0 * c))
-                .unwrap_or_else(|| "n/a".into())
-        )
-    };
-    for (i, x) in r.results.iter().enumerate() {
-        let mark = match &x.vs_best {
-            _ if best == Some(i) => "*",
-            Some(d) if !d.excludes_zero() => "~",
-            _ => "",
-        };
-        let vs = match &x.vs_best {
-            Some(d) => pm(d.mean, d.ci95),
-            None => String::new(),
-        };
-        s.push_str(&format!(
-            "{:<2}{:<14} {} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
-            mark,
-            x.label,
-            pm(x.accuracy, x.ci95),
-            vs,
-            x.test_episodes,
-            x.meta_steps,
-            x.train_episodes,
-            x.train_seconds,
-            x.test_seconds,
-            x.selected
-        ));
-    }
-    s.push_str(&format!(
-        "* best; ~ paired difference to the best not distinguishable from 0 (95%)\nresults: {}\n",
-        r.run_dir.join("results.json").display()
-    ));
-    s
-}
-
 /// Default run folder: `runs/<benchmark>/<unix seconds>`.
 pub fn default_run_dir(bench: &Benchmark) -> PathBuf {
     let secs = std::time::SystemTime::now()
@@ -465,10 +396,11 @@ pub fn default_run_dir(bench: &Benchmark) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(label: &str, acc: &[f64]) -> AlgoResult {
+    /// A row scored `acc` on its episodes (tests of the reporters too).
+    pub(crate) fn row(label: &str, acc: &[f64]) -> AlgoResult {
         let i = crate::stats::mean_interval(acc);
         AlgoResult {
             label: label.into(),
@@ -487,6 +419,24 @@ mod tests {
         }
     }
 
+    /// A run of `rows` on benchmark `t`, in folder `runs/t`.
+    pub(crate) fn results(rows: Vec<AlgoResult>) -> RunResults {
+        RunResults {
+            benchmark: "t".into(),
+            dataset: "omniglot".into(),
+            episode: crate::sampler::EpisodeSpec {
+                ways: 5,
+                shots: 1,
+                queries: 1,
+            },
+            transductive: false,
+            batch_norm: NormProtocol::default(),
+            select: Select::default(),
+            run_dir: PathBuf::from("runs/t"),
+            results: rows,
+        }
+    }
+
     #[test]
     fn leaderboard_marks_paired_differences() {
         // b is best; a trails it on every episode by 0.02-0.06 (separate
@@ -500,21 +450,8 @@ mod tests {
         let da = rows[0].vs_best.unwrap();
         assert!((da.mean + 0.04).abs() < 1e-12 && da.excludes_zero());
         assert!(!rows[2].vs_best.unwrap().excludes_zero());
-        let r = RunResults {
-            benchmark: "t".into(),
-            dataset: "omniglot".into(),
-            episode: crate::sampler::EpisodeSpec {
-                ways: 5,
-                shots: 1,
-                queries: 1,
-            },
-            transductive: false,
-            batch_norm: NormProtocol::default(),
-            select: Select::default(),
-            run_dir: PathBuf::from("runs/t"),
-            results: rows,
-        };
-        let table = leaderboard(&r);
+        let r = results(rows);
+        let table = crate::report::terminal(&r);
         let line = |l: &str| {
             table
                 .lines()
@@ -548,20 +485,7 @@ mod tests {
             std::fs::write(dir.path().join(&r.label).join("test_episodes.csv"), csv).unwrap();
             r.episode_accuracy.clear();
         }
-        let r = RunResults {
-            benchmark: "t".into(),
-            dataset: "omniglot".into(),
-            episode: crate::sampler::EpisodeSpec {
-                ways: 5,
-                shots: 1,
-                queries: 1,
-            },
-            transductive: false,
-            batch_norm: NormProtocol::default(),
-            select: Select::default(),
-            run_dir: PathBuf::from("elsewhere"),
-            results: vec![a, b],
-        };
+        let r = results(vec![a, b]);
         let mut v = serde_json::to_value(&r).unwrap();
         for row in v["results"].as_array_mut().unwrap() {
             let o = row.as_object_mut().unwrap();

@@ -361,7 +361,7 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     // Names the run folder itself uses.
-    let reserved = ["resolved.yaml", "results.json"]
+    let reserved = crate::rundir::RUN_FILES
         .iter()
         .any(|r| r.eq_ignore_ascii_case(label));
     if reserved {

@@ -305,6 +305,14 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
             21
         );
     }
+    let md = std::fs::read_to_string(run.join("leaderboard.md")).unwrap();
+    let csv = std::fs::read_to_string(run.join("leaderboard.csv")).unwrap();
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with('|')).count(),
+        2 + 3,
+        "{md}"
+    );
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
     let resolved = std::fs::read_to_string(run.join("resolved.yaml")).unwrap();
     assert!(
         resolved.contains("inner_lr") && resolved.contains("clip_norm"),

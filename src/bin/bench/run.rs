@@ -104,6 +104,6 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
             trace_episodes: a.trace,
         },
     )?;
-    print!("{}", runner::leaderboard(&results));
+    print!("{}", fewshot::report::terminal(&results));
     Ok(())
 }

@@ -3,15 +3,24 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use fewshot::report;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Run folder (holding results.json)
     run: PathBuf,
+    /// text (the terminal table), md or csv
+    #[arg(long, default_value = "text", value_parser = ["text", "md", "csv"])]
+    format: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let r = fewshot::runner::load_results(&a.run)?;
-    print!("{}", fewshot::runner::leaderboard(&r));
+    let out = match a.format.as_str() {
+        "md" => report::markdown(&r),
+        "csv" => report::csv(&r),
+        _ => report::terminal(&r),
+    };
+    print!("{out}");
     Ok(())
 }

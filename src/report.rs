@@ -1,0 +1,245 @@
+//! The leaderboard, built once from a run's results and rendered for each
+//! reader: the terminal table (stdout), `leaderboard.md` (to paste into a
+//! paper or README) and `leaderboard.csv` (for scripts), next to
+//! `results.json` in the run folder.
+//!
+//! Columns: accuracy with its 95% interval over the test episodes; the
+//! paired difference to the best row over the same episodes with its 95%
+//! interval ([`crate::stats`]); test episodes, meta-steps, training
+//! episodes, training and test seconds, and which checkpoint was tested.
+//! Marks: `*` the best row; `~` a row whose paired difference to the best
+//! is not distinguishable from zero at 95%.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::runner::{best_row, RunResults};
+use crate::spec;
+use crate::util::write_atomic;
+
+/// One row, formatted once for every renderer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub mark: &'static str,
+    pub label: String,
+    /// Accuracy and its half-width, in percent.
+    pub accuracy: f64,
+    pub ci95: Option<f64>,
+    /// Paired difference to the best row and its half-width, in points.
+    pub vs_best: Option<(f64, Option<f64>)>,
+    pub test_episodes: usize,
+    pub meta_steps: u64,
+    pub train_episodes: u64,
+    pub train_seconds: f64,
+    pub test_seconds: f64,
+    pub tested: String,
+}
+
+/// The leaderboard of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub title: String,
+    pub rows: Vec<Row>,
+}
+
+/// The legend under every rendering.
+pub const LEGEND: &str = "* best; ~ paired difference to the best not distinguishable from 0 (95%)";
+
+impl Table {
+    pub fn of(r: &RunResults) -> Table {
+        let title = format!(
+            "{} ({}, {}-way {}-shot, {} queries, {}; batch norm: meta-train {}, test {})",
+            r.benchmark,
+            r.dataset,
+            r.episode.ways,
+            r.episode.shots,
+            r.episode.queries,
+            if r.transductive {
+                "transductive"
+            } else {
+                "non-transductive"
+            },
+            spec::variant_name(&r.batch_norm.meta_train),
+            spec::variant_name(&r.batch_norm.eval),
+        );
+        let best = best_row(&r.results);
+        let rows = r
+            .results
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Row {
+                mark: match &x.vs_best {
+                    _ if best == Some(i) => "*",
+                    Some(d) if !d.excludes_zero() => "~",
+                    _ => "",
+                },
+                label: x.label.clone(),
+                accuracy: 100.0 * x.accuracy,
+                ci95: x.ci95.map(|c| 100.0 * c),
+                vs_best: x
+                    .vs_best
+                    .map(|d| (100.0 * d.mean, d.ci95.map(|c| 100.0 * c))),
+                test_episodes: x.test_episodes,
+                meta_steps: x.meta_steps,
+                train_episodes: x.train_episodes,
+                train_seconds: x.train_seconds,
+                test_seconds: x.test_seconds,
+                tested: x.selected.clone(),
+            })
+            .collect();
+        Table { title, rows }
+    }
+}
+
+/// `12.34 +/- 0.56` (or `n/a` for a missing half-width).
+fn pm(v: f64, c: Option<f64>) -> String {
+    let c = c.map(|c| format!("{c:.2}")).unwrap_or_else(|| "n/a".into());
+    format!("{v:.2} +/- {c}")
+}
+
+/// The terminal table, ending with the legend and the results file.
+pub fn terminal(r: &RunResults) -> String {
+    let t = Table::of(r);
+    let mut s = format!("{}\n", t.title);
+    s.push_str(&format!(
+        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
+        "",
+        "algorithm",
+        "accuracy (%)",
+        "vs best (pp)",
+        "test ep",
+        "meta-steps",
+        "train ep",
+        "train",
+        "test",
+        "tested"
+    ));
+    for x in &t.rows {
+        s.push_str(&format!(
+            "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
+            x.mark,
+            x.label,
+            pm(x.accuracy, x.ci95),
+            x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
+            x.test_episodes,
+            x.meta_steps,
+            x.train_episodes,
+            x.train_seconds,
+            x.test_seconds,
+            x.tested
+        ));
+    }
+    s.push_str(&format!(
+        "{LEGEND}\nresults: {}\n",
+        r.run_dir.join("results.json").display()
+    ));
+    s
+}
+
+/// A Markdown table with the title as a heading.
+pub fn markdown(r: &RunResults) -> String {
+    let t = Table::of(r);
+    let mut s = format!("### {}\n\n", t.title);
+    s.push_str("| | algorithm | accuracy (%) | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    for x in &t.rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |\n",
+            if x.mark == "*" { "\\*" } else { x.mark },
+            x.label,
+            pm(x.accuracy, x.ci95).replace("+/-", "±"),
+            x.vs_best
+                .map(|(v, c)| pm(v, c).replace("+/-", "±"))
+                .unwrap_or_default(),
+            x.test_episodes,
+            x.meta_steps,
+            x.train_episodes,
+            x.train_seconds,
+            x.test_seconds,
+            x.tested
+        ));
+    }
+    s.push_str(&format!("\n{}\n", LEGEND.replace('*', "\\*")));
+    s
+}
+
+/// One CSV line per row, full precision, empty cells where a value does
+/// not exist.
+pub fn csv(r: &RunResults) -> String {
+    let t = Table::of(r);
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let mut s = String::from(
+        "benchmark,mark,label,accuracy_pct,ci95_pct,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested\n",
+    );
+    for x in &t.rows {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.benchmark,
+            x.mark,
+            x.label,
+            x.accuracy,
+            opt(x.ci95),
+            opt(x.vs_best.map(|v| v.0)),
+            opt(x.vs_best.and_then(|v| v.1)),
+            x.test_episodes,
+            x.meta_steps,
+            x.train_episodes,
+            x.train_seconds,
+            x.test_seconds,
+            x.tested
+        ));
+    }
+    s
+}
+
+/// Write `leaderboard.md` and `leaderboard.csv` into the run folder
+/// (atomically; `results.json` is the runner's).
+pub fn write_files(r: &RunResults, dir: &Path) -> Result<()> {
+    write_atomic(&dir.join("leaderboard.md"), markdown(r).as_bytes())?;
+    write_atomic(&dir.join("leaderboard.csv"), csv(r).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::pair_with_best;
+    use crate::runner::tests::{results, row};
+
+    #[test]
+    fn every_rendering_shows_the_same_rows() {
+        let mut rows = vec![
+            row("a", &[0.60, 0.80, 0.40, 0.90, 0.70]),
+            row("b", &[0.64, 0.86, 0.44, 0.92, 0.74]),
+            row("c", &[0.66, 0.84, 0.45, 0.90, 0.73]),
+        ];
+        pair_with_best(&mut rows);
+        let r = results(rows);
+        let (text, md, csv) = (terminal(&r), markdown(&r), csv(&r));
+        // CSV: header + one line per row, 13 fields, full precision that
+        // rounds to what the terminal shows.
+        let lines: Vec<Vec<&str>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for (f, x) in lines.iter().zip(&r.results) {
+            assert_eq!(f.len(), 13);
+            assert_eq!(f[2], x.label);
+            let acc: f64 = f[3].parse().unwrap();
+            assert!((acc - 100.0 * x.accuracy).abs() < 1e-9);
+            let shown = format!("{acc:.2} +/- {:.2}", f[4].parse::<f64>().unwrap());
+            assert!(
+                text.contains(&shown) && md.contains(&shown.replace("+/-", "±")),
+                "{shown}"
+            );
+        }
+        assert_eq!(lines[1][1], "*");
+        assert_eq!(lines[2][1], "~");
+        assert_eq!(lines[0][1], "");
+        assert!(lines[1][5].is_empty() && !lines[0][5].is_empty());
+        // Markdown: a heading, a header, a rule and one line per row.
+        assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 3);
+        assert!(md.contains("| -4.00 ± 1.76 |"), "{md}");
+    }
+}

@@ -7,6 +7,8 @@
 //! paired difference to the best row over the same episodes with its 95%
 //! interval ([`crate::stats`]); test episodes, meta-steps, training
 //! episodes, training and test seconds, and which checkpoint was tested.
+//! A last column shows the published result the benchmark names for the
+//! row (`T`: transductive), with the sources listed under the table.
 //! Marks: `*` the best row; `~` a row whose paired difference to the best
 //! is not distinguishable from zero at 95%.
 
@@ -33,6 +35,8 @@ pub struct Row {
     pub train_seconds: f64,
     pub test_seconds: f64,
     pub tested: String,
+    /// The published result (percent), if the benchmark names one.
+    pub published: Option<crate::spec::Published>,
 }
 
 /// The leaderboard of one run.
@@ -85,6 +89,7 @@ impl Table {
                 train_seconds: x.train_seconds,
                 test_seconds: x.test_seconds,
                 tested: x.selected.clone(),
+                published: x.published.clone(),
             })
             .collect();
         Table { title, rows }
@@ -97,12 +102,45 @@ fn pm(v: f64, c: Option<f64>) -> String {
     format!("{v:.2} +/- {c}")
 }
 
+/// `98.30 +/- 0.50 T` (T: transductive), or empty.
+fn published_cell(p: &Option<crate::spec::Published>) -> String {
+    p.as_ref()
+        .map(|p| {
+            format!(
+                "{}{}",
+                pm(p.accuracy, p.ci95),
+                if p.transductive { " T" } else { "" }
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// One line per published number: where it comes from.
+fn sources(t: &Table) -> String {
+    let mut s = String::new();
+    for x in &t.rows {
+        if let Some(p) = &x.published {
+            s.push_str(&format!(
+                "published {}: {} ({})\n",
+                x.label,
+                p.source,
+                if p.transductive {
+                    "transductive"
+                } else {
+                    "non-transductive"
+                }
+            ));
+        }
+    }
+    s
+}
+
 /// The terminal table, ending with the legend and the results file.
 pub fn terminal(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("{}\n", t.title);
     s.push_str(&format!(
-        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}\n",
+        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}  {}\n",
         "",
         "algorithm",
         "accuracy (%)",
@@ -112,11 +150,12 @@ pub fn terminal(r: &RunResults) -> String {
         "train ep",
         "train",
         "test",
-        "tested"
+        "tested",
+        "published (%)"
     ));
     for x in &t.rows {
         s.push_str(&format!(
-            "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}\n",
+            "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}  {}\n",
             x.mark,
             x.label,
             pm(x.accuracy, x.ci95),
@@ -126,9 +165,11 @@ pub fn terminal(r: &RunResults) -> String {
             x.train_episodes,
             x.train_seconds,
             x.test_seconds,
-            x.tested
+            x.tested,
+            published_cell(&x.published)
         ));
     }
+    s.push_str(&sources(&t));
     s.push_str(&format!(
         "{LEGEND}\nresults: {}\n",
         r.run_dir.join("results.json").display()
@@ -140,11 +181,11 @@ pub fn terminal(r: &RunResults) -> String {
 pub fn markdown(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("### {}\n\n", t.title);
-    s.push_str("| | algorithm | accuracy (%) | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    s.push_str("| | algorithm | accuracy (%) | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested | published (%) |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
     for x in &t.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |\n",
             if x.mark == "*" { "\\*" } else { x.mark },
             x.label,
             pm(x.accuracy, x.ci95).replace("+/-", "±"),
@@ -156,8 +197,13 @@ pub fn markdown(r: &RunResults) -> String {
             x.train_episodes,
             x.train_seconds,
             x.test_seconds,
-            x.tested
+            x.tested,
+            published_cell(&x.published).replace("+/-", "±")
         ));
+    }
+    s.push('\n');
+    for l in sources(&t).lines() {
+        s.push_str(&format!("- {l}\n"));
     }
     s.push_str(&format!("\n{}\n", LEGEND.replace('*', "\\*")));
     s
@@ -169,11 +215,11 @@ pub fn csv(r: &RunResults) -> String {
     let t = Table::of(r);
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     let mut s = String::from(
-        "benchmark,mark,label,accuracy_pct,ci95_pct,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested\n",
+        "benchmark,mark,label,accuracy_pct,ci95_pct,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested,published_pct,published_ci95_pct,published_transductive\n",
     );
     for x in &t.rows {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.benchmark,
             x.mark,
             x.label,
@@ -186,7 +232,13 @@ pub fn csv(r: &RunResults) -> String {
             x.train_episodes,
             x.train_seconds,
             x.test_seconds,
-            x.tested
+            x.tested,
+            opt(x.published.as_ref().map(|p| p.accuracy)),
+            opt(x.published.as_ref().and_then(|p| p.ci95)),
+            x.published
+                .as_ref()
+                .map(|p| p.transductive.to_string())
+                .unwrap_or_default()
         ));
     }
     s
@@ -213,6 +265,12 @@ mod tests {
             row("c", &[0.66, 0.84, 0.45, 0.90, 0.73]),
         ];
         pair_with_best(&mut rows);
+        rows[1].published = Some(crate::spec::Published {
+            accuracy: 98.3,
+            ci95: Some(0.5),
+            source: "Finn et al. 2017, table 1".into(),
+            transductive: true,
+        });
         let r = results(rows);
         let (text, md, csv) = (terminal(&r), markdown(&r), csv(&r));
         // CSV: header + one line per row, 13 fields, full precision that
@@ -224,7 +282,7 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3);
         for (f, x) in lines.iter().zip(&r.results) {
-            assert_eq!(f.len(), 13);
+            assert_eq!(f.len(), 16);
             assert_eq!(f[2], x.label);
             let acc: f64 = f[3].parse().unwrap();
             assert!((acc - 100.0 * x.accuracy).abs() < 1e-9);
@@ -241,5 +299,16 @@ mod tests {
         // Markdown: a heading, a header, a rule and one line per row.
         assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 3);
         assert!(md.contains("| -4.00 ± 1.76 |"), "{md}");
+        // The published number, marked transductive, with its source.
+        assert!(
+            text.contains("98.30 +/- 0.50 T") && md.contains("98.30 ± 0.50 T"),
+            "{text}"
+        );
+        assert!(
+            text.contains("published b: Finn et al. 2017, table 1 (transductive)"),
+            "{text}"
+        );
+        assert_eq!(&lines[1][13..16], &["98.3", "0.5", "true"]);
+        assert_eq!(&lines[0][13..16], &["", "", ""]);
     }
 }

@@ -54,6 +54,9 @@ pub struct AlgoResult {
     /// best row itself and for rows scored on other episodes.
     #[serde(default)]
     pub vs_best: Option<Interval>,
+    /// The benchmark's published result for this row (shown beside ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<spec::Published>,
     /// Accuracy of every test episode, in episode order.
     #[serde(default)]
     pub episode_accuracy: Vec<f64>,
@@ -217,7 +220,9 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             trace(bench, &*algorithm, &ds, opts.trace_episodes, &dir)?;
         }
         out.results.retain(|r| r.label != a.label);
-        out.results.push(row(a, &state, &ev, selected));
+        let mut r = row(a, &state, &ev, selected);
+        r.published = bench.published.get(&a.label).cloned();
+        out.results.push(r);
         // Rows in the benchmark's order, whichever session wrote them.
         let order = |r: &AlgoResult| bench.algorithms.iter().position(|x| x.label == r.label);
         out.results.sort_by_key(order);
@@ -290,6 +295,7 @@ fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: Stri
         selected,
         best_val_accuracy: st.best_val_accuracy,
         vs_best: None,
+        published: None,
         episode_accuracy: ev.scores.iter().map(|s| s.accuracy).collect(),
     }
 }
@@ -415,6 +421,7 @@ pub(crate) mod tests {
             selected: "final".into(),
             best_val_accuracy: None,
             vs_best: None,
+            published: None,
             episode_accuracy: acc.to_vec(),
         }
     }

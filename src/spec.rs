@@ -5,6 +5,7 @@
 //! All YAML parsing goes through [`from_str`] / [`from_value`] (serde_yaml is
 //! deprecated upstream; keep it swappable).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -138,6 +139,25 @@ pub struct BenchmarkFile {
     pub kernels: Option<crate::ops::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<serde_yaml::Value>,
+    /// Published results to show beside ours, by algorithm label.
+    #[serde(default)]
+    pub published: Option<BTreeMap<String, Published>>,
+}
+
+/// A published result, shown beside ours and labelled published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    /// Test accuracy in percent.
+    pub accuracy: f64,
+    /// Half-width of its 95% interval in percent, where the source gives one.
+    #[serde(default)]
+    pub ci95: Option<f64>,
+    /// Paper and table.
+    pub source: String,
+    /// Whether the number was obtained transductively (query-batch
+    /// statistics at test time).
+    pub transductive: bool,
 }
 
 /// The `batch_norm:` block as written; absent fields take the defaults of
@@ -198,6 +218,9 @@ pub struct Benchmark {
     pub kernels: crate::ops::Kernels,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
+    /// Published results by algorithm label (shown, never computed).
+    #[serde(default)]
+    pub published: BTreeMap<String, Published>,
 }
 
 impl Benchmark {
@@ -544,6 +567,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             ..learner
         },
         algorithms: vec![],
+        published: BTreeMap::new(),
     };
     let ctx = bench.context(&candle_core::Device::Cpu);
     let mut labels = std::collections::HashSet::new();
@@ -568,6 +592,45 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             algorithm: a.kind().to_string(),
             config: a.resolved_config(),
         });
+    }
+    for (label, p) in f.published.unwrap_or_default() {
+        let field = format!("published.{label}");
+        if !labels.contains(label.as_str()) {
+            let mut known: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
+            known.sort();
+            return Err(cfg_err(
+                source,
+                &field,
+                format!(
+                    "no algorithm is labelled `{label}`; labels: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if !(p.accuracy.is_finite() && (0.0..=100.0).contains(&p.accuracy)) {
+            return Err(cfg_err(
+                source,
+                &format!("{field}.accuracy"),
+                format!("a percentage in [0, 100], got {}", p.accuracy),
+            ));
+        }
+        if let Some(c) = p.ci95 {
+            if !(c.is_finite() && (0.0..=100.0).contains(&c)) {
+                return Err(cfg_err(
+                    source,
+                    &format!("{field}.ci95"),
+                    format!("a half-width in percent, got {c}"),
+                ));
+            }
+        }
+        if p.source.trim().is_empty() {
+            return Err(cfg_err(
+                source,
+                &format!("{field}.source"),
+                "name the paper and table",
+            ));
+        }
+        bench.published.insert(label, p);
     }
     Ok(bench)
 }

@@ -221,6 +221,31 @@ fn benchmark_files_are_checked_and_errors_name_the_field() {
         "{GOOD}  - {{algorithm: maml, first_order: true}}\n"
     ));
     assert!(e.contains("label") && e.contains("twice"), "{e}");
+    // Published results: keyed by a label, a percentage, a source.
+    let pubd = |entry: &str| format!("{GOOD}published:\n  {entry}\n");
+    let b = Benchmark::parse(
+        &pubd("fomaml: {accuracy: 98.3, ci95: 0.5, source: paper, transductive: true}"),
+        "bench.yaml",
+    )
+    .unwrap();
+    assert_eq!(b.published["fomaml"].ci95, Some(0.5));
+    let e = parse_err(&pubd(
+        "maml: {accuracy: 98.3, source: p, transductive: true}",
+    ));
+    assert!(
+        e.contains("published.maml") && e.contains("labels: fomaml"),
+        "{e}"
+    );
+    let e = parse_err(&pubd(
+        "fomaml: {accuracy: 0.983, ci95: 101, source: p, transductive: true}",
+    ));
+    assert!(e.contains("published.fomaml.ci95"), "{e}");
+    let e = parse_err(&pubd(
+        "fomaml: {accuracy: 98.3, source: ' ', transductive: true}",
+    ));
+    assert!(e.contains("published.fomaml.source"), "{e}");
+    let e = parse_err(&pubd("fomaml: {accuracy: 98.3, source: p}"));
+    assert!(e.contains("transductive"), "{e}");
 }
 
 #[test]

@@ -251,6 +251,78 @@ pub fn write_files(r: &RunResults, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("leaderboard.csv"), csv(r).as_bytes())
 }
 
+/// How one algorithm changed between two runs of the same benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub label: String,
+    /// Accuracy in each run (fractions), `None` where the run lacks the row.
+    pub before: Option<f64>,
+    pub after: Option<f64>,
+    /// Paired difference after - before over the same episodes.
+    pub diff: Option<crate::stats::Interval>,
+}
+
+impl Change {
+    /// `better`, `WORSE` (interval excludes zero) or `same` (noise);
+    /// `only before` / `only after` for unmatched rows.
+    pub fn verdict(&self) -> &'static str {
+        match (&self.diff, self.before, self.after) {
+            (Some(d), _, _) if d.excludes_zero() && d.mean > 0.0 => "better",
+            (Some(d), _, _) if d.excludes_zero() => "WORSE",
+            (Some(_), _, _) => "same",
+            (None, Some(_), None) => "only before",
+            (None, None, Some(_)) => "only after",
+            _ => "not paired",
+        }
+    }
+}
+
+/// Per-algorithm paired changes from run `a` to run `b`. Both must have
+/// scored the same test episodes (benchmark, dataset, episode shape and
+/// count), else the differences cannot be paired and this is an error.
+pub fn compare(a: &RunResults, b: &RunResults) -> Result<Vec<Change>> {
+    let same = a.benchmark == b.benchmark
+        && a.dataset == b.dataset
+        && a.episode == b.episode
+        && a.transductive == b.transductive
+        && (a.seed.is_none() || b.seed.is_none() || a.seed == b.seed);
+    if !same {
+        return Err(crate::error::Error::Invalid {
+            field: "runs".into(),
+            value: format!("{} and {}", a.run_dir.display(), b.run_dir.display()),
+            allowed: format!(
+                "runs of one benchmark on the same test episodes (got `{}` {:?} and `{}` {:?})",
+                a.benchmark, a.episode, b.benchmark, b.episode
+            ),
+        });
+    }
+    let mut labels: Vec<&str> = a.results.iter().map(|r| r.label.as_str()).collect();
+    for r in &b.results {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    Ok(labels
+        .into_iter()
+        .map(|l| {
+            let ra = a.results.iter().find(|r| r.label == l);
+            let rb = b.results.iter().find(|r| r.label == l);
+            let diff = match (ra, rb) {
+                (Some(x), Some(y)) => {
+                    crate::stats::paired_difference(&y.episode_accuracy, &x.episode_accuracy)
+                }
+                _ => None,
+            };
+            Change {
+                label: l.to_string(),
+                before: ra.map(|r| r.accuracy),
+                after: rb.map(|r| r.accuracy),
+                diff,
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,10 @@ pub struct RunResults {
     /// Which model was tested: `best` on validation or `final`.
     #[serde(default)]
     pub select: Select,
+    /// The benchmark seed, which fixes the test episodes (absent in runs
+    /// written before it was recorded).
+    #[serde(default)]
+    pub seed: Option<u64>,
     pub run_dir: PathBuf,
     pub results: Vec<AlgoResult>,
 }
@@ -168,6 +172,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         transductive: bench.transductive,
         batch_norm: bench.batch_norm,
         select: bench.select,
+        seed: Some(bench.seed),
         run_dir: opts.run_dir.clone(),
         results: plan.previous.map(|p| p.results).unwrap_or_default(),
     };
@@ -439,6 +444,7 @@ pub(crate) mod tests {
             transductive: false,
             batch_norm: NormProtocol::default(),
             select: Select::default(),
+            seed: Some(0),
             run_dir: PathBuf::from("runs/t"),
             results: rows,
         }

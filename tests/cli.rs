@@ -48,3 +48,90 @@ fn show_reprints_a_run_and_names_a_missing_one() {
     let out = common::bench(&["show", &d]);
     common::assert_bench_fails(&out, &["results.json"]);
 }
+
+/// A results.json in a fresh folder: rows `(label, per-episode accuracy)`.
+fn write_run(benchmark: &str, rows: &[(&str, Vec<f64>)]) -> tempfile::TempDir {
+    use fewshot::runner::{AlgoResult, RunResults};
+    let dir = tempfile::tempdir().unwrap();
+    let results = rows
+        .iter()
+        .map(|(label, acc)| {
+            let i = fewshot::stats::mean_interval(acc);
+            AlgoResult {
+                label: label.to_string(),
+                algorithm: label.to_string(),
+                accuracy: i.mean,
+                ci95: i.ci95,
+                test_episodes: acc.len(),
+                meta_steps: 10,
+                train_episodes: 10,
+                train_seconds: 1.0,
+                test_seconds: 1.0,
+                selected: "final".into(),
+                best_val_accuracy: None,
+                vs_best: None,
+                published: None,
+                episode_accuracy: acc.clone(),
+            }
+        })
+        .collect();
+    let r = RunResults {
+        benchmark: benchmark.into(),
+        dataset: "omniglot".into(),
+        episode: fewshot::sampler::EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        transductive: false,
+        batch_norm: Default::default(),
+        select: Default::default(),
+        seed: Some(0),
+        run_dir: dir.path().to_path_buf(),
+        results,
+    };
+    std::fs::write(
+        dir.path().join("results.json"),
+        serde_json::to_string(&r).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn compare_flags_a_planted_regression_and_ignores_noise() {
+    // 200 episodes of accuracies in steps of 1/75; `planted` loses 3 of 75
+    // queries on every episode, `noisy` moves by +/-1 query at random.
+    let mut rng = fewshot::rng::Rng::new(9);
+    let base: Vec<f64> = (0..200)
+        .map(|_| (40 + rng.below(30)) as f64 / 75.0)
+        .collect();
+    let planted: Vec<f64> = base.iter().map(|a| a - 3.0 / 75.0).collect();
+    let noisy: Vec<f64> = base
+        .iter()
+        .map(|a| a + (rng.below(3) as f64 - 1.0) / 75.0)
+        .collect();
+    let before = write_run("b", &[("x", base.clone()), ("y", base.clone())]);
+    let after = write_run("b", &[("x", planted), ("y", noisy)]);
+    let p = |d: &tempfile::TempDir| d.path().to_string_lossy().into_owned();
+    let out = common::bench(&["compare", &p(&before), &p(&after)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = |l: &str| text.lines().find(|x| x.starts_with(l)).unwrap().to_string();
+    assert!(
+        line("x ").contains("-4.00 +/- 0.00") && line("x ").ends_with("WORSE"),
+        "{text}"
+    );
+    assert!(line("y ").ends_with("same"), "{text}");
+    // The other way round nothing got worse: status 0.
+    let out = common::bench(&["compare", &p(&after), &p(&before)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Runs of different benchmarks cannot be paired.
+    let other = write_run("c", &[("x", base)]);
+    let out = common::bench(&["compare", &p(&before), &p(&other)]);
+    common::assert_bench_fails(&out, &["same test episodes"]);
+}

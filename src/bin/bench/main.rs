@@ -2,6 +2,7 @@
 //! and turns its arguments into library calls; stdout carries tables only,
 //! logs go to stderr (`RUST_LOG=debug` for more).
 
+mod compare;
 mod data;
 mod episodes;
 mod list;
@@ -45,6 +46,9 @@ enum Command {
     List(list::Args),
     /// Reprint a run's leaderboard (with paired differences) from its folder.
     Show(show::Args),
+    /// Compare two runs of one benchmark algorithm by algorithm (paired);
+    /// exit status 1 when one got significantly worse.
+    Compare(compare::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
     Trace(trace::Args),
     /// Sample episodes from a dataset and describe them (class names, image ids).
@@ -87,6 +91,11 @@ fn main() {
         Command::Run(a) => run::run(&data_dir, a),
         Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
+        Command::Compare(a) => match compare::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
         Command::Trace(a) => trace::run(&data_dir, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),

@@ -20,6 +20,7 @@
 //! - [`stats`]: Student-t intervals and paired differences over episodes;
 //! - [`report`]: the leaderboard as a terminal table, `leaderboard.md` and
 //!   `leaderboard.csv`;
+//! - [`logfile`]: the run's log file (`run.log` in the run folder);
 //! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
 //!   run folders that are never overwritten by mistake;
 //! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
@@ -32,6 +33,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod learner;
+pub mod logfile;
 pub mod norm;
 pub mod ops;
 pub mod optim;

@@ -93,11 +93,12 @@ pub const LOCK: &str = ".lock";
 
 /// The files a run writes at the top of its folder (algorithm labels may
 /// not take these names).
-pub const RUN_FILES: [&str; 4] = [
+pub const RUN_FILES: [&str; 5] = [
     "resolved.yaml",
     "results.json",
     "leaderboard.md",
     "leaderboard.csv",
+    crate::logfile::FILE,
 ];
 
 /// Entries of a folder other than fewshot's temporary files and lock

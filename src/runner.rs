@@ -8,6 +8,7 @@
 //!   episode's accuracy and each row's paired difference to the best;
 //! - `leaderboard.md`, `leaderboard.csv`: the same table for readers and
 //!   scripts ([`crate::report`]);
+//! - `run.log`: every log line of the run, appended by each session;
 //! - `<label>/`: `checkpoints/`, `curve.csv`, `test_episodes.csv` (accuracy
 //!   and loss of every test episode).
 //!
@@ -163,6 +164,13 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     check_images(&ds)?;
     // Held until the run ends: a second run on this folder is refused.
     let _lock = plan.commit(bench)?;
+    let _log = crate::logfile::attach_scoped(&opts.run_dir.join(crate::logfile::FILE))?;
+    tracing::info!(
+        "run {} of {} (fewshot {})",
+        opts.run_dir.display(),
+        bench.name,
+        env!("CARGO_PKG_VERSION")
+    );
     let device = candle_core::Device::Cpu;
     let ctx = bench.context(&device);
     let mut out = RunResults {

@@ -269,16 +269,25 @@ pub fn meta_train(
     }
     ds.preload(Some(Split::Train))?;
     let mb = algo.meta_batch() as u64;
-    let total = opts.budget.meta_steps.unwrap_or(0);
+    // The bar runs over the budget (whichever limit binds first: steps,
+    // minutes or episodes), in thousandths, so its ETA is the budget's.
     let pb = if opts.show_progress {
-        let pb = crate::util::progress(total.max(state.step), algo.label());
-        pb.set_position(state.step);
-        if total == 0 {
-            pb.set_length(state.step + 1);
-        }
+        let pb = crate::util::progress(1000, algo.label());
+        pb.set_position((1000.0 * state.fraction(&opts.budget)) as u64);
         pb
     } else {
         indicatif::ProgressBar::hidden()
+    };
+    let session = (Instant::now(), state.train_episodes);
+    let label = algo.label().to_string();
+    let status = |st: &TrainState| {
+        let secs = session.0.elapsed().as_secs_f64().max(1e-9);
+        let rate = (st.train_episodes - session.1) as f64 / secs;
+        let val = st
+            .best_val_accuracy
+            .map(|v| format!(", best val {:.1}%", 100.0 * v))
+            .unwrap_or_default();
+        format!("{label} step {}, {rate:.1} ep/s{val}", st.step)
     };
     let session_end = opts.stop_after_steps.map(|n| state.step + n);
     while !state.done(&opts.budget) {
@@ -320,10 +329,8 @@ pub fn meta_train(
         state.pending_loss += score.loss;
         state.pending_accuracy += score.accuracy;
         state.pending_steps += 1;
-        pb.set_position(state.step);
-        if total == 0 {
-            pb.set_length(state.step + 1);
-        }
+        pb.set_position((1000.0 * state.fraction(&opts.budget)) as u64);
+        pb.set_message(status(&state));
         let done = state.done(&opts.budget);
         let last_val_seconds = state.curve.last().map(|p| p.train_seconds).unwrap_or(0.0);
         let due_by_steps = opts.validate_every.is_some_and(|v| state.step % v == 0);

@@ -103,7 +103,7 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
-            "{msg:>24} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
+            "{msg:<44} [{bar:30}] {percent:>3}% ({elapsed}, eta {eta})",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),

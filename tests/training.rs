@@ -274,7 +274,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     // suite).
     let tmp = common::tempdir();
     let run = tmp.path().join("run");
-    let out = common::bench(&[
+    let out = common::bench_cmd(&[
         "--data-dir",
         common::shared_datasets().to_str().unwrap(),
         "run",
@@ -288,8 +288,19 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         "2",
         "--run-dir",
         run.to_str().unwrap(),
-    ]);
+    ])
+    .env("RUST_LOG", "info")
+    .output()
+    .unwrap();
     let table = common::assert_bench_ok(&out);
+    // The log lines are also in the run folder, without terminal colours.
+    let log = std::fs::read_to_string(run.join("run.log")).unwrap();
+    assert!(
+        log.contains("decoded and checked")
+            && log.contains("label=meta-lstm")
+            && !log.contains('\x1b'),
+        "{log}"
+    );
     for l in ["fomaml", "reptile", "meta-lstm", "+/-", "vs best (pp)"] {
         assert!(table.contains(l), "{table}");
     }

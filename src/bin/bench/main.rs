@@ -76,14 +76,27 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
+    // Log lines go to stderr and, during a run, to <run-dir>/run.log
+    // (plain text; fewshot::logfile).
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(|| fewshot::logfile::Sink)
+                .with_target(false)
+                .with_ansi(false),
+        )
         .init();
     let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());

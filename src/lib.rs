@@ -20,6 +20,8 @@
 //! - [`stats`]: Student-t intervals and paired differences over episodes;
 //! - [`report`]: the leaderboard as a terminal table, `leaderboard.md` and
 //!   `leaderboard.csv`;
+//! - [`transfer`]: a run's trained algorithms tested on another
+//!   benchmark's episodes (cross-dataset evaluation);
 //! - [`logfile`]: the run's log file (`run.log` in the run folder);
 //! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
 //!   run folders that are never overwritten by mistake;
@@ -47,6 +49,7 @@ pub mod spec;
 pub mod stats;
 pub mod trace;
 pub mod train;
+pub mod transfer;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -101,6 +101,10 @@ pub const RUN_FILES: [&str; 5] = [
     crate::logfile::FILE,
 ];
 
+/// The folder of a run's cross-dataset evaluations (`bench eval`,
+/// [`crate::transfer`]), discarded with the run by `--force`.
+pub const EVAL_DIR: &str = "eval";
+
 /// Entries of a folder other than fewshot's temporary files and lock
 /// (sorted).
 fn entries(dir: &Path) -> Vec<String> {
@@ -127,6 +131,9 @@ fn run_part(dir: &Path, name: &str) -> bool {
     let p = dir.join(name);
     if RUN_FILES.contains(&name) {
         return p.is_file();
+    }
+    if name == EVAL_DIR {
+        return p.is_dir();
     }
     p.is_dir()
         && ["checkpoints", "curve.csv", "test_episodes.csv"]
@@ -285,6 +292,12 @@ fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
         if dir.join(f).is_file() {
             v.push((dir.join(f), f.to_string()));
         }
+    }
+    if dir.join(EVAL_DIR).is_dir() {
+        v.push((
+            dir.join(EVAL_DIR),
+            format!("{EVAL_DIR}/ (bench eval results)"),
+        ));
     }
     for l in labels {
         let d = dir.join(l);

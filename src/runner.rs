@@ -395,7 +395,8 @@ pub fn pair_with_best(rows: &mut [AlgoResult]) {
     }
 }
 
-fn write_episode_scores(ev: &Evaluation, path: &Path) -> Result<()> {
+/// `episode,accuracy,loss` for every test episode.
+pub fn write_episode_scores(ev: &Evaluation, path: &Path) -> Result<()> {
     let mut s = String::from("episode,accuracy,loss\n");
     for (i, sc) in ev.scores.iter().enumerate() {
         s.push_str(&format!("{i},{:.6},{:.6}\n", sc.accuracy, sc.loss));

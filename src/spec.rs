@@ -386,6 +386,7 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
     // Names the run folder itself uses.
     let reserved = crate::rundir::RUN_FILES
         .iter()
+        .chain([&crate::rundir::EVAL_DIR])
         .any(|r| r.eq_ignore_ascii_case(label));
     if reserved {
         Err(format!(

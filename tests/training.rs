@@ -341,6 +341,42 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
             21
         );
     }
+    // The trained algorithms on another benchmark's episodes (here the
+    // transductive variant of the same data: the learner fits).
+    let data = common::shared_datasets();
+    let eval = |on: &str| {
+        common::bench(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "eval",
+            run.to_str().unwrap(),
+            "--on",
+            on,
+            "--test-episodes",
+            "4",
+            "--only",
+            "fomaml,meta-lstm",
+        ])
+    };
+    let shown = common::assert_bench_ok(&eval("fewshot-5way1shot-transductive"));
+    assert!(
+        shown.contains("tested on fewshot-5way1shot-transductive") && shown.contains("best@10"),
+        "{shown}"
+    );
+    let e = run.join("eval").join("fewshot-5way1shot-transductive");
+    let r = fewshot::runner::load_results(&e).unwrap();
+    let labels: Vec<&str> = r.results.iter().map(|x| x.label.as_str()).collect();
+    assert_eq!(labels, ["fomaml", "meta-lstm"]);
+    assert!(r
+        .results
+        .iter()
+        .all(|x| x.test_episodes == 4 && x.episode_accuracy.len() == 4));
+    assert!(r.transductive && e.join("leaderboard.md").is_file());
+    // A benchmark whose images the learner cannot take is refused up front.
+    common::assert_bench_fails(
+        &eval("mini-imagenet-5way1shot"),
+        &["image channels", "trained on fewshot-5way1shot"],
+    );
     let md = std::fs::read_to_string(run.join("leaderboard.md")).unwrap();
     let csv = std::fs::read_to_string(run.join("leaderboard.csv")).unwrap();
     assert_eq!(

@@ -5,6 +5,7 @@
 mod compare;
 mod data;
 mod episodes;
+mod eval;
 mod list;
 mod perf;
 mod run;
@@ -49,6 +50,9 @@ enum Command {
     /// Compare two runs of one benchmark algorithm by algorithm (paired);
     /// exit status 1 when one got significantly worse.
     Compare(compare::Args),
+    /// Test a run's trained algorithms on another benchmark's fixed test
+    /// episodes (cross-dataset evaluation).
+    Eval(eval::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
     Trace(trace::Args),
     /// Sample episodes from a dataset and describe them (class names, image ids).
@@ -104,6 +108,7 @@ fn main() {
         Command::Run(a) => run::run(&data_dir, a),
         Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
+        Command::Eval(a) => eval::run(&data_dir, a),
         Command::Compare(a) => match compare::run(a) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -296,7 +296,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     // The log lines are also in the run folder, without terminal colours.
     let log = std::fs::read_to_string(run.join("run.log")).unwrap();
     assert!(
-        log.contains("decoded and checked")
+        log.contains("validation step=10")
             && log.contains("label=meta-lstm")
             && !log.contains('\x1b'),
         "{log}"
@@ -372,6 +372,75 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         .iter()
         .all(|x| x.test_episodes == 4 && x.episode_accuracy.len() == 4));
     assert!(r.transductive && e.join("leaderboard.md").is_file());
+    // Fixed episodes from a file of real Omniglot images: two 5-way
+    // 1-shot episodes with 2 queries per class, from 5 characters of the
+    // evaluation alphabets (extracted here from the shared zip).
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    let mut zip = zip::ZipArchive::new(
+        std::fs::File::open(data.join("omniglot/images_evaluation.zip")).unwrap(),
+    )
+    .unwrap();
+    let mut by_char: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for i in 0..zip.len() {
+        let name = zip.by_index(i).unwrap().name().to_string();
+        if let Some((dir, _)) = name.rsplit_once('/').filter(|_| name.ends_with(".png")) {
+            by_char.entry(dir.to_string()).or_default().push(name);
+        }
+    }
+    let mut csv = String::from("episode,role,label,image\n");
+    for (c, (_, files)) in by_char.iter().take(5).enumerate() {
+        for (k, f) in files.iter().take(6).enumerate() {
+            let local = format!("c{c}_{k}.png");
+            let mut bytes = vec![];
+            std::io::Read::read_to_end(&mut zip.by_name(f).unwrap(), &mut bytes).unwrap();
+            std::fs::write(imgs.join(&local), bytes).unwrap();
+            let (episode, role) = (k / 3, if k % 3 == 0 { "support" } else { "query" });
+            csv.push_str(&format!("{episode},{role},{c},imgs/{local}\n"));
+        }
+    }
+    // Lines in episode order, as the format asks.
+    let mut lines: Vec<&str> = csv.lines().skip(1).collect();
+    lines.sort_by_key(|l| l.split(',').next().unwrap().parse::<u32>().unwrap());
+    let file = tmp.path().join("fixed.csv");
+    std::fs::write(
+        &file,
+        format!("episode,role,label,image\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    let out = common::bench(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "eval",
+        run.to_str().unwrap(),
+        "--on",
+        "fewshot-5way1shot",
+        "--episodes",
+        file.to_str().unwrap(),
+        "--only",
+        "reptile",
+    ]);
+    let shown = common::assert_bench_ok(&out);
+    assert!(shown.contains("tested on fixed"), "{shown}");
+    let r = fewshot::runner::load_results(&run.join("eval").join("fixed")).unwrap();
+    assert_eq!(r.results[0].episode_accuracy.len(), 2);
+    assert_eq!(
+        (r.episode.ways, r.episode.shots, r.episode.queries),
+        (5, 1, 2)
+    );
+    // A damaged file is refused with its line.
+    std::fs::write(&file, "episode,role,label,image\n0,train,0,imgs/c0_0.png\n").unwrap();
+    let out = common::bench(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "eval",
+        run.to_str().unwrap(),
+        "--on",
+        "fewshot-5way1shot",
+        "--episodes",
+        file.to_str().unwrap(),
+    ]);
+    common::assert_bench_fails(&out, &["fixed.csv", "line 2", "role `train`"]);
     // A benchmark whose images the learner cannot take is refused up front.
     common::assert_bench_fails(
         &eval("mini-imagenet-5way1shot"),

@@ -355,6 +355,9 @@ impl Dataset {
         let f = &self.format;
         let s = f.size;
         let px = self.pixels(i);
+        if rotation.is_multiple_of(4) {
+            return normalise(f, px, out);
+        }
         for c in 0..f.channels {
             let scale = 1.0 / (255.0 * f.std[c]);
             let shift = f.mean[c] / f.std[c];
@@ -380,6 +383,21 @@ impl Dataset {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Cached pixels `px` (`C x H x W`, `u8`) as normalised floats into `out`.
+pub fn normalise(f: &ImageFormat, px: &[u8], out: &mut [f32]) {
+    let n = f.size * f.size;
+    for c in 0..f.channels {
+        let scale = 1.0 / (255.0 * f.std[c]);
+        let shift = f.mean[c] / f.std[c];
+        for (d, &v) in out[c * n..(c + 1) * n]
+            .iter_mut()
+            .zip(&px[c * n..(c + 1) * n])
+        {
+            *d = v as f32 * scale - shift;
         }
     }
 }

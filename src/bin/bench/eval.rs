@@ -17,8 +17,12 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Override the number of test episodes of --on
-    #[arg(long)]
+    #[arg(long, conflicts_with = "episodes")]
     test_episodes: Option<usize>,
+    /// Evaluate on the fixed episodes of this CSV file instead
+    /// (`episode,role,label,image`; images preprocessed as --on's dataset)
+    #[arg(long)]
+    episodes: Option<PathBuf>,
 }
 
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
@@ -28,8 +32,14 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         target.test_episodes = n;
     }
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let r = fewshot::transfer::evaluate_on(&a.run, &target, data_dir, &a.only, show)?;
-    println!("trained in {}, tested on {}:", a.run.display(), target.name);
+    let file = a
+        .episodes
+        .as_deref()
+        .map(fewshot::transfer::EpisodeFile::read)
+        .transpose()?;
+    let r =
+        fewshot::transfer::evaluate_on(&a.run, &target, file.as_ref(), data_dir, &a.only, show)?;
+    println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);
     print!("{}", fewshot::report::terminal(&r));
     Ok(())
 }

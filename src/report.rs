@@ -12,7 +12,7 @@
 //! Marks: `*` the best row; `~` a row whose paired difference to the best
 //! is not distinguishable from zero at 95%.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::runner::{best_row, RunResults};
@@ -249,6 +249,125 @@ pub fn csv(r: &RunResults) -> String {
 pub fn write_files(r: &RunResults, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("leaderboard.md"), markdown(r).as_bytes())?;
     write_atomic(&dir.join("leaderboard.csv"), csv(r).as_bytes())
+}
+
+/// Rows without a published number take it from the benchmark file of the
+/// same name (`benchmarks/<name>.yaml`), for runs written before results
+/// carried them; nothing changes when there is no such file.
+pub fn fill_published(r: &mut RunResults) {
+    if r.results.iter().all(|x| x.published.is_some()) {
+        return;
+    }
+    let Ok((b, _)) = crate::spec::Benchmark::load(&r.benchmark) else {
+        return;
+    };
+    for x in &mut r.results {
+        if x.published.is_none() {
+            x.published = b.published.get(&x.label).cloned();
+        }
+    }
+}
+
+/// Whether a run has a row for every algorithm its `resolved.yaml` lists
+/// (runs from before resolved.yaml are taken as complete).
+pub fn complete(r: &RunResults) -> bool {
+    match crate::transfer::trained_benchmark(&r.run_dir) {
+        Ok(b) => b
+            .algorithms
+            .iter()
+            .all(|a| r.results.iter().any(|x| x.label == a.label)),
+        Err(_) => !r.results.is_empty(),
+    }
+}
+
+/// The newest complete run (by the time its results.json was written) in
+/// each benchmark folder of `root` (`runs/<benchmark>/<run>/`), sorted by
+/// benchmark name. Folders that are not runs are skipped.
+pub fn latest_runs(root: &Path) -> Result<Vec<RunResults>> {
+    let mut out = vec![];
+    let mut benches: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| crate::error::Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    benches.sort();
+    for b in benches {
+        let mut best: Option<(std::time::SystemTime, RunResults)> = None;
+        let Ok(rd) = std::fs::read_dir(&b) else {
+            continue;
+        };
+        for run in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+            let file = run.join("results.json");
+            let Ok(t) = file.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            let Ok(r) = crate::runner::load_results(&run) else {
+                continue;
+            };
+            if complete(&r) && best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, r));
+            }
+        }
+        out.extend(best.map(|(_, r)| r));
+    }
+    Ok(out)
+}
+
+/// One leaderboard across benchmarks: a row per (benchmark, algorithm),
+/// the paired difference to the best of its benchmark, the published
+/// number, and the run it comes from. `md`: Markdown, else text.
+pub fn across(runs: &[RunResults], md: bool) -> String {
+    let mut s = String::new();
+    if md {
+        s.push_str("| benchmark | | algorithm | accuracy (%) | vs best (pp) | published (%) | meta-steps | train (s) | run |\n");
+        s.push_str("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    } else {
+        s.push_str(&format!(
+            "{:<32} {:<2}{:<12} {:>16} {:>16} {:>18} {:>10} {:>8}  run\n",
+            "benchmark",
+            "",
+            "algorithm",
+            "accuracy (%)",
+            "vs best (pp)",
+            "published (%)",
+            "meta-steps",
+            "train"
+        ));
+    }
+    for r in runs {
+        let t = Table::of(r);
+        for x in &t.rows {
+            let acc = pm(x.accuracy, x.ci95);
+            let vs = x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default();
+            let published = published_cell(&x.published);
+            let run = r.run_dir.display();
+            if md {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.0} | `{run}` |\n",
+                    r.benchmark,
+                    if x.mark == "*" { "\\*" } else { x.mark },
+                    x.label,
+                    acc.replace("+/-", "±"),
+                    vs.replace("+/-", "±"),
+                    published.replace("+/-", "±"),
+                    x.meta_steps,
+                    x.train_seconds
+                ));
+            } else {
+                s.push_str(&format!(
+                    "{:<32} {:<2}{:<12} {:>16} {:>16} {:>18} {:>10} {:>7.0}s  {run}\n",
+                    r.benchmark, x.mark, x.label, acc, vs, published, x.meta_steps, x.train_seconds
+                ));
+            }
+        }
+    }
+    let legend = format!("{LEGEND}; published numbers are the papers' (T: transductive), not ours");
+    if md {
+        s.push_str(&format!("\n{}\n", legend.replace('*', "\\*")));
+    } else {
+        s.push_str(&format!("{legend}\n"));
+    }
+    s
 }
 
 /// How one algorithm changed between two runs of the same benchmark.

@@ -51,8 +51,15 @@ fn show_reprints_a_run_and_names_a_missing_one() {
 
 /// A results.json in a fresh folder: rows `(label, per-episode accuracy)`.
 fn write_run(benchmark: &str, rows: &[(&str, Vec<f64>)]) -> tempfile::TempDir {
-    use fewshot::runner::{AlgoResult, RunResults};
     let dir = tempfile::tempdir().unwrap();
+    write_run_at(dir.path(), benchmark, rows);
+    dir
+}
+
+/// A results.json in `dir` (created).
+fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)]) {
+    use fewshot::runner::{AlgoResult, RunResults};
+    std::fs::create_dir_all(dir).unwrap();
     let results = rows
         .iter()
         .map(|(label, acc)| {
@@ -87,15 +94,10 @@ fn write_run(benchmark: &str, rows: &[(&str, Vec<f64>)]) -> tempfile::TempDir {
         batch_norm: Default::default(),
         select: Default::default(),
         seed: Some(0),
-        run_dir: dir.path().to_path_buf(),
+        run_dir: dir.to_path_buf(),
         results,
     };
-    std::fs::write(
-        dir.path().join("results.json"),
-        serde_json::to_string(&r).unwrap(),
-    )
-    .unwrap();
-    dir
+    std::fs::write(dir.join("results.json"), serde_json::to_string(&r).unwrap()).unwrap();
 }
 
 #[test]
@@ -134,4 +136,55 @@ fn compare_flags_a_planted_regression_and_ignores_noise() {
     let other = write_run("c", &[("x", base)]);
     let out = common::bench(&["compare", &p(&before), &p(&other)]);
     common::assert_bench_fails(&out, &["same test episodes"]);
+}
+
+#[test]
+fn report_takes_the_newest_run_of_each_benchmark() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write_run_at(
+        &r.join("fewshot-5way1shot/old"),
+        "fewshot-5way1shot",
+        &[("fomaml", vec![0.5, 0.6])],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    write_run_at(
+        &r.join("fewshot-5way1shot/new"),
+        "fewshot-5way1shot",
+        &[("fomaml", vec![0.7, 0.9])],
+    );
+    write_run_at(&r.join("other/x"), "other", &[("reptile", vec![0.3, 0.4])]);
+    std::fs::create_dir_all(r.join("other/not-a-run")).unwrap();
+    let out = common::bench_cmd(&["report", "--root", &r.to_string_lossy()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = common::assert_bench_ok(&out);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("fomaml") || l.contains("reptile"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    // The newest fewshot run (80%), with the benchmark file's published number.
+    assert!(
+        rows[0].contains("80.00 +/- ") && rows[0].contains("98.30 +/- 0.50 T"),
+        "{text}"
+    );
+    assert!(
+        rows[1].starts_with("other") && rows[1].contains("35.00"),
+        "{text}"
+    );
+    let md = common::bench(&["report", "--root", &r.to_string_lossy(), "--format", "md"]);
+    assert_eq!(
+        common::assert_bench_ok(&md)
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .count(),
+        2 + 2
+    );
+    let empty = tempfile::tempdir().unwrap();
+    common::assert_bench_fails(
+        &common::bench(&["report", "--root", &empty.path().to_string_lossy()]),
+        &["no complete run"],
+    );
 }

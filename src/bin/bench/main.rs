@@ -8,6 +8,7 @@ mod episodes;
 mod eval;
 mod list;
 mod perf;
+mod report;
 mod run;
 mod show;
 mod trace;
@@ -53,6 +54,9 @@ enum Command {
     /// Test a run's trained algorithms on another benchmark's fixed test
     /// episodes (cross-dataset evaluation).
     Eval(eval::Args),
+    /// One leaderboard across benchmarks (the newest complete run of each,
+    /// or the runs given).
+    Report(report::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
     Trace(trace::Args),
     /// Sample episodes from a dataset and describe them (class names, image ids).
@@ -108,6 +112,7 @@ fn main() {
         Command::Run(a) => run::run(&data_dir, a),
         Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
+        Command::Report(a) => report::run(a),
         Command::Eval(a) => eval::run(&data_dir, a),
         Command::Compare(a) => match compare::run(a) {
             Ok(true) => Ok(()),

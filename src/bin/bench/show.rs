@@ -15,7 +15,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let r = fewshot::runner::load_results(&a.run)?;
+    let mut r = fewshot::runner::load_results(&a.run)?;
+    report::fill_published(&mut r);
     let out = match a.format.as_str() {
         "md" => report::markdown(&r),
         "csv" => report::csv(&r),

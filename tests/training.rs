@@ -408,19 +408,21 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         format!("episode,role,label,image\n{}\n", lines.join("\n")),
     )
     .unwrap();
-    let out = common::bench(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "eval",
-        run.to_str().unwrap(),
-        "--on",
-        "fewshot-5way1shot",
-        "--episodes",
-        file.to_str().unwrap(),
-        "--only",
-        "reptile",
-    ]);
-    let shown = common::assert_bench_ok(&out);
+    let eval_file = || {
+        common::bench(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "eval",
+            run.to_str().unwrap(),
+            "--on",
+            "fewshot-5way1shot",
+            "--episodes",
+            file.to_str().unwrap(),
+            "--only",
+            "reptile",
+        ])
+    };
+    let shown = common::assert_bench_ok(&eval_file());
     assert!(shown.contains("tested on fixed"), "{shown}");
     let r = fewshot::runner::load_results(&run.join("eval").join("fixed")).unwrap();
     assert_eq!(r.results[0].episode_accuracy.len(), 2);
@@ -430,17 +432,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     );
     // A damaged file is refused with its line.
     std::fs::write(&file, "episode,role,label,image\n0,train,0,imgs/c0_0.png\n").unwrap();
-    let out = common::bench(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "eval",
-        run.to_str().unwrap(),
-        "--on",
-        "fewshot-5way1shot",
-        "--episodes",
-        file.to_str().unwrap(),
-    ]);
-    common::assert_bench_fails(&out, &["fixed.csv", "line 2", "role `train`"]);
+    common::assert_bench_fails(&eval_file(), &["fixed.csv", "line 2", "role `train`"]);
     // A benchmark whose images the learner cannot take is refused up front.
     common::assert_bench_fails(
         &eval("mini-imagenet-5way1shot"),

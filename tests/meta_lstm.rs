@@ -312,6 +312,24 @@ fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
     Params::new(p.names.clone(), tensors)
 }
 
+/// A 10-step meta-learner in `dtype` with weights moved off their
+/// initialisation (larger recurrent and cell weights exercise every path
+/// of the backward), and an episode for it: the tiny learner's, or a
+/// 5-way 1-shot one with 3 queries.
+fn ten_step_case(l: &Learner, dtype: DType) -> (MetaLstm, Batch) {
+    let mut m = meta(l.clone(), false, 10);
+    if dtype == DType::F64 {
+        m.to_dtype(DType::F64).unwrap();
+    }
+    m.params = jitter(&m.params, 0.05, 11);
+    let b = if l.image_size == 8 {
+        batch(l, 4, dtype)
+    } else {
+        episode(l, 3, dtype, 1, 3)
+    };
+    (m, b)
+}
+
 #[test]
 fn fused_and_composed_paths_agree_over_ten_steps() {
     // The fused kernel against the composed candle graph: theta_T, the
@@ -323,18 +341,7 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
         (tiny(), DType::F64, 1e-12),
         (Learner::omniglot(5, 28), DType::F32, 1e-5),
     ] {
-        let mut m = meta(l.clone(), false, 10);
-        if dtype == DType::F64 {
-            m.to_dtype(DType::F64).unwrap();
-        }
-        // Move the weights off their initialisation (larger recurrent and
-        // cell weights exercise every path of the backward).
-        m.params = jitter(&m.params, 0.05, 11);
-        let b = if l.image_size == 8 {
-            batch(&l, 4, dtype)
-        } else {
-            episode(&l, 3, dtype, 1, 3)
-        };
+        let (m, b) = ten_step_case(&l, dtype);
         let run = |k: Kernels| {
             m.unroll_with(
                 k,
@@ -427,16 +434,7 @@ fn gradient_checkpointing_gives_the_same_meta_gradient_bit_for_bit() {
     // segments that divide T, that do not, of one step, and longer than T;
     // and an episode after a checkpointed one (recycled buffers) too.
     for (l, dtype) in [(tiny(), DType::F64), (Learner::omniglot(5, 28), DType::F32)] {
-        let mut m = meta(l.clone(), false, 10);
-        if dtype == DType::F64 {
-            m.to_dtype(DType::F64).unwrap();
-        }
-        m.params = jitter(&m.params, 0.05, 11);
-        let b = if l.image_size == 8 {
-            batch(&l, 4, dtype)
-        } else {
-            episode(&l, 3, dtype, 1, 3)
-        };
+        let (mut m, b) = ten_step_case(&l, dtype);
         let bits = |m: &MetaLstm| {
             let (loss, _, g) = m.meta_gradient(&m.params, &b, None).unwrap();
             let mut v = vec![loss.to_bits()];

@@ -344,12 +344,18 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     // The trained algorithms on another benchmark's episodes (here the
     // transductive variant of the same data: the learner fits).
     let data = common::shared_datasets();
-    let eval = |on: &str| {
-        common::bench(&[
+    let bench_eval = |more: &[&str]| {
+        let mut args = vec![
             "--data-dir",
             data.to_str().unwrap(),
             "eval",
             run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        common::bench(&args)
+    };
+    let eval = |on: &str| {
+        bench_eval(&[
             "--on",
             on,
             "--test-episodes",
@@ -409,11 +415,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     )
     .unwrap();
     let eval_file = || {
-        common::bench(&[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "eval",
-            run.to_str().unwrap(),
+        bench_eval(&[
             "--on",
             "fewshot-5way1shot",
             "--episodes",

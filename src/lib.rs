@@ -45,6 +45,7 @@ pub mod rng;
 pub mod rundir;
 pub mod runner;
 pub mod sampler;
+pub mod seeds;
 pub mod spec;
 pub mod stats;
 pub mod trace;

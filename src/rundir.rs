@@ -45,11 +45,14 @@ pub enum Mode {
     Resume,
     /// Discard the run in the folder (saying what) and start over.
     Force,
+    /// Resume the run in the folder if it holds one, else start it: a unit
+    /// of a job array, restarted after preemption ([`crate::seeds`]).
+    Continue,
 }
 
 /// The benchmark-level fields that determine meta-training.
 fn benchmark_part(b: &Benchmark) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "dataset": b.dataset,
         "data": b.data,
         "episode": b.episode,
@@ -60,7 +63,13 @@ fn benchmark_part(b: &Benchmark) -> serde_json::Value {
         "batch_norm": b.batch_norm,
         "learner": b.learner,
         "kernels": b.kernels,
-    })
+    });
+    // The run seed joined the fingerprint later: seed 0, the only one of
+    // older runs, is left out so that their checkpoints still resume.
+    if b.run_seed != 0 {
+        v["run_seed"] = json!(b.run_seed);
+    }
+    v
 }
 
 fn algorithm_part(a: &AlgorithmSpec) -> serde_json::Value {
@@ -188,6 +197,11 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
         ));
     }
     let holds_run = resolved.is_file();
+    let mode = match mode {
+        Mode::Continue if holds_run => Mode::Resume,
+        Mode::Continue => Mode::New,
+        m => m,
+    };
     let others = entries(dir);
     // What a `--force` killed midway leaves: run parts without resolved.yaml.
     let leftovers = !holds_run && !others.is_empty() && others.iter().all(|n| run_part(dir, n));
@@ -248,6 +262,7 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
             };
             Ok(out)
         }
+        Mode::Continue => unreachable!("Continue is New or Resume by now"),
         Mode::Force => {
             if holds_run || leftovers {
                 let text = std::fs::read_to_string(&resolved).unwrap_or_default();

@@ -58,9 +58,21 @@ pub struct AlgoResult {
     /// The benchmark's published result for this row (shown beside ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<spec::Published>,
-    /// Accuracy of every test episode, in episode order.
+    /// Accuracy of every test episode, in episode order (over several run
+    /// seeds: each episode's mean over the seeds).
     #[serde(default)]
     pub episode_accuracy: Vec<f64>,
+    /// The run seeds this row averages ([`crate::seeds`]); empty for a
+    /// single run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
+    /// Test accuracy of each run seed, in the order of `seeds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed_accuracy: Vec<f64>,
+    /// Standard deviation of `seed_accuracy` across seeds (`None` below
+    /// two seeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_sd: Option<f64>,
 }
 
 /// Everything a run produced.
@@ -81,6 +93,17 @@ pub struct RunResults {
     /// written before it was recorded).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The run seed (initialisation and training episodes) of a single run;
+    /// `None` for runs written before it existed (seed 0) and for the
+    /// merge of several seeds.
+    #[serde(default)]
+    pub run_seed: Option<u64>,
+    /// The run seeds a merged multi-seed run averages ([`crate::seeds`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_seeds: Vec<u64>,
+    /// The benchmark profile (`budgeted`, `protocol`, ...).
+    #[serde(default)]
+    pub profile: Option<String>,
     pub run_dir: PathBuf,
     pub results: Vec<AlgoResult>,
 }
@@ -155,6 +178,8 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     // Nothing is written before the run folder, the data and the episodes
     // are known to be usable.
     let mut plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
+    // `Continue` is `New` or `Resume` by now.
+    let resume = plan.mode == Mode::Resume;
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
     tracing::info!("{}", ds.description);
     crate::sampler::Sampler::new(&ds, Split::Test, bench.episode, bench.seed)?;
@@ -181,6 +206,9 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         batch_norm: bench.batch_norm,
         select: bench.select,
         seed: Some(bench.seed),
+        run_seed: Some(bench.run_seed),
+        run_seeds: vec![],
+        profile: Some(bench.profile.clone()),
         run_dir: opts.run_dir.clone(),
         results: plan.previous.map(|p| p.results).unwrap_or_default(),
     };
@@ -191,7 +219,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         let mut algorithm = algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?;
         let _span = tracing::info_span!("algorithm", label = %a.label).entered();
         let dir = opts.run_dir.join(&a.label);
-        if opts.mode == Mode::Resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {
+        if resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {
             tracing::info!(
                 "{} finished and was evaluated in an earlier session; kept",
                 a.label
@@ -202,13 +230,13 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             &mut *algorithm,
             &ds,
             &TrainOptions {
-                budget: bench.budget,
+                budget: bench.budget_of(a),
                 validate_every: bench.validate_every,
                 validate_every_minutes: bench.validate_every_minutes,
                 checkpoint_every: bench.checkpoint_every,
                 val_episodes: bench.val_episodes,
                 dir: dir.clone(),
-                resume: opts.mode == Mode::Resume,
+                resume,
                 config: rundir::fingerprint(bench, a),
                 show_progress: opts.show_progress,
                 stop_after_steps: None,
@@ -288,13 +316,19 @@ fn already_done(
     let traced = opts.trace_episodes == 0
         || !algorithm.has_gates()
         || dir.join(crate::trace::JSONL_FILE).is_file();
-    Ok(c.train.done(&bench.budget)
+    Ok(c.train.done(&bench.budget_of(a))
         && r.meta_steps == c.train.step
         && r.test_episodes == bench.test_episodes
         && traced)
 }
 
-fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: String) -> AlgoResult {
+/// The row of one trained and tested algorithm.
+pub(crate) fn row(
+    a: &spec::AlgorithmSpec,
+    st: &TrainState,
+    ev: &Evaluation,
+    selected: String,
+) -> AlgoResult {
     AlgoResult {
         label: a.label.clone(),
         algorithm: a.algorithm.clone(),
@@ -310,14 +344,20 @@ fn row(a: &spec::AlgorithmSpec, st: &TrainState, ev: &Evaluation, selected: Stri
         vs_best: None,
         published: None,
         episode_accuracy: ev.scores.iter().map(|s| s.accuracy).collect(),
+        seeds: vec![],
+        seed_accuracy: vec![],
+        seed_sd: None,
     }
 }
 
 /// Read a finished or partial run's `results.json` (any version of
-/// fewshot's): rows written before per-episode accuracies were kept get
+/// fewshot's; a multi-seed run's units are merged, [`crate::seeds`]): rows written before per-episode accuracies were kept get
 /// them from `<label>/test_episodes.csv`, and every row's paired difference
 /// to the best is (re)computed.
 pub fn load_results(run_dir: &Path) -> Result<RunResults> {
+    if crate::seeds::is_multi_seed(run_dir) {
+        return crate::seeds::merge(run_dir);
+    }
     let path = run_dir.join("results.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut r: RunResults = serde_json::from_str(&text).map_err(|e| Error::Csv {
@@ -437,6 +477,9 @@ pub(crate) mod tests {
             vs_best: None,
             published: None,
             episode_accuracy: acc.to_vec(),
+            seeds: vec![],
+            seed_accuracy: vec![],
+            seed_sd: None,
         }
     }
 
@@ -454,6 +497,9 @@ pub(crate) mod tests {
             batch_norm: NormProtocol::default(),
             select: Select::default(),
             seed: Some(0),
+            run_seed: Some(0),
+            run_seeds: vec![],
+            profile: None,
             run_dir: PathBuf::from("runs/t"),
             results: rows,
         }

@@ -96,8 +96,10 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub data: Option<DataOptions>,
     pub episode: EpisodeSpec,
-    /// Seed of every episode and initialisation [default: 0].
-    #[serde(default)]
+    /// Episode seed: fixes the validation and test episodes every
+    /// algorithm and every run seed sees [default: 0]. (The run seed, which
+    /// seeds initialisation and training episodes, is `bench run --seeds`.)
+    #[serde(default, alias = "episode_seed")]
     pub seed: Option<u64>,
     /// Fixed test episodes every algorithm sees [default: 600].
     #[serde(default)]
@@ -142,6 +144,59 @@ pub struct BenchmarkFile {
     /// Published results to show beside ours, by algorithm label.
     #[serde(default)]
     pub published: Option<BTreeMap<String, Published>>,
+    /// Other profiles than the default [`DEFAULT_PROFILE`] (the file's own
+    /// fields), chosen with `bench run --profile NAME`.
+    #[serde(default)]
+    pub profiles: Option<BTreeMap<String, ProfileFile>>,
+}
+
+/// The profile a benchmark file's own fields describe.
+pub const DEFAULT_PROFILE: &str = "budgeted";
+
+/// A profile: fields that replace the benchmark file's own when it is
+/// chosen (e.g. `protocol`: the published training length of every
+/// algorithm). Parsed strictly with the file; resolved when chosen
+/// (`bench list` resolves every profile of every shipped file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    /// What the profile is for (shown by `bench list`).
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    #[serde(default)]
+    pub test_episodes: Option<usize>,
+    #[serde(default)]
+    pub val_episodes: Option<usize>,
+    #[serde(default)]
+    pub select: Option<Select>,
+    #[serde(default)]
+    pub validate_every: Option<u64>,
+    #[serde(default)]
+    pub validate_every_minutes: Option<f64>,
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    /// Fields set in algorithm entries, by label (e.g. `{fomaml: {budget:
+    /// {meta_steps: 60000}}}`); each replaces the entry's field.
+    #[serde(default)]
+    pub algorithms: BTreeMap<String, serde_yaml::Mapping>,
+}
+
+/// What `bench run` changes in a benchmark file before it is resolved, so
+/// that every check happens once, in [`resolve`].
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// A profile of the file's `profiles` (default: the file's own fields).
+    pub profile: Option<String>,
+    /// The smoke profile for tests: 100 meta-steps, 100 test and 20
+    /// validation episodes, validation and checkpoints every 50 steps.
+    pub smoke: bool,
+    /// One budget for every algorithm (replacing per-algorithm budgets).
+    pub budget: Option<Budget>,
+    pub test_episodes: Option<usize>,
+    /// The run seed (initialisation and training episodes) [default: 0].
+    pub run_seed: Option<u64>,
 }
 
 /// A published result, shown beside ours and labelled published.
@@ -192,6 +247,10 @@ pub struct AlgorithmSpec {
     pub algorithm: String,
     /// All hyperparameters, defaults filled in.
     pub config: serde_yaml::Value,
+    /// This algorithm's own budget (`budget:` in its entry), replacing the
+    /// benchmark's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// A checked benchmark with every default made explicit.
@@ -202,7 +261,15 @@ pub struct Benchmark {
     pub dataset: String,
     pub data: DataOptions,
     pub episode: EpisodeSpec,
+    /// The episode seed: validation and test episodes.
     pub seed: u64,
+    /// The run seed: initialisation, training episodes and every random
+    /// choice of meta-training (absent in runs written before it existed: 0).
+    #[serde(default)]
+    pub run_seed: u64,
+    /// The profile this benchmark was resolved with.
+    #[serde(default = "default_profile")]
+    pub profile: String,
     pub test_episodes: usize,
     pub val_episodes: usize,
     /// Whether evaluation is transductive (`batch_norm.eval == query`).
@@ -223,19 +290,67 @@ pub struct Benchmark {
     pub published: BTreeMap<String, Published>,
 }
 
+fn default_profile() -> String {
+    DEFAULT_PROFILE.to_string()
+}
+
 impl Benchmark {
     /// Parse and resolve a benchmark from YAML text.
     pub fn parse(text: &str, source: &str) -> Result<Benchmark> {
+        Benchmark::parse_with(text, source, &Overrides::default())
+    }
+
+    /// Parse a benchmark, apply `o` to the file, and resolve it.
+    pub fn parse_with(text: &str, source: &str, o: &Overrides) -> Result<Benchmark> {
         let f: BenchmarkFile = from_str(text, source)?;
-        resolve(f, source)
+        resolve(f, source, o)
     }
 
     /// Load `benchmarks/<name>.yaml` (from the current directory, then from
     /// the crate's own folder), or a path to a YAML file.
     pub fn load(name_or_path: &str) -> Result<(Benchmark, PathBuf)> {
+        Benchmark::load_with(name_or_path, &Overrides::default())
+    }
+
+    /// [`Benchmark::load`] with overrides applied before resolving.
+    pub fn load_with(name_or_path: &str, o: &Overrides) -> Result<(Benchmark, PathBuf)> {
         let path = find(name_or_path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        Ok((Benchmark::parse(&text, &path.display().to_string())?, path))
+        Ok((
+            Benchmark::parse_with(&text, &path.display().to_string(), o)?,
+            path,
+        ))
+    }
+
+    /// The profiles of the benchmark file at `path`: the default first, then
+    /// the file's own, each with its description.
+    pub fn profiles(path: &Path) -> Result<Vec<(String, String)>> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let f: BenchmarkFile = from_str(&text, &path.display().to_string())?;
+        let mut v = vec![(DEFAULT_PROFILE.to_string(), String::new())];
+        for (name, p) in f.profiles.unwrap_or_default() {
+            v.push((name, p.description.unwrap_or_default()));
+        }
+        Ok(v)
+    }
+
+    /// The budget of the algorithm `a`: its own, else the benchmark's.
+    pub fn budget_of(&self, a: &AlgorithmSpec) -> Budget {
+        a.budget.unwrap_or(self.budget)
+    }
+
+    /// The budgets on one line: `15 min`, or per label when they differ.
+    pub fn describe_budget(&self) -> String {
+        let all: Vec<Budget> = self.algorithms.iter().map(|a| self.budget_of(a)).collect();
+        if all.iter().all(|b| *b == self.budget) {
+            self.budget.describe()
+        } else {
+            self.algorithms
+                .iter()
+                .map(|a| format!("{}: {}", a.label, self.budget_of(a).describe()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
     }
 
     /// Index and entry of the algorithm labelled `label`; the error names
@@ -262,7 +377,8 @@ impl Benchmark {
             spec: self.episode,
             learner: self.learner.clone(),
             norm: self.batch_norm,
-            seed: self.seed,
+            run_seed: self.run_seed,
+            episode_seed: self.seed,
             device: device.clone(),
             kernels: self.kernels,
         }
@@ -362,6 +478,15 @@ fn find(name_or_path: &str) -> Result<PathBuf> {
     })
 }
 
+/// `entry` without the mapping key `key`.
+fn without(entry: &serde_yaml::Value, key: &str) -> serde_yaml::Value {
+    let mut e = entry.clone();
+    if let Some(m) = e.as_mapping_mut() {
+        m.remove(key);
+    }
+    e
+}
+
 fn cfg_err(source: &str, field: &str, reason: impl Into<String>) -> Error {
     Error::Config {
         source_name: format!("{source}: {field}"),
@@ -401,7 +526,103 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
+/// Apply the chosen profile and then `o` to the file's fields. Returns the
+/// profile's name, its algorithm overlays by label, and whether
+/// per-algorithm budgets are replaced by one budget.
+fn apply_overrides(
+    f: &mut BenchmarkFile,
+    source: &str,
+    o: &Overrides,
+) -> Result<(String, BTreeMap<String, serde_yaml::Mapping>, bool)> {
+    let profiles = f.profiles.take().unwrap_or_default();
+    if profiles.contains_key(DEFAULT_PROFILE) {
+        return Err(cfg_err(
+            source,
+            &format!("profiles.{DEFAULT_PROFILE}"),
+            format!("`{DEFAULT_PROFILE}` is the file's own fields; name the other profiles differently"),
+        ));
+    }
+    let mut overlays = BTreeMap::new();
+    let name = o.profile.clone().unwrap_or_else(default_profile);
+    if name != DEFAULT_PROFILE {
+        let Some(p) = profiles.get(&name) else {
+            let mut known = vec![DEFAULT_PROFILE.to_string()];
+            known.extend(profiles.keys().cloned());
+            return Err(cfg_err(
+                source,
+                "profiles",
+                format!("no profile `{name}`; profiles: {}", known.join(", ")),
+            ));
+        };
+        let p = p.clone();
+        if let Some(d) = p.description {
+            f.description = Some(format!(
+                "{} Profile {name}: {d}",
+                f.description.as_deref().unwrap_or("").trim()
+            ));
+        }
+        f.budget = p.budget.unwrap_or(f.budget);
+        f.test_episodes = p.test_episodes.or(f.test_episodes);
+        f.val_episodes = p.val_episodes.or(f.val_episodes);
+        f.select = p.select.or(f.select);
+        f.validate_every = p.validate_every.or(f.validate_every);
+        f.validate_every_minutes = p.validate_every_minutes.or(f.validate_every_minutes);
+        f.checkpoint_every = p.checkpoint_every.or(f.checkpoint_every);
+        overlays = p.algorithms;
+    }
+    let mut one_budget = false;
+    if o.smoke {
+        f.budget = Budget {
+            minutes: None,
+            meta_steps: Some(100),
+            episodes: None,
+        };
+        f.test_episodes = Some(100);
+        f.val_episodes = Some(20);
+        f.validate_every = Some(50);
+        f.validate_every_minutes = None;
+        f.checkpoint_every = Some(50);
+        one_budget = true;
+    }
+    if let Some(b) = o.budget {
+        f.budget = b;
+        one_budget = true;
+    }
+    if let Some(n) = o.test_episodes {
+        f.test_episodes = Some(n);
+    }
+    Ok((name, overlays, one_budget))
+}
+
+/// Check a budget (the benchmark's or an algorithm's) at `field`.
+fn check_budget(b: &Budget, source: &str, field: &str) -> Result<()> {
+    if b.minutes.is_none() && b.meta_steps.is_none() && b.episodes.is_none() {
+        return Err(cfg_err(
+            source,
+            field,
+            "give `minutes`, `meta_steps` and/or `episodes`",
+        ));
+    }
+    if b.episodes == Some(0) {
+        return Err(cfg_err(source, &format!("{field}.episodes"), "must be >= 1"));
+    }
+    if let Some(m) = b.minutes {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(cfg_err(
+                source,
+                &format!("{field}.minutes"),
+                format!("must be a finite number > 0, got {m}"),
+            ));
+        }
+    }
+    if b.meta_steps == Some(0) {
+        return Err(cfg_err(source, &format!("{field}.meta_steps"), "must be >= 1"));
+    }
+    Ok(())
+}
+
+fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmark> {
+    let (profile, mut overlays, one_budget) = apply_overrides(&mut f, source, o)?;
     // The name names the default run folder (runs/<name>/...).
     check_label(&f.name).map_err(|r| cfg_err(source, "name", r.replace("label", "name")))?;
     f.episode
@@ -484,28 +705,7 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         ));
     }
     let b = f.budget;
-    if b.minutes.is_none() && b.meta_steps.is_none() && b.episodes.is_none() {
-        return Err(cfg_err(
-            source,
-            "budget",
-            "give `minutes`, `meta_steps` and/or `episodes`",
-        ));
-    }
-    if b.episodes == Some(0) {
-        return Err(cfg_err(source, "budget.episodes", "must be >= 1"));
-    }
-    if let Some(m) = b.minutes {
-        if !(m.is_finite() && m > 0.0) {
-            return Err(cfg_err(
-                source,
-                "budget.minutes",
-                format!("must be a finite number > 0, got {m}"),
-            ));
-        }
-    }
-    if b.meta_steps == Some(0) {
-        return Err(cfg_err(source, "budget.meta_steps", "must be >= 1"));
-    }
+    check_budget(&b, source, "budget")?;
     let test_episodes = f.test_episodes.unwrap_or(600);
     let val_episodes = f.val_episodes.unwrap_or(100);
     if test_episodes == 0 {
@@ -553,6 +753,8 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
         data,
         episode: f.episode,
         seed: f.seed.unwrap_or(0),
+        run_seed: o.run_seed.unwrap_or(0),
+        profile,
         test_episodes,
         val_episodes,
         transductive: eval.transductive(),
@@ -574,7 +776,31 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
     let mut labels = std::collections::HashSet::new();
     for (i, entry) in f.algorithms.iter().enumerate() {
         let field = format!("{source}: algorithms[{i}]");
-        let a = algo::build(entry, &ctx, &field)?;
+        let mut entry = entry.clone();
+        let mut a = algo::build(&without(&entry, "budget"), &ctx, &field)?;
+        // The profile's fields for this entry, then the entry again.
+        if let Some(ov) = overlays.remove(a.label()) {
+            let (Some(m), false) = (entry.as_mapping_mut(), ov.contains_key("label")) else {
+                return Err(cfg_err(
+                    source,
+                    &format!("profiles.{}.algorithms.{}", bench.profile, a.label()),
+                    "set hyperparameters or `budget`, not `label`",
+                ));
+            };
+            for (k, v) in ov {
+                m.insert(k, v);
+            }
+            a = algo::build(&without(&entry, "budget"), &ctx, &field)?;
+        }
+        let budget = match entry.get("budget") {
+            Some(_) if one_budget => None,
+            Some(v) => {
+                let b: Budget = from_value(v.clone(), &format!("{field}.budget"))?;
+                check_budget(&b, &field, "budget")?;
+                Some(b)
+            }
+            None => None,
+        };
         check_label(a.label()).map_err(|reason| Error::Config {
             source_name: format!("{field}.label"),
             reason,
@@ -592,7 +818,17 @@ fn resolve(f: BenchmarkFile, source: &str) -> Result<Benchmark> {
             label: a.label().to_string(),
             algorithm: a.kind().to_string(),
             config: a.resolved_config(),
+            budget,
         });
+    }
+    if let Some(label) = overlays.keys().next() {
+        let mut known: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
+        known.sort();
+        return Err(cfg_err(
+            source,
+            &format!("profiles.{}.algorithms.{label}", bench.profile),
+            format!("no algorithm is labelled `{label}`; labels: {}", known.join(", ")),
+        ));
     }
     for (label, p) in f.published.unwrap_or_default() {
         let field = format!("published.{label}");

@@ -49,6 +49,16 @@ pub fn mean_interval(xs: &[f64]) -> Interval {
     Interval { mean, ci95, n }
 }
 
+/// Sample standard deviation (n - 1 in the denominator); `None` below two
+/// values.
+pub fn sample_sd(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    (n >= 2).then(|| {
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    })
+}
+
 /// The paired difference `a - b` over the same episodes, in episode order;
 /// `None` when the two were not scored on the same number of episodes.
 pub fn paired_difference(a: &[f64], b: &[f64]) -> Option<Interval> {

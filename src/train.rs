@@ -2,8 +2,8 @@
 //!
 //! Meta-step `s` of an algorithm always trains on training episodes
 //! `s * meta_batch .. (s + 1) * meta_batch` of the train split under the
-//! benchmark seed, and every algorithm-internal random choice is derived
-//! from `(seed, s)`. A checkpoint therefore needs only the step, the
+//! run seed, and every algorithm-internal random choice is derived from
+//! `(run seed, s)`; validation uses the fixed episodes of the episode seed. A checkpoint therefore needs only the step, the
 //! algorithm's state (meta-parameters and optimiser moments), the best
 //! state so far and the bookkeeping; a killed run resumed from it ends with
 //! bit-identical parameters (for a meta-step or episode budget; a
@@ -262,10 +262,10 @@ pub fn meta_train(
         return Ok(state);
     }
     let ctx = algo.context().clone();
-    let train = Sampler::new(ds, Split::Train, algo.train_spec(), ctx.seed)?;
+    let train = Sampler::new(ds, Split::Train, algo.train_spec(), ctx.run_seed)?;
     let validate = opts.val_episodes > 0 && !ds.split(Split::Val).is_empty();
     if validate {
-        Sampler::new(ds, Split::Val, ctx.spec, ctx.seed)?;
+        Sampler::new(ds, Split::Val, ctx.spec, ctx.episode_seed)?;
     }
     ds.preload(Some(Split::Train))?;
     let mb = algo.meta_batch() as u64;
@@ -344,7 +344,7 @@ pub fn meta_train(
                     ds,
                     Split::Val,
                     ctx.spec,
-                    ctx.seed,
+                    ctx.episode_seed,
                     opts.val_episodes,
                     false,
                 )?;

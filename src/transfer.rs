@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use crate::algo::EpisodeScore;
 use crate::data::ImageFormat;
 use crate::error::{Error, Result};
-use crate::runner::{pair_with_best, AlgoResult, RunResults};
+use crate::runner::{pair_with_best, RunResults};
 use crate::sampler::{Batch, EpisodeSpec};
 use crate::spec::{Benchmark, Select};
 use crate::{algo, data, eval, train};
@@ -134,6 +134,9 @@ pub fn evaluate_on(
         },
         select: trained.select,
         seed: file.is_none().then_some(target.seed),
+        run_seed: Some(trained.run_seed),
+        run_seeds: vec![],
+        profile: Some(trained.profile.clone()),
         run_dir: out.clone(),
         results: vec![],
     };
@@ -167,22 +170,9 @@ pub fn evaluate_on(
         let label_dir = out.join(&a.label);
         crate::util::create_dir_durable(&label_dir)?;
         crate::runner::write_episode_scores(&ev, &label_dir.join("test_episodes.csv"))?;
-        results.results.push(AlgoResult {
-            label: a.label.clone(),
-            algorithm: a.algorithm.clone(),
-            accuracy: ev.mean,
-            ci95: ev.ci95.is_finite().then_some(ev.ci95),
-            test_episodes: ev.episodes,
-            meta_steps: state.step,
-            train_episodes: state.train_episodes,
-            train_seconds: state.train_seconds,
-            test_seconds: ev.seconds,
-            selected,
-            best_val_accuracy: state.best_val_accuracy,
-            vs_best: None,
-            published: None,
-            episode_accuracy: ev.scores.iter().map(|s| s.accuracy).collect(),
-        });
+        results
+            .results
+            .push(crate::runner::row(a, &state, &ev, selected));
     }
     pair_with_best(&mut results.results);
     let json = serde_json::to_string_pretty(&results).map_err(|e| Error::Config {

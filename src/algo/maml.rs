@@ -185,14 +185,14 @@ pub struct Maml {
 }
 
 impl Maml {
-    /// Fresh meta-parameters from the benchmark seed.
+    /// Fresh meta-parameters from the run seed.
     pub fn new(config: MamlResolved, ctx: &Context) -> Result<Self> {
         if !config.first_order {
             second_order_pool()?;
         }
         let theta = ctx
             .learner
-            .init(&mut Rng::derive(ctx.seed, &[0x1417]), &ctx.device)?;
+            .init(&mut Rng::derive(ctx.run_seed, &[0x1417]), &ctx.device)?;
         let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &theta)?;
         let mut ctx = ctx.clone();
         if !config.first_order {

@@ -38,7 +38,12 @@ pub struct Context {
     /// Which batch normalises the query pass in meta-training and in
     /// evaluation ([`crate::norm`]).
     pub norm: NormProtocol,
-    pub seed: u64,
+    /// The run seed: initialisation, training episodes and the algorithm's
+    /// own random choices.
+    pub run_seed: u64,
+    /// The episode seed: validation and test episodes (the same for every
+    /// run seed).
+    pub episode_seed: u64,
     pub device: Device,
     /// Fused kernels or the composed candle path ([`crate::ops::Kernels`]).
     pub kernels: crate::ops::Kernels,

@@ -179,7 +179,7 @@ impl Reptile {
     pub fn new(config: ReptileResolved, ctx: &Context) -> Result<Self> {
         let theta = ctx
             .learner
-            .init(&mut Rng::derive(ctx.seed, &[0x1417]), &ctx.device)?;
+            .init(&mut Rng::derive(ctx.run_seed, &[0x1417]), &ctx.device)?;
         let inner = Adam::new(
             AdamConfig {
                 lr: config.inner_lr,
@@ -244,7 +244,7 @@ impl Reptile {
 
     /// The generator of task `j`'s mini-batches at meta-step `step`.
     pub fn task_rng(&self, step: u64, j: usize) -> Rng {
-        Rng::derive(self.ctx.seed, &[0x5e9, step, j as u64])
+        Rng::derive(self.ctx.run_seed, &[0x5e9, step, j as u64])
     }
 
     /// Replace the meta-parameters (any dtype) and reset the inner Adam
@@ -325,7 +325,7 @@ impl Algorithm for Reptile {
             .sum_all()?
             .to_scalar::<f32>()? as u64
             ^ (x.sum_all()?.to_scalar::<f32>()?.to_bits() as u64);
-        let mut rng = Rng::derive(self.ctx.seed, &[0xe7a1, key]);
+        let mut rng = Rng::derive(self.ctx.run_seed, &[0xe7a1, key]);
         let mut running = self.ctx.recorder();
         let params = self.inner_loop(
             &self.theta,

@@ -242,9 +242,9 @@ impl MetaLstm {
         let dev = &ctx.device;
         let template = ctx
             .learner
-            .init(&mut Rng::derive(ctx.seed, &[0x1417]), dev)?;
+            .init(&mut Rng::derive(ctx.run_seed, &[0x1417]), dev)?;
         let n = template.numel();
-        let mut rng = Rng::derive(ctx.seed, &[0x157]);
+        let mut rng = Rng::derive(ctx.run_seed, &[0x157]);
         let mut u = |shape: &[usize], lo: f64, hi: f64| -> Result<Tensor> {
             let len: usize = shape.iter().product();
             let v: Vec<f32> = (0..len).map(|_| rng.uniform_range(lo, hi) as f32).collect();

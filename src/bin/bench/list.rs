@@ -1,7 +1,7 @@
 //! `bench list`: the shipped benchmarks, one line each.
 
 use anyhow::Result;
-use fewshot::spec::{benchmarks_dir, list_benchmarks};
+use fewshot::spec::{benchmarks_dir, list_benchmarks, Benchmark, Overrides};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -49,9 +49,31 @@ pub fn run(a: Args) -> Result<()> {
                         if b.transductive { " T" } else { "" }
                     ),
                     labels.join(","),
-                    b.budget.describe(),
+                    b.describe_budget(),
                     one_line(&b.description, 60)
                 );
+                // Every other profile, resolved (a broken one counts as a
+                // broken file).
+                for (name, about) in Benchmark::profiles(&path)?.into_iter().skip(1) {
+                    let o = Overrides {
+                        profile: Some(name.clone()),
+                        ..Default::default()
+                    };
+                    match Benchmark::load_with(&path.display().to_string(), &o) {
+                        Ok((p, _)) => println!(
+                            "{:<34} {:<13} {:<10} {:<26} {}",
+                            format!("  --profile {name}"),
+                            "",
+                            "",
+                            "",
+                            format!("{} ({about})", p.describe_budget())
+                        ),
+                        Err(e) => {
+                            broken += 1;
+                            println!("{:<34} error: {e}", format!("  --profile {name}"));
+                        }
+                    }
+                }
             }
             Err(e) => {
                 broken += 1;

@@ -8,6 +8,7 @@ mod episodes;
 mod eval;
 mod list;
 mod perf;
+mod plan;
 mod report;
 mod run;
 mod show;
@@ -44,6 +45,9 @@ struct Cli {
 enum Command {
     /// Meta-train and evaluate every algorithm of a benchmark; print the leaderboard.
     Run(run::Args),
+    /// Split a multi-seed run into units for a job array (Slurm script or
+    /// plain commands); `bench show` merges their results.
+    Plan(plan::Args),
     /// List the shipped benchmarks (name, dataset, shape, algorithms, budget).
     List(list::Args),
     /// Reprint a run's leaderboard (with paired differences) from its folder.
@@ -110,6 +114,7 @@ fn main() {
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Run(a) => run::run(&data_dir, a),
+        Command::Plan(a) => plan::run(&data_dir, a),
         Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
         Command::Report(a) => report::run(a),

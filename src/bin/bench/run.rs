@@ -1,36 +1,127 @@
-//! `bench run`: meta-train and evaluate every algorithm of a benchmark.
+//! `bench run`: meta-train and evaluate every algorithm of a benchmark, for
+//! one run seed or several (`--seeds`), whole or one unit (`--unit`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use fewshot::rundir::Mode;
 use fewshot::runner::{self, RunOptions};
-use fewshot::spec::{Benchmark, Budget};
+use fewshot::seeds::{self, SeedPlan};
+use fewshot::spec::{Benchmark, Budget, Overrides};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// What is run: the benchmark and everything that changes it. Shared by
+/// `bench run` and `bench plan`, which writes these options into every
+/// unit's command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Spec {
     /// Benchmark name (benchmarks/<name>.yaml) or path to a YAML file
-    benchmark: String,
+    pub benchmark: String,
+    /// Profile of the benchmark file: `budgeted` (the default, sized for a
+    /// 2-core machine) or one of its `profiles` (e.g. `protocol`)
+    #[arg(long)]
+    pub profile: Option<String>,
     /// Override the budget: minutes of meta-training per algorithm
     #[arg(long)]
-    minutes: Option<f64>,
+    pub minutes: Option<f64>,
     /// Override the budget: meta-steps per algorithm
     #[arg(long)]
-    meta_steps: Option<u64>,
+    pub meta_steps: Option<u64>,
     /// Override the budget: meta-training episodes per algorithm
     #[arg(long)]
-    train_episodes: Option<u64>,
+    pub train_episodes: Option<u64>,
     /// Override the number of fixed test episodes
     #[arg(long)]
-    test_episodes: Option<usize>,
+    pub test_episodes: Option<usize>,
     /// Quick profile for tests and smoke checks: 100 meta-steps, 100 test and
     /// 20 validation episodes (other overrides still apply on top)
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Only these algorithm labels (comma separated); their rows are merged
     /// into the run's results.json
     #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
+    pub only: Vec<String>,
+    /// Run seeds (comma separated): train every algorithm once per seed, in
+    /// its own unit folder `<run-dir>/seed-<s>/<label>/`, and report the
+    /// mean over seeds with the across-seed standard deviation. The test
+    /// and validation episodes (the benchmark's episode seed) are the same
+    /// for every run seed. Without it: one run with run seed 0.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+}
+
+impl Spec {
+    /// The overrides, checked (errors name the flag).
+    pub fn overrides(&self) -> Result<Overrides> {
+        let budget = if self.minutes.is_some() || self.meta_steps.is_some() || self.train_episodes.is_some() {
+            anyhow::ensure!(
+                self.minutes.is_none_or(|m| m.is_finite() && m > 0.0),
+                "--minutes must be a finite number > 0, got {}",
+                self.minutes.unwrap_or_default()
+            );
+            anyhow::ensure!(self.meta_steps != Some(0), "--meta-steps must be >= 1");
+            anyhow::ensure!(self.train_episodes != Some(0), "--train-episodes must be >= 1");
+            Some(Budget {
+                minutes: self.minutes,
+                meta_steps: self.meta_steps,
+                episodes: self.train_episodes,
+            })
+        } else {
+            None
+        };
+        if let Some(n) = self.test_episodes {
+            anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
+        }
+        Ok(Overrides {
+            profile: self.profile.clone(),
+            smoke: self.smoke,
+            budget,
+            test_episodes: self.test_episodes,
+            run_seed: None,
+        })
+    }
+
+    /// The resolved benchmark and its file.
+    pub fn load(&self) -> Result<(Benchmark, PathBuf)> {
+        let (bench, path) = Benchmark::load_with(&self.benchmark, &self.overrides()?)?;
+        for l in &self.only {
+            bench.algorithm(l).with_context(|| format!("--only {l}"))?;
+        }
+        Ok((bench, path))
+    }
+
+    /// These options as `bench run` words (without `--seeds`), with the
+    /// benchmark given as `benchmark` (a name or an absolute path).
+    pub fn words(&self, benchmark: &str) -> Vec<String> {
+        let mut w = vec![benchmark.to_string()];
+        let mut flag = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                w.push(format!("--{name}"));
+                w.push(v);
+            }
+        };
+        flag("profile", self.profile.clone());
+        flag("minutes", self.minutes.map(|v| v.to_string()));
+        flag("meta-steps", self.meta_steps.map(|v| v.to_string()));
+        flag("train-episodes", self.train_episodes.map(|v| v.to_string()));
+        flag("test-episodes", self.test_episodes.map(|v| v.to_string()));
+        flag("only", (!self.only.is_empty()).then(|| self.only.join(",")));
+        if self.smoke {
+            w.push("--smoke".into());
+        }
+        w
+    }
+
+    /// The multi-seed plan of these options.
+    pub fn plan(&self, bench: &Benchmark) -> Result<SeedPlan> {
+        let plan = SeedPlan::new(bench, &self.seeds, &self.only, self.words(&self.benchmark))?;
+        Ok(plan)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    spec: Spec,
     /// Run folder [default: runs/<benchmark>/<unix time>]; must not hold a
     /// run unless --resume or --force is given
     #[arg(long)]
@@ -44,6 +135,12 @@ pub struct Args {
     /// over
     #[arg(long, requires = "run_dir", conflicts_with = "resume")]
     force: bool,
+    /// Run only unit I of the multi-seed run in --run-dir (units are
+    /// numbered seed-major: seed I / algorithms, algorithm I % algorithms;
+    /// `bench plan` lists them). A unit continues from its checkpoints when
+    /// it was started before (a preempted job-array task).
+    #[arg(long, requires_all = ["run_dir", "seeds"], conflicts_with_all = ["resume", "force"])]
+    unit: Option<usize>,
     /// Record gate traces (forget/input gates per step and layer) on this
     /// many test episodes for algorithms that have gates (meta-lstm)
     #[arg(long, default_value_t = 0)]
@@ -51,59 +148,79 @@ pub struct Args {
 }
 
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
-    let (mut bench, path) = Benchmark::load(&a.benchmark)?;
-    tracing::info!("benchmark {} from {}", bench.name, path.display());
-    if a.smoke {
-        bench.budget = Budget {
-            minutes: None,
-            meta_steps: Some(100),
-            episodes: None,
-        };
-        bench.test_episodes = 100;
-        bench.val_episodes = 20;
-        bench.validate_every = Some(50);
-        bench.validate_every_minutes = None;
-        bench.checkpoint_every = 50;
-    }
-    if a.minutes.is_some() || a.meta_steps.is_some() || a.train_episodes.is_some() {
-        anyhow::ensure!(
-            a.minutes.is_none_or(|m| m.is_finite() && m > 0.0),
-            "--minutes must be a finite number > 0, got {}",
-            a.minutes.unwrap_or_default()
-        );
-        anyhow::ensure!(a.meta_steps != Some(0), "--meta-steps must be >= 1");
-        anyhow::ensure!(a.train_episodes != Some(0), "--train-episodes must be >= 1");
-        bench.budget = Budget {
-            minutes: a.minutes,
-            meta_steps: a.meta_steps,
-            episodes: a.train_episodes,
-        };
-    }
-    if let Some(n) = a.test_episodes {
-        anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
-        bench.test_episodes = n;
-    }
-    for l in &a.only {
-        bench.algorithm(l).with_context(|| format!("--only {l}"))?;
-    }
+    let (bench, path) = a.spec.load()?;
+    tracing::info!(
+        "benchmark {} from {} (profile {})",
+        bench.name,
+        path.display(),
+        bench.profile
+    );
+    let mode = if a.resume {
+        Mode::Resume
+    } else if a.force {
+        Mode::Force
+    } else {
+        Mode::New
+    };
     let run_dir = a.run_dir.unwrap_or_else(|| runner::default_run_dir(&bench));
-    let results = runner::run(
-        &bench,
-        data_dir,
-        &RunOptions {
-            run_dir,
-            mode: if a.resume {
-                Mode::Resume
-            } else if a.force {
-                Mode::Force
-            } else {
-                Mode::New
+    if a.spec.seeds.is_empty() {
+        let results = runner::run(
+            &bench,
+            data_dir,
+            &RunOptions {
+                run_dir,
+                mode,
+                only: a.spec.only,
+                show_progress: true,
+                trace_episodes: a.trace,
             },
-            only: a.only,
-            show_progress: true,
-            trace_episodes: a.trace,
-        },
-    )?;
-    print!("{}", fewshot::report::terminal(&results));
+        )?;
+        print!("{}", fewshot::report::terminal(&results));
+        return Ok(());
+    }
+    let plan = a.spec.plan(&bench)?;
+    if mode == Mode::New && a.unit.is_none() && seeds::is_multi_seed(&run_dir) {
+        anyhow::bail!(
+            "run folder {} already holds a multi-seed run; continue it with --resume, or discard it and start over with --force",
+            run_dir.display()
+        );
+    }
+    plan.write_or_check(&run_dir)?;
+    let units = match a.unit {
+        Some(i) => vec![plan.unit(i)?],
+        None => plan.units(),
+    };
+    // A unit of a job array continues whatever an earlier attempt left; a
+    // resumed multi-seed run starts the units it never reached.
+    let unit_mode = match (a.unit, mode) {
+        (Some(_), _) | (None, Mode::Resume) => Mode::Continue,
+        (None, m) => m,
+    };
+    let mut last = None;
+    for u in &units {
+        let mut b = bench.clone();
+        b.run_seed = u.seed;
+        tracing::info!("unit: run seed {}, {}", u.seed, u.label);
+        last = Some(runner::run(
+            &b,
+            data_dir,
+            &RunOptions {
+                run_dir: u.dir(&run_dir),
+                mode: unit_mode,
+                only: vec![u.label.clone()],
+                show_progress: true,
+                trace_episodes: a.trace,
+            },
+        )?);
+    }
+    if a.unit.is_some() {
+        if let Some(r) = last {
+            print!("{}", fewshot::report::terminal(&r));
+        }
+        return Ok(());
+    }
+    let merged = seeds::merge(&run_dir)?;
+    fewshot::report::write_files(&merged, &run_dir)?;
+    print!("{}", fewshot::report::terminal(&merged));
     Ok(())
 }

@@ -35,6 +35,10 @@ pub struct Row {
     pub train_seconds: f64,
     pub test_seconds: f64,
     pub tested: String,
+    /// Run seeds the row averages (1 for a single run) and the across-seed
+    /// standard deviation of the accuracy, in points.
+    pub seeds: usize,
+    pub seed_sd: Option<f64>,
     /// The published result (percent), if the benchmark names one.
     pub published: Option<crate::spec::Published>,
 }
@@ -66,6 +70,12 @@ impl Table {
             spec::variant_name(&r.batch_norm.meta_train),
             spec::variant_name(&r.batch_norm.eval),
         );
+        let title = match (&r.profile, r.run_seeds.is_empty()) {
+            (Some(p), true) => format!("{title}; profile {p}, run seed {}", r.run_seed.unwrap_or(0)),
+            (Some(p), false) => format!("{title}; profile {p}, run seeds {}", seed_list(&r.run_seeds)),
+            (None, false) => format!("{title}; run seeds {}", seed_list(&r.run_seeds)),
+            (None, true) => title,
+        };
         let best = best_row(&r.results);
         let rows = r
             .results
@@ -89,10 +99,24 @@ impl Table {
                 train_seconds: x.train_seconds,
                 test_seconds: x.test_seconds,
                 tested: x.selected.clone(),
+                seeds: x.seeds.len().max(1),
+                seed_sd: x.seed_sd.map(|v| 100.0 * v),
                 published: x.published.clone(),
             })
             .collect();
         Table { title, rows }
+    }
+}
+
+fn seed_list(seeds: &[u64]) -> String {
+    seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `3 (sd 0.41)` for a row over several run seeds, `1` for one.
+fn seeds_cell(x: &Row) -> String {
+    match x.seed_sd {
+        Some(sd) => format!("{} (sd {sd:.2})", x.seeds),
+        None => x.seeds.to_string(),
     }
 }
 
@@ -140,10 +164,11 @@ pub fn terminal(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("{}\n", t.title);
     s.push_str(&format!(
-        "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}  {}\n",
+        "{:<2}{:<14} {:>16} {:>13} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}  {}\n",
         "",
         "algorithm",
         "accuracy (%)",
+        "run seeds",
         "vs best (pp)",
         "test ep",
         "meta-steps",
@@ -155,10 +180,11 @@ pub fn terminal(r: &RunResults) -> String {
     ));
     for x in &t.rows {
         s.push_str(&format!(
-            "{:<2}{:<14} {:>16} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}  {}\n",
+            "{:<2}{:<14} {:>16} {:>13} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}  {}\n",
             x.mark,
             x.label,
             pm(x.accuracy, x.ci95),
+            seeds_cell(x),
             x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
             x.test_episodes,
             x.meta_steps,
@@ -181,14 +207,15 @@ pub fn terminal(r: &RunResults) -> String {
 pub fn markdown(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("### {}\n\n", t.title);
-    s.push_str("| | algorithm | accuracy (%) | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested | published (%) |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
+    s.push_str("| | algorithm | accuracy (%) | run seeds | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested | published (%) |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
     for x in &t.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |\n",
             if x.mark == "*" { "\\*" } else { x.mark },
             x.label,
             pm(x.accuracy, x.ci95).replace("+/-", "±"),
+            seeds_cell(x),
             x.vs_best
                 .map(|(v, c)| pm(v, c).replace("+/-", "±"))
                 .unwrap_or_default(),
@@ -215,16 +242,18 @@ pub fn csv(r: &RunResults) -> String {
     let t = Table::of(r);
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     let mut s = String::from(
-        "benchmark,mark,label,accuracy_pct,ci95_pct,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested,published_pct,published_ci95_pct,published_transductive\n",
+        "benchmark,mark,label,accuracy_pct,ci95_pct,run_seeds,seed_sd_pp,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested,published_pct,published_ci95_pct,published_transductive\n",
     );
     for x in &t.rows {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.benchmark,
             x.mark,
             x.label,
             x.accuracy,
             opt(x.ci95),
+            x.seeds,
+            opt(x.seed_sd),
             opt(x.vs_best.map(|v| v.0)),
             opt(x.vs_best.and_then(|v| v.1)),
             x.test_episodes,
@@ -271,6 +300,9 @@ pub fn fill_published(r: &mut RunResults) {
 /// Whether a run has a row for every algorithm its `resolved.yaml` lists
 /// (runs from before resolved.yaml are taken as complete).
 pub fn complete(r: &RunResults) -> bool {
+    if crate::seeds::is_multi_seed(&r.run_dir) {
+        return crate::seeds::complete(&r.run_dir);
+    }
     match crate::transfer::trained_benchmark(&r.run_dir) {
         Ok(b) => b
             .algorithms
@@ -297,8 +329,7 @@ pub fn latest_runs(root: &Path) -> Result<Vec<RunResults>> {
             continue;
         };
         for run in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-            let file = run.join("results.json");
-            let Ok(t) = file.metadata().and_then(|m| m.modified()) else {
+            let Some(t) = written(&run) else {
                 continue;
             };
             let Ok(r) = crate::runner::load_results(&run) else {
@@ -313,21 +344,34 @@ pub fn latest_runs(root: &Path) -> Result<Vec<RunResults>> {
     Ok(out)
 }
 
+/// When a run's results were last written: its results.json, or for a
+/// multi-seed run the newest of its units'.
+fn written(run: &Path) -> Option<std::time::SystemTime> {
+    let time = |d: &Path| d.join("results.json").metadata().and_then(|m| m.modified()).ok();
+    if crate::seeds::is_multi_seed(run) {
+        let plan = crate::seeds::read_plan(run).ok()?;
+        plan.units().iter().filter_map(|u| time(&u.dir(run))).max()
+    } else {
+        time(run)
+    }
+}
+
 /// One leaderboard across benchmarks: a row per (benchmark, algorithm),
 /// the paired difference to the best of its benchmark, the published
 /// number, and the run it comes from. `md`: Markdown, else text.
 pub fn across(runs: &[RunResults], md: bool) -> String {
     let mut s = String::new();
     if md {
-        s.push_str("| benchmark | | algorithm | accuracy (%) | vs best (pp) | published (%) | meta-steps | train (s) | run |\n");
-        s.push_str("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        s.push_str("| benchmark | | algorithm | accuracy (%) | run seeds | vs best (pp) | published (%) | meta-steps | train (s) | run |\n");
+        s.push_str("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
     } else {
         s.push_str(&format!(
-            "{:<32} {:<2}{:<12} {:>16} {:>16} {:>18} {:>10} {:>8}  run\n",
+            "{:<32} {:<2}{:<12} {:>16} {:>13} {:>16} {:>18} {:>10} {:>8}  run\n",
             "benchmark",
             "",
             "algorithm",
             "accuracy (%)",
+            "run seeds",
             "vs best (pp)",
             "published (%)",
             "meta-steps",
@@ -343,11 +387,12 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
             let run = r.run_dir.display();
             if md {
                 s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.0} | `{run}` |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | `{run}` |\n",
                     r.benchmark,
                     if x.mark == "*" { "\\*" } else { x.mark },
                     x.label,
                     acc.replace("+/-", "±"),
+                    seeds_cell(x),
                     vs.replace("+/-", "±"),
                     published.replace("+/-", "±"),
                     x.meta_steps,
@@ -355,8 +400,16 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
                 ));
             } else {
                 s.push_str(&format!(
-                    "{:<32} {:<2}{:<12} {:>16} {:>16} {:>18} {:>10} {:>7.0}s  {run}\n",
-                    r.benchmark, x.mark, x.label, acc, vs, published, x.meta_steps, x.train_seconds
+                    "{:<32} {:<2}{:<12} {:>16} {:>13} {:>16} {:>18} {:>10} {:>7.0}s  {run}\n",
+                    r.benchmark,
+                    x.mark,
+                    x.label,
+                    acc,
+                    seeds_cell(x),
+                    vs,
+                    published,
+                    x.meta_steps,
+                    x.train_seconds
                 ));
             }
         }

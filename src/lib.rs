@@ -52,5 +52,6 @@ pub mod trace;
 pub mod train;
 pub mod transfer;
 pub mod util;
+pub mod yaml;
 
 pub use error::{Error, Result};

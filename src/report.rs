@@ -517,7 +517,7 @@ mod tests {
         });
         let r = results(rows);
         let (text, md, csv) = (terminal(&r), markdown(&r), csv(&r));
-        // CSV: header + one line per row, 13 fields, full precision that
+        // CSV: header + one line per row, 18 fields, full precision that
         // rounds to what the terminal shows.
         let lines: Vec<Vec<&str>> = csv
             .lines()
@@ -526,7 +526,9 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3);
         for (f, x) in lines.iter().zip(&r.results) {
-            assert_eq!(f.len(), 16);
+            assert_eq!(f.len(), 18);
+            // One run seed, so no spread across seeds.
+            assert_eq!((f[5], f[6]), ("1", ""));
             assert_eq!(f[2], x.label);
             let acc: f64 = f[3].parse().unwrap();
             assert!((acc - 100.0 * x.accuracy).abs() < 1e-9);
@@ -539,7 +541,7 @@ mod tests {
         assert_eq!(lines[1][1], "*");
         assert_eq!(lines[2][1], "~");
         assert_eq!(lines[0][1], "");
-        assert!(lines[1][5].is_empty() && !lines[0][5].is_empty());
+        assert!(lines[1][7].is_empty() && !lines[0][7].is_empty());
         // Markdown: a heading, a header, a rule and one line per row.
         assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 3);
         assert!(md.contains("| -4.00 ± 1.76 |"), "{md}");
@@ -552,7 +554,25 @@ mod tests {
             text.contains("published b: Finn et al. 2017, table 1 (transductive)"),
             "{text}"
         );
-        assert_eq!(&lines[1][13..16], &["98.3", "0.5", "true"]);
-        assert_eq!(&lines[0][13..16], &["", "", ""]);
+        assert_eq!(&lines[1][15..18], &["98.3", "0.5", "true"]);
+        assert_eq!(&lines[0][15..18], &["", "", ""]);
+    }
+
+    #[test]
+    fn rows_over_several_run_seeds_show_the_spread() {
+        let mut r = results(vec![crate::seeds::combine(&[
+            (0, row("a", &[0.6, 0.8])),
+            (1, row("a", &[0.8, 0.8])),
+        ])]);
+        r.run_seeds = vec![0, 1];
+        r.run_seed = None;
+        r.profile = Some("budgeted".into());
+        let (text, md, csv) = (terminal(&r), markdown(&r), csv(&r));
+        // Seed accuracies 0.7 and 0.8: sd 0.0707 = 7.07 points.
+        assert!(text.contains("2 (sd 7.07)") && md.contains("2 (sd 7.07)"), "{text}");
+        assert!(text.contains("profile budgeted, run seeds 0,1"), "{text}");
+        let f: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        assert_eq!(f[5], "2");
+        assert!((f[6].parse::<f64>().unwrap() - 100.0 * 0.1 / 2f64.sqrt()).abs() < 1e-9);
     }
 }

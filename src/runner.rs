@@ -75,6 +75,34 @@ pub struct AlgoResult {
     pub seed_sd: Option<f64>,
 }
 
+impl AlgoResult {
+    /// A row for `label` that scored `episode_accuracy` on its test
+    /// episodes, with the mean and its interval; the training fields are
+    /// zero (for tools and tests that build results by hand).
+    pub fn scored(label: &str, episode_accuracy: &[f64]) -> AlgoResult {
+        let i = crate::stats::mean_interval(episode_accuracy);
+        AlgoResult {
+            label: label.into(),
+            algorithm: label.into(),
+            accuracy: i.mean,
+            ci95: i.ci95,
+            test_episodes: episode_accuracy.len(),
+            meta_steps: 0,
+            train_episodes: 0,
+            train_seconds: 0.0,
+            test_seconds: 0.0,
+            selected: "final".into(),
+            best_val_accuracy: None,
+            vs_best: None,
+            published: None,
+            episode_accuracy: episode_accuracy.to_vec(),
+            seeds: vec![],
+            seed_accuracy: vec![],
+            seed_sd: None,
+        }
+    }
+}
+
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
@@ -461,25 +489,12 @@ pub(crate) mod tests {
 
     /// A row scored `acc` on its episodes (tests of the reporters too).
     pub(crate) fn row(label: &str, acc: &[f64]) -> AlgoResult {
-        let i = crate::stats::mean_interval(acc);
         AlgoResult {
-            label: label.into(),
-            algorithm: label.into(),
-            accuracy: i.mean,
-            ci95: i.ci95,
-            test_episodes: acc.len(),
             meta_steps: 1,
             train_episodes: 1,
             train_seconds: 1.0,
             test_seconds: 1.0,
-            selected: "final".into(),
-            best_val_accuracy: None,
-            vs_best: None,
-            published: None,
-            episode_accuracy: acc.to_vec(),
-            seeds: vec![],
-            seed_accuracy: vec![],
-            seed_sd: None,
+            ..AlgoResult::scored(label, acc)
         }
     }
 

@@ -95,9 +95,35 @@ pub struct Episode {
     pub query: Vec<(usize, usize)>,
 }
 
+/// Which episode a batch holds: its split (none for the episodes of a file,
+/// `bench eval --episodes`) and its index there. Algorithms derive an
+/// episode's own random choices (Reptile's evaluation mini-batches) from it
+/// and their run seed, so an episode is adapted the same way every time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EpisodeId {
+    pub split: Option<Split>,
+    pub index: u64,
+}
+
+impl EpisodeId {
+    pub fn new(split: Split, index: u64) -> EpisodeId {
+        EpisodeId {
+            split: Some(split),
+            index,
+        }
+    }
+
+    /// `[split tag (0: none), index]`, for [`crate::rng::Rng::derive`].
+    pub fn path(&self) -> [u64; 2] {
+        [self.split.map_or(0, Split::tag), self.index]
+    }
+}
+
 /// An episode as tensors.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Which episode this is.
+    pub id: EpisodeId,
     /// `[N*K, C, H, W]`, f32.
     pub support_x: Tensor,
     /// `[N*K]`, u32 labels in 0..N.
@@ -211,6 +237,7 @@ pub fn episode_batch(ds: &Dataset, ep: &Episode, device: &Device) -> Result<Batc
     let (support_x, support_y) = stack(ds, ep, &ep.support, device)?;
     let (query_x, query_y) = stack(ds, ep, &ep.query, device)?;
     Ok(Batch {
+        id: EpisodeId::new(ep.split, ep.index),
         support_x,
         support_y,
         query_x,

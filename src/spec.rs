@@ -2,13 +2,12 @@
 //! rejected, then checked into a resolved [`Benchmark`] that is saved beside
 //! every result. Nothing else receives an unchecked spec.
 //!
-//! All YAML parsing goes through [`from_str`] / [`from_value`] (serde_yaml is
-//! deprecated upstream; keep it swappable).
+//! All YAML goes through [`crate::yaml`] (serde_yaml is deprecated
+//! upstream; that one module keeps it swappable).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::{self, Context};
@@ -17,56 +16,7 @@ use crate::error::{Error, Result};
 use crate::learner::{Learner, LearnerOptions};
 use crate::norm::{EvalStats, NormProtocol, TrainStats};
 use crate::sampler::EpisodeSpec;
-
-/// Parse YAML text into `T`, naming `source` and the line in errors.
-pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let mut reason = e.to_string();
-        if !reason.contains("line ") {
-            let line = e.location().map(|l| l.line()).or_else(|| {
-                // serde_yaml gives no location for a control character.
-                text.lines()
-                    .position(|l| l.chars().any(|c| c.is_control() && c != '\t'))
-                    .map(|i| i + 1)
-            });
-            reason = match line {
-                Some(l) => format!("line {l}: {reason}"),
-                // A field named in backticks is place enough (a duplicate
-                // key has no location; line 1 would be wrong).
-                None if reason.contains('`') => reason,
-                None => format!("{reason} (the file must be a mapping of benchmark fields)"),
-            };
-        }
-        Error::Config {
-            source_name: source.to_string(),
-            reason,
-        }
-    })
-}
-
-/// Convert a YAML value into `T`, naming `source` in errors.
-pub fn from_value<T: DeserializeOwned>(v: serde_yaml::Value, source: &str) -> Result<T> {
-    serde_yaml::from_value(v).map_err(|e| Error::Config {
-        source_name: source.to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// Serialise to YAML.
-pub fn to_string<T: Serialize>(v: &T) -> Result<String> {
-    serde_yaml::to_string(v).map_err(|e| Error::Config {
-        source_name: "serialisation".into(),
-        reason: e.to_string(),
-    })
-}
-
-/// A unit enum variant as YAML writes it (`support-plus-one`), for
-/// messages and tables.
-pub fn variant_name<T: Serialize>(v: &T) -> String {
-    to_string(v)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use crate::yaml::{from_str, from_value, to_string, variant_name};
 
 /// Meta-training budget per algorithm. Any limit may be absent; at least
 /// one must be present. Training stops at whichever comes first.
@@ -140,7 +90,7 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub kernels: Option<crate::ops::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
-    pub algorithms: Vec<serde_yaml::Value>,
+    pub algorithms: Vec<crate::yaml::Value>,
     /// Published results to show beside ours, by algorithm label.
     #[serde(default)]
     pub published: Option<BTreeMap<String, Published>>,
@@ -180,7 +130,7 @@ pub struct ProfileFile {
     /// Fields set in algorithm entries, by label (e.g. `{fomaml: {budget:
     /// {meta_steps: 60000}}}`); each replaces the entry's field.
     #[serde(default)]
-    pub algorithms: BTreeMap<String, serde_yaml::Mapping>,
+    pub algorithms: BTreeMap<String, crate::yaml::Mapping>,
 }
 
 /// What `bench run` changes in a benchmark file before it is resolved, so
@@ -246,7 +196,7 @@ pub struct AlgorithmSpec {
     pub label: String,
     pub algorithm: String,
     /// All hyperparameters, defaults filled in.
-    pub config: serde_yaml::Value,
+    pub config: crate::yaml::Value,
     /// This algorithm's own budget (`budget:` in its entry), replacing the
     /// benchmark's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -479,7 +429,7 @@ fn find(name_or_path: &str) -> Result<PathBuf> {
 }
 
 /// `entry` without the mapping key `key`.
-fn without(entry: &serde_yaml::Value, key: &str) -> serde_yaml::Value {
+fn without(entry: &crate::yaml::Value, key: &str) -> crate::yaml::Value {
     let mut e = entry.clone();
     if let Some(m) = e.as_mapping_mut() {
         m.remove(key);
@@ -533,7 +483,7 @@ fn apply_overrides(
     f: &mut BenchmarkFile,
     source: &str,
     o: &Overrides,
-) -> Result<(String, BTreeMap<String, serde_yaml::Mapping>, bool)> {
+) -> Result<(String, BTreeMap<String, crate::yaml::Mapping>, bool)> {
     let profiles = f.profiles.take().unwrap_or_default();
     if profiles.contains_key(DEFAULT_PROFILE) {
         return Err(cfg_err(
@@ -777,20 +727,20 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
     for (i, entry) in f.algorithms.iter().enumerate() {
         let field = format!("{source}: algorithms[{i}]");
         let mut entry = entry.clone();
-        let mut a = algo::build(&without(&entry, "budget"), &ctx, &field)?;
+        let mut a = algo::resolve(&without(&entry, "budget"), &ctx, &field)?;
         // The profile's fields for this entry, then the entry again.
-        if let Some(ov) = overlays.remove(a.label()) {
+        if let Some(ov) = overlays.remove(&a.label) {
             let (Some(m), false) = (entry.as_mapping_mut(), ov.contains_key("label")) else {
                 return Err(cfg_err(
                     source,
-                    &format!("profiles.{}.algorithms.{}", bench.profile, a.label()),
+                    &format!("profiles.{}.algorithms.{}", bench.profile, a.label),
                     "set hyperparameters or `budget`, not `label`",
                 ));
             };
             for (k, v) in ov {
                 m.insert(k, v);
             }
-            a = algo::build(&without(&entry, "budget"), &ctx, &field)?;
+            a = algo::resolve(&without(&entry, "budget"), &ctx, &field)?;
         }
         let budget = match entry.get("budget") {
             Some(_) if one_budget => None,
@@ -801,48 +751,47 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
             }
             None => None,
         };
-        check_label(a.label()).map_err(|reason| Error::Config {
+        check_label(&a.label).map_err(|reason| Error::Config {
             source_name: format!("{field}.label"),
             reason,
         })?;
-        if !labels.insert(a.label().to_string()) {
+        if !labels.insert(a.label.clone()) {
             return Err(Error::Config {
                 source_name: format!("{field}.label"),
                 reason: format!(
                     "label `{}` is used twice; give each entry its own `label`",
-                    a.label()
+                    a.label
                 ),
             });
         }
+        let kind = entry.get("algorithm").and_then(|v| v.as_str()).unwrap_or_default();
         bench.algorithms.push(AlgorithmSpec {
-            label: a.label().to_string(),
-            algorithm: a.kind().to_string(),
-            config: a.resolved_config(),
+            label: a.label,
+            algorithm: kind.to_string(),
+            config: a.config,
             budget,
         });
     }
-    if let Some(label) = overlays.keys().next() {
+    // A profile or published number for a label no entry has.
+    let unknown_label = |field: String, label: &str| {
         let mut known: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
         known.sort();
-        return Err(cfg_err(
+        cfg_err(
             source,
-            &format!("profiles.{}.algorithms.{label}", bench.profile),
+            &field,
             format!("no algorithm is labelled `{label}`; labels: {}", known.join(", ")),
+        )
+    };
+    if let Some(label) = overlays.keys().next() {
+        return Err(unknown_label(
+            format!("profiles.{}.algorithms.{label}", bench.profile),
+            label,
         ));
     }
     for (label, p) in f.published.unwrap_or_default() {
         let field = format!("published.{label}");
         if !labels.contains(label.as_str()) {
-            let mut known: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
-            known.sort();
-            return Err(cfg_err(
-                source,
-                &field,
-                format!(
-                    "no algorithm is labelled `{label}`; labels: {}",
-                    known.join(", ")
-                ),
-            ));
+            return Err(unknown_label(field, &label));
         }
         if !(p.accuracy.is_finite() && (0.0..=100.0).contains(&p.accuracy)) {
             return Err(cfg_err(

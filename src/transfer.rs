@@ -41,9 +41,15 @@ pub fn out_dir(run: &Path, name: &str) -> PathBuf {
 pub fn trained_benchmark(run: &Path) -> Result<Benchmark> {
     let path = run.join("resolved.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_yaml::from_str(&text).map_err(|e| Error::Config {
-        source_name: path.display().to_string(),
-        reason: format!("not a fewshot resolved benchmark: {e}"),
+    crate::yaml::from_str(&text, &path.display().to_string()).map_err(|e| match e {
+        Error::Config {
+            source_name,
+            reason,
+        } => Error::Config {
+            source_name,
+            reason: format!("not a fewshot resolved benchmark: {reason}"),
+        },
+        other => other,
     })
 }
 
@@ -366,8 +372,9 @@ impl EpisodeFile {
 }
 
 /// Tensors of episode `items` from decoded `pixels`, support then query,
-/// each grouped by label (the sampler's order).
-fn file_batch(items: &[Item], pixels: &[Vec<u8>], f: &ImageFormat) -> Result<Batch> {
+/// each grouped by label (the sampler's order); `index`: the episode's
+/// position in the file.
+fn file_batch(index: u64, items: &[Item], pixels: &[Vec<u8>], f: &ImageFormat) -> Result<Batch> {
     let px = f.pixels();
     let part = |query: bool| -> Result<(candle_core::Tensor, candle_core::Tensor)> {
         let mut idx: Vec<usize> = (0..items.len())
@@ -388,6 +395,10 @@ fn file_batch(items: &[Item], pixels: &[Vec<u8>], f: &ImageFormat) -> Result<Bat
     let (support_x, support_y) = part(false)?;
     let (query_x, query_y) = part(true)?;
     Ok(Batch {
+        id: crate::sampler::EpisodeId {
+            split: None,
+            index,
+        },
         support_x,
         support_y,
         query_x,
@@ -408,7 +419,8 @@ pub fn evaluate_file(
         .episodes
         .par_iter()
         .zip(pixels)
-        .map(|(items, px)| algorithm.evaluate(&file_batch(items, px, f)?))
+        .enumerate()
+        .map(|(i, (items, px))| algorithm.evaluate(&file_batch(i as u64, items, px, f)?))
         .collect::<Result<_>>()?;
     let accs: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();
     let (mean, ci95) = eval::mean_ci95(&accs);

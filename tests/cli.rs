@@ -62,24 +62,12 @@ fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)
     std::fs::create_dir_all(dir).unwrap();
     let results = rows
         .iter()
-        .map(|(label, acc)| {
-            let i = fewshot::stats::mean_interval(acc);
-            AlgoResult {
-                label: label.to_string(),
-                algorithm: label.to_string(),
-                accuracy: i.mean,
-                ci95: i.ci95,
-                test_episodes: acc.len(),
-                meta_steps: 10,
-                train_episodes: 10,
-                train_seconds: 1.0,
-                test_seconds: 1.0,
-                selected: "final".into(),
-                best_val_accuracy: None,
-                vs_best: None,
-                published: None,
-                episode_accuracy: acc.clone(),
-            }
+        .map(|(label, acc)| AlgoResult {
+            meta_steps: 10,
+            train_episodes: 10,
+            train_seconds: 1.0,
+            test_seconds: 1.0,
+            ..AlgoResult::scored(label, acc)
         })
         .collect();
     let r = RunResults {
@@ -94,6 +82,9 @@ fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)
         batch_norm: Default::default(),
         select: Default::default(),
         seed: Some(0),
+        run_seed: Some(0),
+        run_seeds: vec![],
+        profile: None,
         run_dir: dir.to_path_buf(),
         results,
     };

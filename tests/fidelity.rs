@@ -178,7 +178,8 @@ fn ctx(l: Learner, norm: NormProtocol) -> Context {
         },
         learner: l,
         norm,
-        seed: 3,
+        run_seed: 3,
+        episode_seed: 3,
         device: Device::Cpu,
         kernels: fewshot::ops::Kernels::default(),
     }
@@ -207,6 +208,7 @@ fn batch(l: &Learner, seed: u64) -> Batch {
         .unwrap()
     };
     Batch {
+        id: Default::default(),
         support_x: img(6),
         support_y: labels(2),
         query_x: img(6),
@@ -269,7 +271,7 @@ fn running_statistics_come_from_the_adaptation_passes() {
         &c,
     )
     .unwrap();
-    let a = m.adapt(&b.support_x, &b.support_y).unwrap();
+    let a = m.adapt(&b.support_x, &b.support_y, b.id).unwrap();
     let r = a.running.as_ref().expect("running statistics recorded");
     let got = r.to_vecs().unwrap();
     // By hand: two SGD passes from theta, statistics of each pass folded in

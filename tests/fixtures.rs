@@ -89,6 +89,7 @@ impl Fixture {
             (self.f(&q("support_x")), self.labels(&q("support_y")))
         };
         Batch {
+            id: Default::default(),
             support_x: self.f(&q("support_x")),
             support_y: self.labels(&q("support_y")),
             query_x: qx,
@@ -224,7 +225,8 @@ fn ctx(learner: Learner, ways: usize, shots: usize, queries: usize, norm: NormPr
         },
         learner,
         norm,
-        seed: 0,
+        run_seed: 0,
+        episode_seed: 0,
         device: Device::Cpu,
         kernels: fewshot::ops::Kernels::default(),
     }

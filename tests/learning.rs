@@ -41,7 +41,8 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
         },
         learner,
         norm: common::both_stats(transductive),
-        seed: 7,
+        run_seed: 7,
+        episode_seed: 7,
         device: cpu(),
         kernels: fewshot::ops::Kernels::default(),
     }
@@ -68,6 +69,7 @@ fn batch(l: &Learner, ways: usize, shots: usize, queries: usize, seed: u64, dtyp
         .unwrap()
     };
     Batch {
+        id: Default::default(),
         support_x: img(ways * shots),
         support_y: labels(shots),
         query_x: img(ways * queries),
@@ -207,7 +209,7 @@ fn reptile_adaptation_lowers_the_support_loss() {
         scalar(&cross_entropy(&l.forward(q, &b.support_x).unwrap(), &b.support_y).unwrap())
     };
     let before = loss(&r.theta);
-    let after = loss(&r.adapt(&b.support_x, &b.support_y).unwrap().params);
+    let after = loss(&r.adapt(&b.support_x, &b.support_y, b.id).unwrap().params);
     assert!(after < 0.75 * before, "support loss {before} -> {after}");
 }
 

@@ -22,7 +22,8 @@ fn ctx(l: Learner, transductive: bool) -> Context {
         },
         learner: l,
         norm: common::both_stats(transductive),
-        seed: 5,
+        run_seed: 5,
+        episode_seed: 5,
         device: Device::Cpu,
         kernels: fewshot::ops::Kernels::default(),
     }
@@ -65,6 +66,7 @@ fn episode(l: &Learner, seed: u64, dtype: DType, shots: usize, queries: usize) -
         .unwrap()
     };
     Batch {
+        id: Default::default(),
         support_x: img(ways * shots),
         support_y: lab(shots),
         query_x: img(ways * queries),

@@ -24,7 +24,8 @@ fn omniglot_ctx() -> Context {
         },
         learner: Learner::omniglot(5, 28),
         norm: fewshot::norm::NormProtocol::default(),
-        seed: 3,
+        run_seed: 3,
+        episode_seed: 3,
         device: Device::Cpu,
         kernels: fewshot::ops::Kernels::default(),
     }

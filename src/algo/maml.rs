@@ -56,12 +56,13 @@ use crate::learner::{cross_entropy, Learner};
 use crate::optim::{Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeSpec};
+use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {
     name: "maml",
     about: "MAML (Finn et al. 2017), first- or second-order",
+    resolve: |v, ctx| super::resolve_as(v, ctx, MamlConfig::resolve),
     build,
 };
 
@@ -171,7 +172,7 @@ impl MamlConfig {
     }
 }
 
-fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
+fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
     let cfg: MamlConfig = parse_entry(v)?;
     Ok(Box::new(Maml::new(cfg.resolve(ctx)?, ctx)?))
 }
@@ -341,7 +342,7 @@ impl Algorithm for Maml {
         self.theta = self.adam.step(&self.theta, &g)?;
         Ok(score)
     }
-    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
+    fn adapt(&self, x: &Tensor, y: &Tensor, _episode: EpisodeId) -> Result<Adapted> {
         let mut running = self.ctx.recorder();
         let params = sgd_adapt(
             &self.ctx.learner,
@@ -368,9 +369,6 @@ impl Algorithm for Maml {
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
         self.theta = self.theta.from_named_like("theta.", s)?;
         self.adam.load_named("adam.", s)
-    }
-    fn resolved_config(&self) -> serde_yaml::Value {
-        serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
     }
 }
 

@@ -22,10 +22,11 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::yaml::Value;
 use crate::learner::{accuracy, cross_entropy, Learner};
 use crate::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
 use crate::params::Params;
-use crate::sampler::{Batch, EpisodeSpec};
+use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// What an algorithm is built for: the benchmark's shape.
 #[derive(Debug, Clone)]
@@ -200,10 +201,11 @@ pub trait Algorithm: Send + Sync {
     /// Adapted learner parameters for a support set (with the running
     /// batch-norm statistics of the adaptation when
     /// [`Context::recorder`] asks for them).
-    fn adapt(&self, support_x: &Tensor, support_y: &Tensor) -> Result<Adapted>;
+    /// `episode` names the episode (for per-episode random choices).
+    fn adapt(&self, support_x: &Tensor, support_y: &Tensor, episode: EpisodeId) -> Result<Adapted>;
     /// Adapt on the support set, then score the query set.
     fn evaluate(&self, batch: &Batch) -> Result<EpisodeScore> {
-        let a = self.adapt(&batch.support_x, &batch.support_y)?;
+        let a = self.adapt(&batch.support_x, &batch.support_y, batch.id)?;
         self.context().score(&a, batch)
     }
     /// The benchmark context it was built for.
@@ -215,7 +217,6 @@ pub trait Algorithm: Send + Sync {
     /// Restore [`Algorithm::state`].
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
     /// The fully resolved hyperparameters, as saved beside results.
-    fn resolved_config(&self) -> serde_yaml::Value;
     /// Observation hook: the gate values a learned optimizer applies while
     /// adapting to `batch`'s support set. Algorithms without gates keep the
     /// default (`None`); the meta-learner LSTM reports its forget and input
@@ -240,11 +241,24 @@ pub struct GateTrace {
     pub gates: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-/// A registry entry: how to build an algorithm from its YAML entry.
+/// An algorithm entry resolved: its label and every hyperparameter with
+/// the defaults filled in (what `resolved.yaml` records). Nothing is built.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub label: String,
+    pub config: Value,
+}
+
+/// A registry entry: how to check and build an algorithm from its YAML
+/// entry.
 pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
-    pub build: fn(&serde_yaml::Value, &Context) -> Result<Box<dyn Algorithm>>,
+    /// Check an entry and fill in its defaults for the context.
+    pub resolve: fn(&Value, &Context) -> Result<Resolved>,
+    /// Build the algorithm (fresh meta-parameters from the run seed) from an
+    /// entry, resolved or not.
+    pub build: fn(&Value, &Context) -> Result<Box<dyn Algorithm>>,
 }
 
 /// All algorithms. Adding one is one line here.
@@ -252,8 +266,8 @@ pub fn registry() -> &'static [Entry] {
     &[maml::ENTRY, reptile::ENTRY, meta_lstm::ENTRY]
 }
 
-/// Build the algorithm a benchmark entry names (`algorithm: <name>`).
-pub fn build(entry: &serde_yaml::Value, ctx: &Context, field: &str) -> Result<Box<dyn Algorithm>> {
+/// The registry entry an algorithm entry names (`algorithm: <name>`).
+fn entry_for(entry: &Value, field: &str) -> Result<&'static Entry> {
     let name = entry
         .get("algorithm")
         .and_then(|v| v.as_str())
@@ -262,14 +276,18 @@ pub fn build(entry: &serde_yaml::Value, ctx: &Context, field: &str) -> Result<Bo
             reason: "each algorithm entry needs `algorithm: <name>`".into(),
         })?;
     let known: Vec<&str> = registry().iter().map(|e| e.name).collect();
-    let e = registry()
+    registry()
         .iter()
         .find(|e| e.name == name)
         .ok_or_else(|| Error::Config {
             source_name: format!("{field}.algorithm"),
             reason: format!("unknown algorithm `{name}`; known: {}", known.join(", ")),
-        })?;
-    (e.build)(entry, ctx).map_err(|err| match err {
+        })
+}
+
+/// A config error inside an entry, named from the entry (`field`) on.
+fn in_entry(field: &str, err: Error) -> Error {
+    match err {
         Error::Config {
             source_name,
             reason,
@@ -285,22 +303,39 @@ pub fn build(entry: &serde_yaml::Value, ctx: &Context, field: &str) -> Result<Bo
             reason,
         },
         other => other,
-    })
+    }
 }
 
-/// Parse an algorithm's config struct from its YAML entry (unknown keys are
-/// rejected by the struct's `deny_unknown_fields`); an error names the
-/// field it is about (`inner_iters`), which [`build`] prefixes with the
-/// entry (`algorithms[0].inner_iters`).
-pub fn parse_entry<T: serde::de::DeserializeOwned>(v: &serde_yaml::Value) -> Result<T> {
-    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        Error::Config {
-            source_name: if path == "." { String::new() } else { path },
-            reason: e.into_inner().to_string(),
-        }
-    })
+/// Check a benchmark's algorithm entry and fill in its defaults; errors
+/// name `field` (`algorithms[0]`).
+pub fn resolve(entry: &Value, ctx: &Context, field: &str) -> Result<Resolved> {
+    (entry_for(entry, field)?.resolve)(entry, ctx).map_err(|e| in_entry(field, e))
 }
+
+/// Build the algorithm a benchmark entry names (`algorithm: <name>`).
+pub fn build(entry: &Value, ctx: &Context, field: &str) -> Result<Box<dyn Algorithm>> {
+    (entry_for(entry, field)?.build)(entry, ctx).map_err(|e| in_entry(field, e))
+}
+
+/// [`Entry::resolve`] for an algorithm whose entry parses as `C` and
+/// resolves with `f` into a struct that has a `label` field.
+pub fn resolve_as<C: serde::de::DeserializeOwned, R: serde::Serialize>(
+    entry: &Value,
+    ctx: &Context,
+    f: fn(&C, &Context) -> Result<R>,
+) -> Result<Resolved> {
+    let config = crate::yaml::to_value(&f(&parse_entry(entry)?, ctx)?)?;
+    let label = config
+        .get("label")
+        .and_then(|l| l.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Ok(Resolved { label, config })
+}
+
+/// Parse an algorithm's config struct from its YAML entry
+/// ([`crate::yaml::from_entry`]).
+pub use crate::yaml::from_entry as parse_entry;
 
 /// Check that a hyperparameter is a positive finite number.
 pub fn positive(field: &str, v: f64) -> Result<f64> {

@@ -43,12 +43,13 @@ use crate::norm::RunningStats;
 use crate::optim::{Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeSpec};
+use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {
     name: "reptile",
     about: "Reptile (Nichol et al. 2018) with inner Adam",
+    resolve: |v, ctx| super::resolve_as(v, ctx, ReptileConfig::resolve),
     build,
 };
 
@@ -162,7 +163,7 @@ impl ReptileConfig {
     }
 }
 
-fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
+fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
     let cfg: ReptileConfig = parse_entry(v)?;
     Ok(Box::new(Reptile::new(cfg.resolve(ctx)?, ctx)?))
 }
@@ -316,16 +317,13 @@ impl Algorithm for Reptile {
         self.theta = self.theta.zip_map(&mean, |t, m| t + ((m - t)? * eps)?)?;
         Ok(EpisodeScore::mean(&scores))
     }
-    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
+    fn adapt(&self, x: &Tensor, y: &Tensor, episode: EpisodeId) -> Result<Adapted> {
         let mut adam = self.inner.clone();
-        // Evaluation mini-batches are seeded by the support labels' content
-        // hash so that an episode is evaluated identically every time.
-        let key = y
-            .to_dtype(candle_core::DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as u64
-            ^ (x.sum_all()?.to_scalar::<f32>()?.to_bits() as u64);
-        let mut rng = Rng::derive(self.ctx.run_seed, &[0xe7a1, key]);
+        // Evaluation mini-batches are drawn from the run seed and the
+        // episode's identity, so an episode is adapted the same way every
+        // time (and by every process of a job array).
+        let [split, index] = episode.path();
+        let mut rng = Rng::derive(self.ctx.run_seed, &[0xe7a1, split, index]);
         let mut running = self.ctx.recorder();
         let params = self.inner_loop(
             &self.theta,
@@ -353,8 +351,5 @@ impl Algorithm for Reptile {
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
         self.theta = self.theta.from_named_like("theta.", s)?;
         self.inner.load_named("inner_adam.", s)
-    }
-    fn resolved_config(&self) -> serde_yaml::Value {
-        serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
     }
 }

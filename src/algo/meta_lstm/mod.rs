@@ -86,12 +86,13 @@ use crate::ops::Kernels;
 use crate::optim::{clip_global_norm, Adam, AdamConfig};
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeSpec};
+use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {
     name: "meta-lstm",
     about: "Meta-learner LSTM (Ravi & Larochelle 2017)",
+    resolve: |v, ctx| super::resolve_as(v, ctx, MetaLstmConfig::resolve),
     build,
 };
 
@@ -173,7 +174,7 @@ impl MetaLstmConfig {
     }
 }
 
-fn build(v: &serde_yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
+fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
     let cfg: MetaLstmConfig = parse_entry(v)?;
     Ok(Box::new(MetaLstm::new(cfg.resolve(ctx)?, ctx)?))
 }
@@ -746,7 +747,7 @@ impl Algorithm for MetaLstm {
         self.params = self.adam.step(&self.params, &g)?;
         Ok(EpisodeScore::mean(&scores))
     }
-    fn adapt(&self, x: &Tensor, y: &Tensor) -> Result<Adapted> {
+    fn adapt(&self, x: &Tensor, y: &Tensor, _episode: EpisodeId) -> Result<Adapted> {
         let mut running = self.ctx.recorder();
         let (theta, _) = self.adapt_theta(x, y, self.config.steps_test, false, running.as_mut())?;
         Ok(Adapted {
@@ -768,9 +769,6 @@ impl Algorithm for MetaLstm {
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
         self.params = self.params.from_named_like("meta.", s)?;
         self.adam.load_named("adam.", s)
-    }
-    fn resolved_config(&self) -> serde_yaml::Value {
-        serde_yaml::to_value(&self.config).unwrap_or(serde_yaml::Value::Null)
     }
     fn has_gates(&self) -> bool {
         true

@@ -239,7 +239,7 @@ pub fn perf_algorithms(
         "{:<24} {:>12} {:>14} {:>16} {:>14}",
         "algorithm", "meta-step", "ms/train ep", "ms/test episode", "peak RSS MiB"
     );
-    let mut entries: Vec<(String, serde_yaml::Value)> = bench
+    let mut entries: Vec<(String, fewshot::yaml::Value)> = bench
         .algorithms
         .iter()
         .map(|a| (a.label.clone(), a.config.clone()))
@@ -247,8 +247,8 @@ pub fn perf_algorithms(
     for &t in lstm_steps {
         if let Some(m) = bench.algorithms.iter().find(|a| a.algorithm == "meta-lstm") {
             let mut v = m.config.clone();
-            v["steps"] = serde_yaml::Value::from(t as u64);
-            v["steps_test"] = serde_yaml::Value::from(t as u64);
+            v["steps"] = fewshot::yaml::Value::from(t as u64);
+            v["steps_test"] = fewshot::yaml::Value::from(t as u64);
             entries.push((format!("{} (T={t})", m.label), v));
         }
     }

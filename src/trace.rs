@@ -39,7 +39,15 @@ use crate::error::{Error, Result};
 ///
 /// Bumped on any incompatible change of [`GateRecord`]; [`read_jsonl`]
 /// rejects records of any other version.
-pub const TRACE_VERSION: u32 = 1;
+pub const TRACE_VERSION: u32 = 2;
+
+/// Versions [`read_jsonl`] reads: version 1 records lack the percentiles
+/// (their figure shows layer means).
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+
+/// Percentiles over a layer's coordinates kept in every record (the bands
+/// of the figure: 10-90 and 25-75, and the median).
+pub const PERCENTILES: [f64; 5] = [10.0, 25.0, 50.0, 75.0, 90.0];
 
 /// File names inside a run's `<label>/` folder.
 pub const JSONL_FILE: &str = "gates.jsonl";
@@ -96,6 +104,30 @@ pub struct GateRecord {
     pub forget_samples: Vec<f64>,
     /// Input gate values at `sample_index`.
     pub input_samples: Vec<f64>,
+    /// Forget gate at the [`PERCENTILES`] over the layer's coordinates
+    /// (linear interpolation between order statistics; empty in version 1).
+    #[serde(default)]
+    pub forget_percentiles: Vec<f64>,
+    /// Input gate at the [`PERCENTILES`].
+    #[serde(default)]
+    pub input_percentiles: Vec<f64>,
+}
+
+/// `xs` at each of [`PERCENTILES`]: linear interpolation between the order
+/// statistics at rank `p / 100 * (n - 1)` (numpy's default).
+pub fn percentiles(xs: &[f32]) -> Vec<f64> {
+    let mut v: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    PERCENTILES
+        .iter()
+        .map(|p| {
+            let rank = p / 100.0 * (n - 1) as f64;
+            let (lo, frac) = (rank.floor() as usize, rank.fract());
+            let hi = (lo + 1).min(n - 1);
+            v[lo] + frac * (v[hi] - v[lo])
+        })
+        .collect()
 }
 
 /// `samples` coordinate indices spread evenly over `0..coordinates`: the
@@ -180,6 +212,8 @@ pub fn summarize(
                 forget_samples: sample_index.iter().map(|&k| f[k] as f64).collect(),
                 input_samples: sample_index.iter().map(|&k| i[k] as f64).collect(),
                 sample_index,
+                forget_percentiles: percentiles(f),
+                input_percentiles: percentiles(i),
             }
         })
         .collect()
@@ -234,8 +268,8 @@ pub fn write_jsonl(path: &Path, records: &[GateRecord]) -> Result<()> {
 }
 
 /// Read a JSON-lines gate trace. Blank lines are skipped; a record whose
-/// `version` is not [`TRACE_VERSION`], or that does not parse, is an
-/// [`Error::Config`] naming the file and line.
+/// `version` is not one of [`READABLE_VERSIONS`], or that does not parse,
+/// is an [`Error::Config`] naming the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<GateRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut records = Vec::new();
@@ -250,11 +284,11 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<GateRecord>> {
         let value: serde_json::Value =
             serde_json::from_str(line).map_err(|e| bad(format!("not a JSON record: {e}")))?;
         match value.get("version").and_then(serde_json::Value::as_u64) {
-            Some(v) if v == TRACE_VERSION as u64 => {}
+            Some(v) if READABLE_VERSIONS.contains(&(v as u32)) => {}
             Some(v) => {
                 return Err(bad(format!(
-                    "gate trace version {v} is not supported (this build reads version \
-                     {TRACE_VERSION}); regenerate the trace with this build"
+                    "gate trace version {v} is not supported (this build reads versions \
+                     {READABLE_VERSIONS:?}, writes {TRACE_VERSION}); regenerate the trace with this build"
                 )))
             }
             None => {
@@ -264,7 +298,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<GateRecord>> {
             }
         }
         let record: GateRecord = serde_json::from_value(value)
-            .map_err(|e| bad(format!("not a version-{TRACE_VERSION} gate record: {e}")))?;
+            .map_err(|e| bad(format!("not a gate record: {e}")))?;
         records.push(record);
     }
     Ok(records)
@@ -290,6 +324,8 @@ pub const CSV_HEADER: &[&str] = &[
     "sample_index",
     "forget_samples",
     "input_samples",
+    "forget_percentiles",
+    "input_percentiles",
 ];
 
 /// A CSV field, quoted when it holds a comma, quote or line break.
@@ -306,7 +342,8 @@ fn joined<T: ToString>(xs: &[T]) -> String {
 }
 
 /// Write `records` as a flat CSV, one row per record (columns
-/// [`CSV_HEADER`]; the sample lists joined with `;`), atomically.
+/// [`CSV_HEADER`]; the sample and percentile lists joined with `;`),
+/// atomically.
 pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
     let mut out = CSV_HEADER.join(",");
     out.push('\n');
@@ -330,6 +367,8 @@ pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
             joined(&r.sample_index),
             joined(&r.forget_samples),
             joined(&r.input_samples),
+            joined(&r.forget_percentiles),
+            joined(&r.input_percentiles),
         ];
         out.push_str(&row.join(","));
         out.push('\n');
@@ -390,6 +429,18 @@ impl Gate {
             Gate::Input => r.input_mean,
         }
     }
+    fn samples(self, r: &GateRecord) -> &[f64] {
+        match self {
+            Gate::Forget => &r.forget_samples,
+            Gate::Input => &r.input_samples,
+        }
+    }
+    fn percentiles(self, r: &GateRecord) -> &[f64] {
+        match self {
+            Gate::Forget => &r.forget_percentiles,
+            Gate::Input => &r.input_percentiles,
+        }
+    }
 }
 
 /// The records arranged for drawing: layers in order of first appearance,
@@ -435,14 +486,43 @@ impl<'a> Figure<'a> {
         }
     }
 
-    /// Value range of one panel, padded so that lines never touch the frame
-    /// and a constant gate still gets a visible span.
+    /// Per step of one panel, the [`PERCENTILES`] averaged over the
+    /// episodes (records without percentiles, version 1, are left out).
+    fn bands(&self, layer: usize, gate: Gate) -> Vec<(f64, Vec<f64>)> {
+        let mut out = vec![];
+        for step in self.steps.clone() {
+            let rows: Vec<&[f64]> = self.layers[layer]
+                .1
+                .iter()
+                .flatten()
+                .filter(|r| r.step == step)
+                .map(|r| gate.percentiles(r))
+                .filter(|p| p.len() == PERCENTILES.len())
+                .collect();
+            if !rows.is_empty() {
+                let n = rows.len() as f64;
+                let mean = (0..PERCENTILES.len())
+                    .map(|k| rows.iter().map(|p| p[k]).sum::<f64>() / n)
+                    .collect();
+                out.push((step as f64, mean));
+            }
+        }
+        out
+    }
+
+    /// Value range of one panel (means, percentiles and sampled
+    /// coordinates), padded so that lines never touch the frame and a
+    /// constant gate still gets a visible span.
     fn y_range(&self, layer: usize, gate: Gate) -> Range<f64> {
         let values = self.layers[layer]
             .1
             .iter()
             .flatten()
-            .map(|r| gate.mean(r))
+            .flat_map(|r| {
+                std::iter::once(gate.mean(r))
+                    .chain(gate.samples(r).iter().copied())
+                    .chain(gate.percentiles(r).iter().copied())
+            })
             .filter(|v| v.is_finite());
         let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
@@ -457,6 +537,26 @@ impl<'a> Figure<'a> {
 
 /// Opacity of one episode's line.
 const LINE_OPACITY: f64 = 0.6;
+
+/// Colour of the percentile bands and the median line.
+const BAND_COLOUR: RGBColor = RGBColor(40, 70, 150);
+
+/// A line through `points`, or marks when there is a single step (a
+/// one-point line draws nothing).
+fn draw_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    points: Vec<(f64, f64)>,
+    colour: RGBAColor,
+    width: u32,
+    steps: usize,
+) -> DrawResult<DB> {
+    if steps == 1 {
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+    } else {
+        chart.draw_series(LineSeries::new(points, colour.stroke_width(width)))?;
+    }
+    Ok(())
+}
 
 /// A dark, saturated colour for episode `e`: hues spaced by the golden
 /// ratio, so neighbouring episodes differ and any number of them is covered.
@@ -488,10 +588,16 @@ fn draw<DB: DrawingBackend>(
     let font = |size: u32, c: RGBColor| ("sans-serif", size).into_font().color(&ink(c));
     root.fill(&WHITE)?;
     let (w, _) = root.dim_in_pixel();
+    let banded = (0..fig.layers.len()).any(|l| !fig.bands(l, Gate::Forget).is_empty());
     let caption = format!(
-        "{title}  ({} episode{}, mean over each layer's coordinates)",
+        "{title}  ({} episode{}; {})",
         fig.episodes,
-        if fig.episodes == 1 { "" } else { "s" }
+        if fig.episodes == 1 { "" } else { "s" },
+        if banded {
+            "bands: 10-90th and 25-75th percentile over each layer's coordinates, line: median; thin lines: sampled coordinates"
+        } else {
+            "mean over each layer's coordinates"
+        }
     );
     root.draw(&Text::new(
         caption,
@@ -534,18 +640,44 @@ fn draw<DB: DrawingBackend>(
                 .max_light_lines(0)
                 .bold_line_style(RGBColor(225, 225, 225))
                 .draw()?;
+            // The spread over coordinates (Ravi & Larochelle's Figure 2
+            // shows single coordinates; a layer mean hides the spread).
+            let bands = fig.bands(col, gate);
+            if !bands.is_empty() {
+                for ((lo, hi), alpha) in [((0, 4), 0.14), ((1, 3), 0.28)] {
+                    let outline: Vec<(f64, f64)> = bands
+                        .iter()
+                        .map(|(s, p)| (*s, p[lo]))
+                        .chain(bands.iter().rev().map(|(s, p)| (*s, p[hi])))
+                        .collect();
+                    chart.draw_series(std::iter::once(Polygon::new(
+                        outline,
+                        BAND_COLOUR.mix(alpha).filled(),
+                    )))?;
+                }
+            }
+            // Each episode: its sampled coordinates (or, for version-1
+            // records without percentiles, its layer mean).
             for (e, line) in lines.iter().enumerate() {
                 if line.is_empty() {
                     continue;
                 }
                 let colour = episode_colour(e).mix(LINE_OPACITY);
-                let points = line.iter().map(|r| (r.step as f64, gate.mean(r)));
-                if steps == 1 {
-                    // A one-point line draws nothing: mark the point.
-                    chart.draw_series(points.map(|p| Circle::new(p, 3, colour.filled())))?;
+                let series: Vec<Vec<(f64, f64)>> = if bands.is_empty() {
+                    vec![line.iter().map(|r| (r.step as f64, gate.mean(r))).collect()]
                 } else {
-                    chart.draw_series(LineSeries::new(points, colour.stroke_width(1)))?;
+                    let k = line.iter().map(|r| gate.samples(r).len()).min().unwrap_or(0);
+                    (0..k)
+                        .map(|j| line.iter().map(|r| (r.step as f64, gate.samples(r)[j])).collect())
+                        .collect()
+                };
+                for points in series {
+                    draw_line(&mut chart, points, colour, 1, steps)?;
                 }
+            }
+            if !bands.is_empty() {
+                let median = bands.iter().map(|(s, p)| (*s, p[2])).collect();
+                draw_line(&mut chart, median, BAND_COLOUR.to_rgba(), 2, steps)?;
             }
         }
     }

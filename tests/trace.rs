@@ -100,6 +100,14 @@ fn summarize_matches_a_hand_computation() {
     assert_eq!(c.sample_index, vec![1, 3]);
     assert_eq!(c.forget_samples, vec![0.5, 0.25]);
     assert_eq!(c.input_samples, vec![0.25, 0.5]);
+    // Percentiles of 0.25, 0.5, 0.75, 1.0 at ranks p/100 * 3, interpolated
+    // (numpy.percentile gives the same).
+    let expected = [0.325, 0.4375, 0.625, 0.8125, 0.925];
+    for (got, want) in c.forget_percentiles.iter().zip(expected) {
+        assert_close(*got, want, "conv1 forget percentile");
+    }
+    assert_eq!(c.forget_percentiles.len(), trace::PERCENTILES.len());
+    assert_eq!(c.input_percentiles[2], 0.3125);
 
     let h = &r[1];
     assert_eq!((h.layer.as_str(), h.coordinates), ("head", 2));
@@ -174,7 +182,7 @@ fn jsonl_round_trips_exactly() {
 
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), records.len());
-    assert!(text.lines().all(|l| l.starts_with("{\"version\":1,")));
+    assert!(text.lines().all(|l| l.starts_with("{\"version\":2,")));
 
     let back = trace::read_jsonl(&path).unwrap();
     assert_eq!(back, records);
@@ -189,6 +197,32 @@ fn jsonl_round_trips_exactly() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("gates.jsonl")]);
+}
+
+#[test]
+fn version_1_traces_without_percentiles_still_read_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.jsonl");
+    trace::write_jsonl(&path, &synthetic(2, 3)).unwrap();
+    let old: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("forget_percentiles");
+            m.remove("input_percentiles");
+            m.insert("version".into(), 1.into());
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&path, old.join("\n")).unwrap();
+    let back = trace::read_jsonl(&path).unwrap();
+    assert!(back.iter().all(|r| r.version == 1 && r.forget_percentiles.is_empty()));
+    let (svg, png) = (dir.path().join("g.svg"), dir.path().join("g.png"));
+    trace::plot(&back, "old", &svg, &png).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("mean over each layer"), "version-1 figures show means");
 }
 
 #[test]
@@ -228,7 +262,7 @@ fn read_edited(
 fn an_unknown_version_is_rejected_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let (path, err) = read_edited(dir.path(), 3, |l| {
-        l.replacen("\"version\":1", "\"version\":2", 1)
+        l.replacen("\"version\":2", "\"version\":3", 1)
     });
     let msg = err.to_string();
     match &err {
@@ -237,9 +271,9 @@ fn an_unknown_version_is_rejected_naming_file_and_line() {
             reason,
         } => {
             assert_eq!(source_name, &format!("{}:3", path.display()));
-            assert!(reason.contains("version 2"), "{reason}");
+            assert!(reason.contains("version 3"), "{reason}");
             assert!(
-                reason.contains(&format!("version {TRACE_VERSION}")),
+                reason.contains(&format!("writes {TRACE_VERSION}")),
                 "{reason}"
             );
         }
@@ -251,7 +285,7 @@ fn an_unknown_version_is_rejected_naming_file_and_line() {
 #[test]
 fn a_missing_version_or_a_broken_line_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, err) = read_edited(dir.path(), 2, |l| l.replacen("\"version\":1,", "", 1));
+    let (path, err) = read_edited(dir.path(), 2, |l| l.replacen("\"version\":2,", "", 1));
     assert!(
         matches!(&err, Error::Config { source_name, reason }
             if *source_name == format!("{}:2", path.display()) && reason.contains("version")),
@@ -291,7 +325,7 @@ fn csv_has_one_row_per_record() {
     assert_eq!(lines[0], trace::CSV_HEADER.join(","));
     assert!(lines[0].starts_with("version,benchmark,algorithm,episode,step,layer,"));
     assert!(
-        lines[1].starts_with("1,\"a,b\",meta-lstm,0,1,conv1,7,"),
+        lines[1].starts_with("2,\"a,b\",meta-lstm,0,1,conv1,7,"),
         "{}",
         lines[1]
     );
@@ -303,6 +337,8 @@ fn csv_has_one_row_per_record() {
     assert_eq!(cols[15], "0;2;4"); // conv2: 3 of 5 coordinates
     let fs: Vec<f64> = cols[16].split(';').map(|x| x.parse().unwrap()).collect();
     assert_eq!(fs, r.forget_samples);
+    let ps: Vec<f64> = cols[18].split(';').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(ps, r.forget_percentiles);
 }
 
 // ------------------------------------------------------------------ plot
@@ -322,14 +358,23 @@ fn plot_writes_an_svg_and_a_png_with_every_series() {
         &text[..60]
     );
     assert!(text.trim_end().ends_with("</svg>"));
-    // Episode lines are the semi-transparent polylines: one per episode per
-    // panel (two rows by five layers).
+    // Sampled coordinates are the semi-transparent polylines: three per
+    // episode per panel (two rows by five layers).
     let series = text
         .split("<polyline")
         .skip(1)
         .filter(|rest| rest.split("/>").next().unwrap().contains("opacity=\"0.6\""))
         .count();
-    assert_eq!(series, episodes as usize * 2 * LAYERS.len());
+    assert_eq!(series, 3 * episodes as usize * 2 * LAYERS.len());
+    // Per panel: two percentile bands and one median line.
+    assert_eq!(text.matches("<polygon").count(), 2 * 2 * LAYERS.len());
+    let medians = text
+        .split("<polyline")
+        .skip(1)
+        .filter(|rest| rest.split("/>").next().unwrap().contains("stroke-width=\"2\""))
+        .count();
+    assert_eq!(medians, 2 * LAYERS.len());
+    assert!(text.contains("25-75th percentile"));
     // Text is written as <text> elements: title, panel titles, axis names.
     assert!(text.contains("omniglot-5w1s / meta-lstm"));
     assert!(text.contains("update step"));

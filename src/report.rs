@@ -196,10 +196,15 @@ pub fn terminal(r: &RunResults) -> String {
         ));
     }
     s.push_str(&sources(&t));
-    s.push_str(&format!(
-        "{LEGEND}\nresults: {}\n",
-        r.run_dir.join("results.json").display()
-    ));
+    let results = if r.run_seeds.is_empty() {
+        r.run_dir.join("results.json").display().to_string()
+    } else {
+        format!(
+            "merged from the units {}",
+            r.run_dir.join("seed-<s>/<label>/results.json").display()
+        )
+    };
+    s.push_str(&format!("{LEGEND}\nresults: {results}\n"));
     s
 }
 

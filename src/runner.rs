@@ -132,6 +132,9 @@ pub struct RunResults {
     /// The benchmark profile (`budgeted`, `protocol`, ...).
     #[serde(default)]
     pub profile: Option<String>,
+    /// The device the run computed on (`cpu`, `cuda:0`; absent: cpu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub run_dir: PathBuf,
     pub results: Vec<AlgoResult>,
 }
@@ -149,6 +152,8 @@ pub struct RunOptions {
     /// Record gate traces on this many test episodes for every algorithm
     /// that has gates (0: none).
     pub trace_episodes: usize,
+    /// Where the tensors live.
+    pub device: crate::device::DeviceSpec,
 }
 
 /// Record the gates of `algo` on test episodes `0..episodes` and write
@@ -205,6 +210,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     }
     // Nothing is written before the run folder, the data and the episodes
     // are known to be usable.
+    let device = opts.device.open()?;
     let mut plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
     // `Continue` is `New` or `Resume` by now.
     let resume = plan.mode == Mode::Resume;
@@ -224,7 +230,9 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         bench.name,
         env!("CARGO_PKG_VERSION")
     );
-    let device = candle_core::Device::Cpu;
+    if !device.is_cpu() {
+        tracing::info!("on {}: the composed kernels (the fused ones are CPU code)", opts.device);
+    }
     let ctx = bench.context(&device);
     let mut out = RunResults {
         benchmark: bench.name.clone(),
@@ -237,6 +245,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         run_seed: Some(bench.run_seed),
         run_seeds: vec![],
         profile: Some(bench.profile.clone()),
+        device: Some(opts.device.to_string()),
         run_dir: opts.run_dir.clone(),
         results: plan.previous.map(|p| p.results).unwrap_or_default(),
     };
@@ -515,6 +524,7 @@ pub(crate) mod tests {
             run_seed: Some(0),
             run_seeds: vec![],
             profile: None,
+            device: None,
             run_dir: PathBuf::from("runs/t"),
             results: rows,
         }

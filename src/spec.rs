@@ -321,16 +321,26 @@ impl Benchmark {
     }
 
     /// The context algorithms are built for.
+    /// On any device but the CPU the fused kernels (CPU code) give way to
+    /// the composed candle path.
     pub fn context(&self, device: &candle_core::Device) -> Context {
+        let kernels = if device.is_cpu() {
+            self.kernels
+        } else {
+            crate::ops::Kernels::Composed
+        };
         Context {
             dataset: self.dataset.clone(),
             spec: self.episode,
-            learner: self.learner.clone(),
+            learner: Learner {
+                kernels,
+                ..self.learner.clone()
+            },
             norm: self.batch_norm,
             run_seed: self.run_seed,
             episode_seed: self.seed,
             device: device.clone(),
-            kernels: self.kernels,
+            kernels,
         }
     }
 }

@@ -92,6 +92,7 @@ pub fn evaluate_on(
     data_dir: &Path,
     only: &[String],
     show_progress: bool,
+    device: &candle_core::Device,
 ) -> Result<RunResults> {
     let trained = trained_benchmark(run)?;
     check_compatible(&trained, target)?;
@@ -118,10 +119,9 @@ pub fn evaluate_on(
     for l in only {
         trained.algorithm(l)?;
     }
-    let device = candle_core::Device::Cpu;
     // Trained as the run was; evaluated with the target's episode shape
     // and batch-norm evaluation protocol.
-    let mut ctx = trained.context(&device);
+    let mut ctx = trained.context(device);
     ctx.spec = episode;
     ctx.norm.eval = target.batch_norm.eval;
     let ds = data::open(&target.dataset, data_dir, &target.data)?;
@@ -143,6 +143,11 @@ pub fn evaluate_on(
         run_seed: Some(trained.run_seed),
         run_seeds: vec![],
         profile: Some(trained.profile.clone()),
+        device: Some(if device.is_cpu() {
+            "cpu".into()
+        } else {
+            format!("{:?}", device.location())
+        }),
         run_dir: out.clone(),
         results: vec![],
     };
@@ -374,7 +379,13 @@ impl EpisodeFile {
 /// Tensors of episode `items` from decoded `pixels`, support then query,
 /// each grouped by label (the sampler's order); `index`: the episode's
 /// position in the file.
-fn file_batch(index: u64, items: &[Item], pixels: &[Vec<u8>], f: &ImageFormat) -> Result<Batch> {
+fn file_batch(
+    index: u64,
+    items: &[Item],
+    pixels: &[Vec<u8>],
+    f: &ImageFormat,
+    dev: &candle_core::Device,
+) -> Result<Batch> {
     let px = f.pixels();
     let part = |query: bool| -> Result<(candle_core::Tensor, candle_core::Tensor)> {
         let mut idx: Vec<usize> = (0..items.len())
@@ -386,10 +397,9 @@ fn file_batch(index: u64, items: &[Item], pixels: &[Vec<u8>], f: &ImageFormat) -
             data::normalise(f, &pixels[i], &mut data[k * px..(k + 1) * px]);
         }
         let labels: Vec<u32> = idx.iter().map(|&i| items[i].label as u32).collect();
-        let dev = candle_core::Device::Cpu;
         Ok((
-            candle_core::Tensor::from_vec(data, (idx.len(), f.channels, f.size, f.size), &dev)?,
-            candle_core::Tensor::from_vec(labels, idx.len(), &dev)?,
+            candle_core::Tensor::from_vec(data, (idx.len(), f.channels, f.size, f.size), dev)?,
+            candle_core::Tensor::from_vec(labels, idx.len(), dev)?,
         ))
     };
     let (support_x, support_y) = part(false)?;
@@ -420,7 +430,10 @@ pub fn evaluate_file(
         .par_iter()
         .zip(pixels)
         .enumerate()
-        .map(|(i, (items, px))| algorithm.evaluate(&file_batch(i as u64, items, px, f)?))
+        .map(|(i, (items, px))| {
+            let dev = &algorithm.context().device;
+            algorithm.evaluate(&file_batch(i as u64, items, px, f, dev)?)
+        })
         .collect::<Result<_>>()?;
     let accs: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();
     let (mean, ci95) = eval::mean_ci95(&accs);

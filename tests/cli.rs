@@ -85,6 +85,7 @@ fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)
         run_seed: Some(0),
         run_seeds: vec![],
         profile: None,
+        device: None,
         run_dir: dir.to_path_buf(),
         results,
     };
@@ -178,4 +179,34 @@ fn report_takes_the_newest_run_of_each_benchmark() {
         &common::bench(&["report", "--root", &empty.path().to_string_lossy()]),
         &["no complete run"],
     );
+}
+
+#[test]
+fn selftest_passes_on_the_cpu_and_cuda_needs_a_cuda_build() {
+    // The gradient checks a GPU is checked with, here on the CPU (CI).
+    let out = common::bench(&["selftest"]);
+    let text = common::assert_bench_ok(&out);
+    for check in [
+        "learner gradient, stride-2 form",
+        "learner gradient, max-pool form",
+        "fused learner blocks",
+        "meta-LSTM with f = 1, i = lr is gradient descent (Composed",
+        "meta-LSTM with f = 1, i = lr is gradient descent (Fused",
+        "meta-LSTM meta-gradient (Composed",
+        "meta-LSTM meta-gradient (Fused",
+        "second-order MAML meta-gradient",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(check))
+            .unwrap_or_else(|| panic!("no check `{check}`:\n{text}"));
+        assert!(line.ends_with(" ok"), "{line}");
+    }
+    assert!(text.contains("checks on cpu") && text.contains("all passed"), "{text}");
+    if !fewshot::device::CUDA_BUILT {
+        let out = common::bench(&["--device", "cuda", "selftest"]);
+        common::assert_bench_fails(&out, &["--device", "built without CUDA", "scripts/build-cuda.sh"]);
+    }
+    let out = common::bench(&["--device", "tpu", "selftest"]);
+    common::assert_bench_fails(&out, &["--device", "cpu, cuda or cuda:N"]);
 }

@@ -339,21 +339,28 @@ impl MetaLstm {
         Ok((g.reshape((1, n))?, loss))
     }
 
-    /// The four preprocessed inputs `[4, n]` for a gradient and a loss.
+    /// The four preprocessed inputs `[4, n]` for a gradient and a loss:
+    /// [`preprocess`] of every gradient coordinate, computed where the
+    /// gradient lives (no copy to the host), in float64 with the same
+    /// operations as the scalar formula, so the CPU gives its exact bits.
     fn inputs(&self, grad: &Tensor, loss: f64) -> Result<Tensor> {
         let p = self.config.preprocess_p;
-        let g = grad.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let n = g.len();
-        let mut v = vec![0f64; 4 * n];
-        for (k, &x) in g.iter().enumerate() {
-            let (a, b) = preprocess(x, p);
-            v[k] = a;
-            v[n + k] = b;
-        }
+        let g = grad.flatten_all()?.to_dtype(DType::F64)?;
+        let n = g.elem_count();
+        let dev = g.device();
+        let abs = g.abs()?;
+        // |x| > e^-p: (log|x| / p, sign x); else (-1, e^p x).
+        let big = abs.gt((-p).exp())?;
+        let a = big.where_cond(
+            &abs.log()?.broadcast_div(&Tensor::new(p, dev)?)?,
+            &g.ones_like()?.neg()?,
+        )?;
+        let b = big.where_cond(&g.sign()?, &g.broadcast_mul(&Tensor::new(p.exp(), dev)?)?)?;
         let (la, lb) = preprocess(loss, p);
-        v[2 * n..3 * n].fill(la);
-        v[3 * n..].fill(lb);
-        Ok(Tensor::from_vec(v, (4, n), grad.device())?.to_dtype(grad.dtype())?)
+        let l = Tensor::new(&[la, lb], dev)?
+            .reshape((2, 1))?
+            .broadcast_as((2, n))?;
+        Ok(Tensor::cat(&[&a.unsqueeze(0)?, &b.unsqueeze(0)?, &l], 0)?.to_dtype(grad.dtype())?)
     }
 
     /// Unroll the meta-learner for `steps` updates of the learner on
@@ -538,6 +545,8 @@ impl MetaLstm {
     ) -> Result<Unrolled> {
         let n = mp.tensors[7].dim(1)?;
         let dev = mp.tensors[7].device().clone();
+        // The fused kernel is CPU code.
+        let kernels = if dev.is_cpu() { kernels } else { Kernels::Composed };
         macro_rules! fused {
             ($t:ty) => {{
                 let f = self
@@ -591,7 +600,12 @@ impl MetaLstm {
         b: &Batch,
         frozen: Option<&[(Tensor, f64)]>,
     ) -> Result<(f64, EpisodeScore, Params)> {
-        match (self.ctx.kernels, mp.tensors[7].dtype()) {
+        let kernels = if mp.tensors[7].device().is_cpu() {
+            self.ctx.kernels
+        } else {
+            Kernels::Composed
+        };
+        match (kernels, mp.tensors[7].dtype()) {
             (Kernels::Fused, DType::F32) => self.meta_gradient_fused::<f32>(mp, b, frozen),
             (Kernels::Fused, DType::F64) => self.meta_gradient_fused::<f64>(mp, b, frozen),
             _ => {

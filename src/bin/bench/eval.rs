@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use fewshot::spec::Benchmark;
+use fewshot::device::DeviceSpec;
+use fewshot::spec::{Benchmark, Overrides};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,20 +26,30 @@ pub struct Args {
     episodes: Option<PathBuf>,
 }
 
-pub fn run(data_dir: &Path, a: Args) -> Result<()> {
-    let (mut target, _) = Benchmark::load(&a.on)?;
+pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
     if let Some(n) = a.test_episodes {
         anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
-        target.test_episodes = n;
     }
+    let o = Overrides {
+        test_episodes: a.test_episodes,
+        ..Default::default()
+    };
+    let (target, _) = Benchmark::load_with(&a.on, &o)?;
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let file = a
         .episodes
         .as_deref()
         .map(fewshot::transfer::EpisodeFile::read)
         .transpose()?;
-    let r =
-        fewshot::transfer::evaluate_on(&a.run, &target, file.as_ref(), data_dir, &a.only, show)?;
+    let r = fewshot::transfer::evaluate_on(
+        &a.run,
+        &target,
+        file.as_ref(),
+        data_dir,
+        &a.only,
+        show,
+        &device.open()?,
+    )?;
     println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);
     print!("{}", fewshot::report::terminal(&r));
     Ok(())

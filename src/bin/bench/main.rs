@@ -11,6 +11,7 @@ mod perf;
 mod plan;
 mod report;
 mod run;
+mod selftest;
 mod show;
 mod trace;
 
@@ -37,6 +38,11 @@ struct Cli {
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
 
+    /// Where tensors live: cpu, cuda or cuda:N (CUDA needs a bench built
+    /// with `--features cuda`, scripts/build-cuda.sh)
+    #[arg(long, global = true, default_value = "cpu")]
+    device: fewshot::device::DeviceSpec,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +54,9 @@ enum Command {
     /// Split a multi-seed run into units for a job array (Slurm script or
     /// plain commands); `bench show` merges their results.
     Plan(plan::Args),
+    /// The gradient checks (finite differences, fused against composed,
+    /// the meta-LSTM's gradient-descent case) on --device, in about a minute.
+    Selftest,
     /// List the shipped benchmarks (name, dataset, shape, algorithms, budget).
     List(list::Args),
     /// Reprint a run's leaderboard (with paired differences) from its folder.
@@ -113,21 +122,22 @@ fn main() {
     let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
-        Command::Run(a) => run::run(&data_dir, a),
+        Command::Run(a) => run::run(&data_dir, cli.device, a),
+        Command::Selftest => selftest::run(cli.device),
         Command::Plan(a) => plan::run(&data_dir, a),
         Command::List(a) => list::run(a),
         Command::Show(a) => show::run(a),
         Command::Report(a) => report::run(a),
-        Command::Eval(a) => eval::run(&data_dir, a),
+        Command::Eval(a) => eval::run(&data_dir, cli.device, a),
         Command::Compare(a) => match compare::run(a) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
             Err(e) => Err(e),
         },
-        Command::Trace(a) => trace::run(&data_dir, a),
+        Command::Trace(a) => trace::run(&data_dir, cli.device, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),
-        Command::Perf(c) => perf::run(&data_dir, c),
+        Command::Perf(c) => perf::run(&data_dir, cli.device, c),
     };
     if let Err(e) = result {
         eprintln!("error: {}", error_text(&e));

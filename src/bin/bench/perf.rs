@@ -54,7 +54,8 @@ pub enum PerfCommand {
     },
 }
 
-pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
+pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, cmd: PerfCommand) -> Result<()> {
+    let device = device.open()?;
     match cmd {
         PerfCommand::Data { seconds } => perf_data(data_dir, seconds),
         PerfCommand::Algorithms {
@@ -72,12 +73,13 @@ pub fn run(data_dir: &Path, cmd: PerfCommand) -> Result<()> {
             &lstm_steps,
             only.as_deref(),
             kernels.as_deref(),
+            &device,
         ),
         PerfCommand::Learner {
             dataset,
             batch,
             reps,
-        } => perf_learner(&dataset, batch, reps),
+        } => perf_learner(&dataset, batch, reps, &device),
     }
 }
 
@@ -132,8 +134,8 @@ fn perf_data(data_dir: &Path, seconds: f64) -> Result<()> {
 }
 
 /// Time forward and forward+backward of the learner on a query-sized batch.
-pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
-    use candle_core::{DType, Device, Tensor};
+pub fn perf_learner(dataset: &str, batch: usize, reps: usize, dev: &candle_core::Device) -> Result<()> {
+    use candle_core::{DType, Tensor};
     use fewshot::learner::{cross_entropy, Learner};
     use fewshot::params::Params;
     let l = if dataset == "omniglot" {
@@ -141,7 +143,7 @@ pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
     } else {
         Learner::mini_imagenet(5, 84)
     };
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let p = l.init(&mut fewshot::rng::Rng::new(0), &dev)?;
     let x = Tensor::randn(
         0f32,
@@ -152,16 +154,17 @@ pub fn perf_learner(dataset: &str, batch: usize, reps: usize) -> Result<()> {
     let y = Tensor::zeros(batch, DType::U32, &dev)?;
     // One warm-up repetition, then the median of `reps` (as
     // benchmarks/reference/perf_torch.py times PyTorch).
+    // (A GPU works asynchronously: each repetition ends with a sync.)
     let fwd = median_secs(reps, || {
         std::hint::black_box(l.forward(&p, &x)?);
-        Ok(())
+        Ok(dev.synchronize()?)
     })?;
     let fb = median_secs(reps, || {
         let vars = p.to_vars()?;
         let pv = Params::from_vars(&p.names, &vars);
         let loss = cross_entropy(&l.forward(&pv, &x)?, &y)?;
         std::hint::black_box(loss.backward()?);
-        Ok(())
+        Ok(dev.synchronize()?)
     })?;
     println!(
         "{dataset} learner, batch {batch}: forward {:.1} ms, forward+backward {:.1} ms",
@@ -207,6 +210,7 @@ pub fn perf_algorithms(
     lstm_steps: &[usize],
     only: Option<&str>,
     kernels: Option<&str>,
+    device: &candle_core::Device,
 ) -> Result<()> {
     use fewshot::algo::{self, Progress};
     use fewshot::spec::Benchmark;
@@ -217,20 +221,20 @@ pub fn perf_algorithms(
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
     ds.preload(Some(Split::Train))?;
     ds.preload(Some(Split::Test))?;
-    let device = candle_core::Device::Cpu;
-    let ctx = bench.context(&device);
+    let ctx = bench.context(device);
     println!(
         "decoded-image cache: {} images ({:.0} MiB, included in peak RSS)",
         ds.cached(),
         (ds.cached() * ds.format.pixels()) as f64 / (1 << 20) as f64
     );
     println!(
-        "{} ({}-way {}-shot, {} queries), {} kernels, {} meta-steps and {} test episodes per algorithm, {} rayon threads",
+        "{} ({}-way {}-shot, {} queries), {} kernels on {:?}, {} meta-steps and {} test episodes per algorithm, {} rayon threads",
         bench.name,
         bench.episode.ways,
         bench.episode.shots,
         bench.episode.queries,
-        fewshot::spec::variant_name(&bench.kernels),
+        fewshot::spec::variant_name(&ctx.kernels),
+        device.location(),
         steps,
         episodes,
         rayon::current_num_threads()
@@ -289,6 +293,7 @@ pub fn perf_algorithms(
                 },
             )?;
         }
+        device.synchronize()?;
         let step_ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
         let ev = fewshot::eval::evaluate(
             &*a,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use fewshot::device::DeviceSpec;
 use fewshot::rundir::Mode;
 use fewshot::runner::{self, RunOptions};
 use fewshot::seeds::{self, SeedPlan};
@@ -147,7 +148,7 @@ pub struct Args {
     trace: usize,
 }
 
-pub fn run(data_dir: &Path, a: Args) -> Result<()> {
+pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
     let (bench, path) = a.spec.load()?;
     tracing::info!(
         "benchmark {} from {} (profile {})",
@@ -173,6 +174,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
                 only: a.spec.only,
                 show_progress: true,
                 trace_episodes: a.trace,
+                device,
             },
         )?;
         print!("{}", fewshot::report::terminal(&results));
@@ -210,6 +212,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
                 only: vec![u.label.clone()],
                 show_progress: true,
                 trace_episodes: a.trace,
+                device,
             },
         )?);
     }

@@ -29,13 +29,13 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
-pub fn run(data_dir: &Path, a: Args) -> Result<()> {
+pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, a: Args) -> Result<()> {
     anyhow::ensure!(a.episodes >= 1, "--episodes must be at least 1");
     let (bench, _) = Benchmark::load(&a.benchmark)?;
     let (i, spec) = bench
         .algorithm(&a.label)
         .with_context(|| format!("--algo {}", a.label))?;
-    let device = candle_core::Device::Cpu;
+    let device = device.open()?;
     let ctx = bench.context(&device);
     let mut algorithm = algo::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;
     anyhow::ensure!(

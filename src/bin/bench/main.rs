@@ -86,6 +86,13 @@ enum Command {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
+    // Die quietly on a closed pipe (`bench list | head`), as Unix tools do,
+    // instead of panicking in println!.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Never hand freed pages back to the kernel: mini-ImageNet activations
     // are ~68 MB per tensor, and re-faulting them costs more than the math.
     // SAFETY: setting a documented mimalloc option; no memory is touched.

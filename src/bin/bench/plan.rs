@@ -43,8 +43,13 @@ pub fn shell_word(w: &str) -> String {
     }
 }
 
+/// `p` as an absolute path without `..` (resolved through the file system
+/// where it exists).
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
+    match std::fs::canonicalize(p) {
+        Ok(c) => Ok(c),
+        Err(_) => std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display())),
+    }
 }
 
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {

@@ -1,6 +1,6 @@
 //! Evaluation on fixed, indexed episodes, with confidence intervals.
 //!
-//! Episode `i` of the test split under the benchmark seed is the same for
+//! Episode `i` of the test split under the episode seed is the same for
 //! every algorithm, so leaderboard rows are paired comparisons on the same
 //! tasks. The interval is the Student-t 95% interval of the mean
 //! ([`crate::stats`]): t * s / sqrt(n) with s the sample standard deviation

@@ -117,7 +117,7 @@ pub struct RunResults {
     /// Which model was tested: `best` on validation or `final`.
     #[serde(default)]
     pub select: Select,
-    /// The benchmark seed, which fixes the test episodes (absent in runs
+    /// The episode seed, which fixes the test episodes (absent in runs
     /// written before it was recorded).
     #[serde(default)]
     pub seed: Option<u64>,

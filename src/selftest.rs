@@ -270,6 +270,13 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
         10,
         None,
     )?;
+    // The reference divides the learner's gradient by the batch size
+    // (`grad_div_batch`), so the input gate that makes lr steps is lr * B.
+    let input = if m.config.grad_div_batch {
+        lr * b.support_x.dim(0)? as f64
+    } else {
+        lr
+    };
     let mut out = vec![];
     for kernels in kernels_here(device) {
         let u = m.unroll_with(
@@ -278,10 +285,7 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
             &b.support_x,
             &b.support_y,
             10,
-            Gates::Fixed {
-                forget: 1.0,
-                input: lr,
-            },
+            Gates::Fixed { forget: 1.0, input },
             None,
             false,
             None,

@@ -7,7 +7,8 @@
 #
 #   FEWSHOT_DATA=../shared/datasets scripts/run-table.sh [tag]
 #
-# BENCH overrides the binary (default: target/release/bench, built first).
+# BENCH overrides the binary (default: target/release/bench, built first);
+# SEEDS=0,1,2 runs the main job (fewshot-5way1shot) over those run seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-$(date +%Y-%m-%d)}"
@@ -19,10 +20,14 @@ fi
 for b in mini-imagenet-5way5shot mini-imagenet-5way1shot omniglot-5way5shot \
          omniglot-20way1shot omniglot-20way5shot fewshot-5way1shot; do
     dir="runs/$b/$tag"
-    if [ -f "$dir/resolved.yaml" ]; then
-        "$BENCH" run "$b" --profile "$profile" --run-dir "$dir" --resume
+    extra=()
+    if [ "$b" = fewshot-5way1shot ] && [ -n "${SEEDS:-}" ]; then
+        extra=(--seeds "$SEEDS")
+    fi
+    if [ -f "$dir/resolved.yaml" ] || [ -f "$dir/plan.json" ]; then
+        "$BENCH" run "$b" --profile "$profile" --run-dir "$dir" --resume "${extra[@]}"
     else
-        "$BENCH" run "$b" --profile "$profile" --run-dir "$dir"
+        "$BENCH" run "$b" --profile "$profile" --run-dir "$dir" "${extra[@]}"
     fi
 done
 "$BENCH" report

@@ -25,7 +25,8 @@
 #    cudarc declares, as an empty function, so the link resolves and the
 #    binary loads the real libcuda.so.1 at run time;
 # 3. builds `cargo build --release --features cuda` into target/cuda and
-#    copies the stripped binary to target/cuda-bench/bench, then lists the
+#    copies the stripped binary to target/cuda-bench/bench (and bench.xz,
+#    the file to carry to the GPU machine), then lists the
 #    shared libraries it needs (on the GPU machine they come from the
 #    toolkit or from PyTorch's nvidia wheels: put their lib folder on
 #    LD_LIBRARY_PATH).
@@ -81,6 +82,10 @@ export LIBRARY_PATH="$home/lib:$home/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 cargo build --release --features cuda --target-dir target/cuda --bin bench
 mkdir -p target/cuda-bench
 strip -o target/cuda-bench/bench target/cuda/release/bench
-ls -l target/cuda-bench/bench
+# About 60 MiB stripped (the kernels' PTX is inside): the device tool
+# carries at most 64 MiB with the working tree, so carry the xz file
+# (about 8 MiB); scripts/gpu-check.sh unpacks it.
+xz -T0 -6 -k -f target/cuda-bench/bench
+ls -l target/cuda-bench/
 echo "shared libraries it needs:"
 readelf -d target/cuda-bench/bench | grep NEEDED

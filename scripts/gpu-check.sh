@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run ON the GPU machine from the repository root, with the
-# binary scripts/build-cuda.sh built here carried along (target/cuda-bench)
+# binary scripts/build-cuda.sh built here carried along
+# (carry: target/cuda-bench/bench.xz, unpacked here)
 # and Omniglot copied into .data/ (14 MB; `mkdir -p .data && cp -r
 # ../shared/datasets/omniglot .data/` here, with .data/ in
 # .git/info/exclude). Prints and writes into $OUT (or ./gpu-check):
@@ -15,6 +16,10 @@ set -uo pipefail
 out="${OUT:-gpu-check}"
 mkdir -p "$out"
 bench="${BENCH:-target/cuda-bench/bench}"
+if [ ! -x "$bench" ] && [ -f "$bench.xz" ]; then
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bench.xz" "$bench"
+    chmod +x "$bench"
+fi
 data="${FEWSHOT_DATA:-.data}"
 exec > >(tee "$out/gpu-check.log") 2>&1
 

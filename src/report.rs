@@ -71,8 +71,13 @@ impl Table {
             spec::variant_name(&r.batch_norm.eval),
         );
         let title = match (&r.profile, r.run_seeds.is_empty()) {
-            (Some(p), true) => format!("{title}; profile {p}, run seed {}", r.run_seed.unwrap_or(0)),
-            (Some(p), false) => format!("{title}; profile {p}, run seeds {}", seed_list(&r.run_seeds)),
+            (Some(p), true) => {
+                format!("{title}; profile {p}, run seed {}", r.run_seed.unwrap_or(0))
+            }
+            (Some(p), false) => format!(
+                "{title}; profile {p}, run seeds {}",
+                seed_list(&r.run_seeds)
+            ),
             (None, false) => format!("{title}; run seeds {}", seed_list(&r.run_seeds)),
             (None, true) => title,
         };
@@ -109,7 +114,11 @@ impl Table {
 }
 
 fn seed_list(seeds: &[u64]) -> String {
-    seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+    seeds
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `3 (sd 0.41)` for a row over several run seeds, `1` for one.
@@ -213,7 +222,9 @@ pub fn markdown(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("### {}\n\n", t.title);
     s.push_str("| | algorithm | accuracy (%) | run seeds | vs best (pp) | test episodes | meta-steps | train episodes | train (s) | test (s) | tested | published (%) |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
+    s.push_str(
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
+    );
     for x in &t.rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |\n",
@@ -352,7 +363,12 @@ pub fn latest_runs(root: &Path) -> Result<Vec<RunResults>> {
 /// When a run's results were last written: its results.json, or for a
 /// multi-seed run the newest of its units'.
 fn written(run: &Path) -> Option<std::time::SystemTime> {
-    let time = |d: &Path| d.join("results.json").metadata().and_then(|m| m.modified()).ok();
+    let time = |d: &Path| {
+        d.join("results.json")
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+    };
     if crate::seeds::is_multi_seed(run) {
         let plan = crate::seeds::read_plan(run).ok()?;
         plan.units().iter().filter_map(|u| time(&u.dir(run))).max()
@@ -574,7 +590,10 @@ mod tests {
         r.profile = Some("budgeted".into());
         let (text, md, csv) = (terminal(&r), markdown(&r), csv(&r));
         // Seed accuracies 0.7 and 0.8: sd 0.0707 = 7.07 points.
-        assert!(text.contains("2 (sd 7.07)") && md.contains("2 (sd 7.07)"), "{text}");
+        assert!(
+            text.contains("2 (sd 7.07)") && md.contains("2 (sd 7.07)"),
+            "{text}"
+        );
         assert!(text.contains("profile budgeted, run seeds 0,1"), "{text}");
         let f: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
         assert_eq!(f[5], "2");

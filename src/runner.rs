@@ -231,7 +231,10 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         env!("CARGO_PKG_VERSION")
     );
     if !device.is_cpu() {
-        tracing::info!("on {}: the composed kernels (the fused ones are CPU code)", opts.device);
+        tracing::info!(
+            "on {}: the composed kernels (the fused ones are CPU code)",
+            opts.device
+        );
     }
     let ctx = bench.context(&device);
     let mut out = RunResults {

@@ -72,7 +72,12 @@ impl Unit {
 
 impl SeedPlan {
     /// The plan for `bench` over `seeds`, restricted to `only` (empty: all).
-    pub fn new(bench: &Benchmark, seeds: &[u64], only: &[String], args: Vec<String>) -> Result<SeedPlan> {
+    pub fn new(
+        bench: &Benchmark,
+        seeds: &[u64],
+        only: &[String],
+        args: Vec<String>,
+    ) -> Result<SeedPlan> {
         if seeds.is_empty() {
             return Err(Error::invalid("--seeds", "", "give at least one run seed"));
         }
@@ -139,7 +144,14 @@ impl SeedPlan {
             // The options are recorded, not compared (a name and a path
             // give the same benchmark); [`merge`] checks the units'
             // resolved configurations instead.
-            let key = |p: &SeedPlan| (p.benchmark.clone(), p.profile.clone(), p.seeds.clone(), p.labels.clone());
+            let key = |p: &SeedPlan| {
+                (
+                    p.benchmark.clone(),
+                    p.profile.clone(),
+                    p.seeds.clone(),
+                    p.labels.clone(),
+                )
+            };
             if key(&old) != key(self) {
                 return Err(Error::RunDir {
                     path: root.to_path_buf(),
@@ -167,7 +179,8 @@ impl SeedPlan {
         if root.join("resolved.yaml").is_file() {
             return Err(Error::RunDir {
                 path: root.to_path_buf(),
-                reason: "holds a single-seed run; give another --run-dir for a multi-seed run".into(),
+                reason: "holds a single-seed run; give another --run-dir for a multi-seed run"
+                    .into(),
             });
         }
         crate::util::create_dir_durable(root)?;
@@ -238,7 +251,10 @@ pub fn merge(root: &Path) -> Result<RunResults> {
         if b.run_seed != u.seed {
             return Err(Error::RunDir {
                 path: dir.clone(),
-                reason: format!("was run with run seed {}, but its folder is seed-{}", b.run_seed, u.seed),
+                reason: format!(
+                    "was run with run seed {}, but its folder is seed-{}",
+                    b.run_seed, u.seed
+                ),
             });
         }
         let a = agreement(&b);
@@ -272,9 +288,14 @@ pub fn merge(root: &Path) -> Result<RunResults> {
     };
     let mut results = vec![];
     for label in &plan.labels {
-        let of: Vec<&(String, u64, AlgoResult)> = rows.iter().filter(|(l, _, _)| l == label).collect();
+        let of: Vec<&(String, u64, AlgoResult)> =
+            rows.iter().filter(|(l, _, _)| l == label).collect();
         if !of.is_empty() {
-            results.push(combine(&of.iter().map(|(_, s, r)| (*s, r.clone())).collect::<Vec<_>>()));
+            results.push(combine(
+                &of.iter()
+                    .map(|(_, s, r)| (*s, r.clone()))
+                    .collect::<Vec<_>>(),
+            ));
         }
     }
     pair_with_best(&mut results);
@@ -293,20 +314,32 @@ pub fn merge(root: &Path) -> Result<RunResults> {
 /// One row from the rows of several run seeds of one algorithm.
 pub fn combine(per_seed: &[(u64, AlgoResult)]) -> AlgoResult {
     let n = per_seed.len();
-    let mean = |f: &dyn Fn(&AlgoResult) -> f64| per_seed.iter().map(|(_, r)| f(r)).sum::<f64>() / n as f64;
+    let mean =
+        |f: &dyn Fn(&AlgoResult) -> f64| per_seed.iter().map(|(_, r)| f(r)).sum::<f64>() / n as f64;
     let r0 = &per_seed[0].1;
     let episodes = r0.episode_accuracy.len();
-    let same_episodes = per_seed.iter().all(|(_, r)| r.episode_accuracy.len() == episodes);
+    let same_episodes = per_seed
+        .iter()
+        .all(|(_, r)| r.episode_accuracy.len() == episodes);
     let episode_accuracy: Vec<f64> = if same_episodes {
         (0..episodes)
-            .map(|e| per_seed.iter().map(|(_, r)| r.episode_accuracy[e]).sum::<f64>() / n as f64)
+            .map(|e| {
+                per_seed
+                    .iter()
+                    .map(|(_, r)| r.episode_accuracy[e])
+                    .sum::<f64>()
+                    / n as f64
+            })
             .collect()
     } else {
         vec![]
     };
     let seed_accuracy: Vec<f64> = per_seed.iter().map(|(_, r)| r.accuracy).collect();
     let interval = crate::stats::mean_interval(&episode_accuracy);
-    let vals: Vec<f64> = per_seed.iter().filter_map(|(_, r)| r.best_val_accuracy).collect();
+    let vals: Vec<f64> = per_seed
+        .iter()
+        .filter_map(|(_, r)| r.best_val_accuracy)
+        .collect();
     AlgoResult {
         label: r0.label.clone(),
         algorithm: r0.algorithm.clone(),
@@ -349,7 +382,10 @@ mod tests {
         assert_eq!(c.seeds, vec![0, 1]);
         // The interval is over the 4 seed-averaged episodes: mean 0.4375,
         // sample sd sqrt(0.0859375/3), t_{0.975,3} = 3.182446.
-        let sd = (((0.0625f64).powi(2) + 0.4375f64.powi(2) + 0.3125f64.powi(2) + 0.0625f64.powi(2)) / 3.0).sqrt();
+        let sd =
+            (((0.0625f64).powi(2) + 0.4375f64.powi(2) + 0.3125f64.powi(2) + 0.0625f64.powi(2))
+                / 3.0)
+                .sqrt();
         assert!((c.ci95.unwrap() - 3.182446305284263 * sd / 2.0).abs() < 1e-9);
         let one = combine(&[(7, row("x", &[1.0, 0.0]))]);
         assert_eq!(one.seed_sd, None);
@@ -366,7 +402,13 @@ mod tests {
         };
         let u = plan.units();
         assert_eq!(u.len(), 6);
-        assert_eq!(plan.unit(4).unwrap(), Unit { seed: 5, label: "b".into() });
+        assert_eq!(
+            plan.unit(4).unwrap(),
+            Unit {
+                seed: 5,
+                label: "b".into()
+            }
+        );
         assert_eq!(u[2].dir(Path::new("R")), Path::new("R/seed-3/c"));
         assert!(plan.unit(6).unwrap_err().to_string().contains("6 units"));
     }

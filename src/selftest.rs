@@ -177,8 +177,14 @@ const CPU_ONLY: &str = "the fused kernels are CPU-only; this device runs the com
 pub fn learner_gradient(device: &Device) -> Result<Vec<Check>> {
     let mut out = vec![];
     for (name, l) in [
-        ("learner gradient, stride-2 form (finite differences)", tiny(Downsample::Stride2, 2, 8)),
-        ("learner gradient, max-pool form, odd sizes (finite differences)", tiny(Downsample::MaxPool, 2, 18)),
+        (
+            "learner gradient, stride-2 form (finite differences)",
+            tiny(Downsample::Stride2, 2, 8),
+        ),
+        (
+            "learner gradient, max-pool form, odd sizes (finite differences)",
+            tiny(Downsample::MaxPool, 2, 18),
+        ),
     ] {
         let l = Learner {
             kernels: Kernels::Composed,
@@ -212,7 +218,10 @@ pub fn fused_blocks(device: &Device) -> Result<Vec<Check>> {
     }
     let mut worst = 0f64;
     let mut compared = 0;
-    for l in [tiny(Downsample::Stride2, 1, 9), tiny(Downsample::MaxPool, 3, 19)] {
+    for l in [
+        tiny(Downsample::Stride2, 1, 9),
+        tiny(Downsample::MaxPool, 3, 19),
+    ] {
         let p = l.init(&mut Rng::new(4), device)?.to_dtype(DType::F64)?;
         let b = episode(&l, 12, device)?;
         let grad = |kernels| -> Result<Params> {
@@ -292,7 +301,9 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
         )?;
         let (worst, compared) = params_error(&m.learner_params(&u.theta)?, &sgd)?;
         out.push(Check {
-            name: format!("meta-LSTM with f = 1, i = lr is gradient descent ({kernels:?}, 10 steps)"),
+            name: format!(
+                "meta-LSTM with f = 1, i = lr is gradient descent ({kernels:?}, 10 steps)"
+            ),
             worst,
             tolerance: 1e-10,
             compared,

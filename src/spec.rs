@@ -499,7 +499,9 @@ fn apply_overrides(
         return Err(cfg_err(
             source,
             &format!("profiles.{DEFAULT_PROFILE}"),
-            format!("`{DEFAULT_PROFILE}` is the file's own fields; name the other profiles differently"),
+            format!(
+                "`{DEFAULT_PROFILE}` is the file's own fields; name the other profiles differently"
+            ),
         ));
     }
     let mut overlays = BTreeMap::new();
@@ -564,7 +566,11 @@ fn check_budget(b: &Budget, source: &str, field: &str) -> Result<()> {
         ));
     }
     if b.episodes == Some(0) {
-        return Err(cfg_err(source, &format!("{field}.episodes"), "must be >= 1"));
+        return Err(cfg_err(
+            source,
+            &format!("{field}.episodes"),
+            "must be >= 1",
+        ));
     }
     if let Some(m) = b.minutes {
         if !(m.is_finite() && m > 0.0) {
@@ -576,7 +582,11 @@ fn check_budget(b: &Budget, source: &str, field: &str) -> Result<()> {
         }
     }
     if b.meta_steps == Some(0) {
-        return Err(cfg_err(source, &format!("{field}.meta_steps"), "must be >= 1"));
+        return Err(cfg_err(
+            source,
+            &format!("{field}.meta_steps"),
+            "must be >= 1",
+        ));
     }
     Ok(())
 }
@@ -774,7 +784,10 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
                 ),
             });
         }
-        let kind = entry.get("algorithm").and_then(|v| v.as_str()).unwrap_or_default();
+        let kind = entry
+            .get("algorithm")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         bench.algorithms.push(AlgorithmSpec {
             label: a.label,
             algorithm: kind.to_string(),
@@ -789,7 +802,10 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
         cfg_err(
             source,
             &field,
-            format!("no algorithm is labelled `{label}`; labels: {}", known.join(", ")),
+            format!(
+                "no algorithm is labelled `{label}`; labels: {}",
+                known.join(", ")
+            ),
         )
     };
     if let Some(label) = overlays.keys().next() {

@@ -297,8 +297,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<GateRecord>> {
                 )))
             }
         }
-        let record: GateRecord = serde_json::from_value(value)
-            .map_err(|e| bad(format!("not a gate record: {e}")))?;
+        let record: GateRecord =
+            serde_json::from_value(value).map_err(|e| bad(format!("not a gate record: {e}")))?;
         records.push(record);
     }
     Ok(records)
@@ -544,14 +544,21 @@ const BAND_COLOUR: RGBColor = RGBColor(40, 70, 150);
 /// A line through `points`, or marks when there is a single step (a
 /// one-point line draws nothing).
 fn draw_line<DB: DrawingBackend>(
-    chart: &mut ChartContext<DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     points: Vec<(f64, f64)>,
     colour: RGBAColor,
     width: u32,
     steps: usize,
 ) -> DrawResult<DB> {
     if steps == 1 {
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, colour.filled())),
+        )?;
     } else {
         chart.draw_series(LineSeries::new(points, colour.stroke_width(width)))?;
     }
@@ -666,9 +673,17 @@ fn draw<DB: DrawingBackend>(
                 let series: Vec<Vec<(f64, f64)>> = if bands.is_empty() {
                     vec![line.iter().map(|r| (r.step as f64, gate.mean(r))).collect()]
                 } else {
-                    let k = line.iter().map(|r| gate.samples(r).len()).min().unwrap_or(0);
+                    let k = line
+                        .iter()
+                        .map(|r| gate.samples(r).len())
+                        .min()
+                        .unwrap_or(0);
                     (0..k)
-                        .map(|j| line.iter().map(|r| (r.step as f64, gate.samples(r)[j])).collect())
+                        .map(|j| {
+                            line.iter()
+                                .map(|r| (r.step as f64, gate.samples(r)[j]))
+                                .collect()
+                        })
                         .collect()
                 };
                 for points in series {

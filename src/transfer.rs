@@ -405,10 +405,7 @@ fn file_batch(
     let (support_x, support_y) = part(false)?;
     let (query_x, query_y) = part(true)?;
     Ok(Batch {
-        id: crate::sampler::EpisodeId {
-            split: None,
-            index,
-        },
+        id: crate::sampler::EpisodeId { split: None, index },
         support_x,
         support_y,
         query_x,

@@ -202,10 +202,16 @@ fn selftest_passes_on_the_cpu_and_cuda_needs_a_cuda_build() {
             .unwrap_or_else(|| panic!("no check `{check}`:\n{text}"));
         assert!(line.ends_with(" ok"), "{line}");
     }
-    assert!(text.contains("checks on cpu") && text.contains("all passed"), "{text}");
+    assert!(
+        text.contains("checks on cpu") && text.contains("all passed"),
+        "{text}"
+    );
     if !fewshot::device::CUDA_BUILT {
         let out = common::bench(&["--device", "cuda", "selftest"]);
-        common::assert_bench_fails(&out, &["--device", "built without CUDA", "scripts/build-cuda.sh"]);
+        common::assert_bench_fails(
+            &out,
+            &["--device", "built without CUDA", "scripts/build-cuda.sh"],
+        );
     }
     let out = common::bench(&["--device", "tpu", "selftest"]);
     common::assert_bench_fails(&out, &["--device", "cpu, cuda or cuda:N"]);

@@ -50,7 +50,10 @@ fn every_profile_of_every_shipped_benchmark_resolves() {
             }
         }
     }
-    assert!(protocols >= 6, "{protocols} benchmarks have a protocol profile");
+    assert!(
+        protocols >= 6,
+        "{protocols} benchmarks have a protocol profile"
+    );
 }
 
 #[test]
@@ -94,27 +97,40 @@ fn profile_mistakes_are_refused_naming_the_field() {
     let e = Benchmark::parse_with(&text, "f.yaml", &with(Some("fast")))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no profile `fast`") && e.contains("budgeted, protocol"), "{e}");
+    assert!(
+        e.contains("no profile `fast`") && e.contains("budgeted, protocol"),
+        "{e}"
+    );
     let bad_label = text.replace("      fomaml: {budget", "      maml2: {budget");
     let e = Benchmark::parse_with(&bad_label, "f.yaml", &with(Some("protocol")))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("profiles.protocol.algorithms.maml2") && e.contains("fomaml"), "{e}");
+    assert!(
+        e.contains("profiles.protocol.algorithms.maml2") && e.contains("fomaml"),
+        "{e}"
+    );
     let bad_field = text.replace("    select: final\n", "    selct: final\n");
-    let e = Benchmark::parse(&bad_field, "f.yaml").unwrap_err().to_string();
+    let e = Benchmark::parse(&bad_field, "f.yaml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("selct"), "{e}");
     let bad_budget = text.replace("{meta_steps: 40000}", "{meta_steps: 0}");
     let e = Benchmark::parse_with(&bad_budget, "f.yaml", &with(Some("protocol")))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("algorithms[0]") && e.contains("budget.meta_steps"), "{e}");
+    assert!(
+        e.contains("algorithms[0]") && e.contains("budget.meta_steps"),
+        "{e}"
+    );
     let relabel = text.replace("{budget: {meta_steps: 40000}}", "{label: x}");
     let e = Benchmark::parse_with(&relabel, "f.yaml", &with(Some("protocol")))
         .unwrap_err()
         .to_string();
     assert!(e.contains("not `label`"), "{e}");
     let named_default = text.replace("  protocol:\n", "  budgeted:\n");
-    let e = Benchmark::parse(&named_default, "f.yaml").unwrap_err().to_string();
+    let e = Benchmark::parse(&named_default, "f.yaml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("profiles.budgeted"), "{e}");
 }
 
@@ -132,7 +148,10 @@ fn an_algorithm_entry_may_carry_its_own_budget() {
     // The resolved file keeps it, and reads back the same.
     let yaml = fewshot::spec::to_string(&b).unwrap();
     let back: Benchmark = fewshot::spec::from_str(&yaml, "resolved.yaml").unwrap();
-    assert_eq!(back.budget_of(back.algorithm("reptile").unwrap().1), steps(12));
+    assert_eq!(
+        back.budget_of(back.algorithm("reptile").unwrap().1),
+        steps(12)
+    );
 }
 
 #[test]
@@ -160,7 +179,9 @@ fn the_run_seed_changes_initialisation_but_never_the_test_episodes() {
     // run seeds are part of it.
     let f0 = fewshot::rundir::run_fingerprint(&b0).to_string();
     assert!(!f0.contains("run_seed"));
-    assert!(fewshot::rundir::run_fingerprint(&b1).to_string().contains("\"run_seed\":1"));
+    assert!(fewshot::rundir::run_fingerprint(&b1)
+        .to_string()
+        .contains("\"run_seed\":1"));
 }
 
 /// `bench show --format csv` without the timing columns (they differ
@@ -237,7 +258,10 @@ fn job_array_units_as_separate_processes_give_the_table_of_one_run() {
         common::assert_bench_ok(&out);
     }
     assert!(array.join("seed-1/reptile/results.json").is_file());
-    assert_eq!(table_without_times(&single)[1..], table_without_times(&array)[1..]);
+    assert_eq!(
+        table_without_times(&single)[1..],
+        table_without_times(&array)[1..]
+    );
     // Two run seeds are two different trainings on the same test episodes.
     let r = fewshot::runner::load_results(&array).unwrap();
     for row in &r.results {
@@ -261,7 +285,10 @@ fn job_array_units_as_separate_processes_give_the_table_of_one_run() {
         .output()
         .unwrap();
     common::assert_bench_ok(&out);
-    assert_eq!(table_without_times(&single)[1..], table_without_times(&array)[1..]);
+    assert_eq!(
+        table_without_times(&single)[1..],
+        table_without_times(&array)[1..]
+    );
     // The plain list: one command per unit.
     let mut args = vec!["--data-dir", data, "plan"];
     args.extend(options);
@@ -280,5 +307,8 @@ fn job_array_units_as_separate_processes_give_the_table_of_one_run() {
     std::fs::rename(&array, root.join("fewshot-5way1shot/array")).unwrap();
     let out = common::bench(&["report", "--root", root.to_str().unwrap()]);
     let report = common::assert_bench_ok(&out);
-    assert!(report.contains("fewshot-5way1shot") && report.contains("2 (sd"), "{report}");
+    assert!(
+        report.contains("fewshot-5way1shot") && report.contains("2 (sd"),
+        "{report}"
+    );
 }

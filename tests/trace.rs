@@ -218,11 +218,16 @@ fn version_1_traces_without_percentiles_still_read_and_plot() {
         .collect();
     std::fs::write(&path, old.join("\n")).unwrap();
     let back = trace::read_jsonl(&path).unwrap();
-    assert!(back.iter().all(|r| r.version == 1 && r.forget_percentiles.is_empty()));
+    assert!(back
+        .iter()
+        .all(|r| r.version == 1 && r.forget_percentiles.is_empty()));
     let (svg, png) = (dir.path().join("g.svg"), dir.path().join("g.png"));
     trace::plot(&back, "old", &svg, &png).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.contains("mean over each layer"), "version-1 figures show means");
+    assert!(
+        text.contains("mean over each layer"),
+        "version-1 figures show means"
+    );
 }
 
 #[test]
@@ -371,7 +376,12 @@ fn plot_writes_an_svg_and_a_png_with_every_series() {
     let medians = text
         .split("<polyline")
         .skip(1)
-        .filter(|rest| rest.split("/>").next().unwrap().contains("stroke-width=\"2\""))
+        .filter(|rest| {
+            rest.split("/>")
+                .next()
+                .unwrap()
+                .contains("stroke-width=\"2\"")
+        })
         .count();
     assert_eq!(medians, 2 * LAYERS.len());
     assert!(text.contains("25-75th percentile"));

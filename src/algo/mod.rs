@@ -22,11 +22,11 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::yaml::Value;
 use crate::learner::{accuracy, cross_entropy, Learner};
 use crate::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
 use crate::params::Params;
 use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::yaml::Value;
 
 /// What an algorithm is built for: the benchmark's shape.
 #[derive(Debug, Clone)]

@@ -546,7 +546,11 @@ impl MetaLstm {
         let n = mp.tensors[7].dim(1)?;
         let dev = mp.tensors[7].device().clone();
         // The fused kernel is CPU code.
-        let kernels = if dev.is_cpu() { kernels } else { Kernels::Composed };
+        let kernels = if dev.is_cpu() {
+            kernels
+        } else {
+            Kernels::Composed
+        };
         macro_rules! fused {
             ($t:ty) => {{
                 let f = self

@@ -134,7 +134,12 @@ fn perf_data(data_dir: &Path, seconds: f64) -> Result<()> {
 }
 
 /// Time forward and forward+backward of the learner on a query-sized batch.
-pub fn perf_learner(dataset: &str, batch: usize, reps: usize, dev: &candle_core::Device) -> Result<()> {
+pub fn perf_learner(
+    dataset: &str,
+    batch: usize,
+    reps: usize,
+    dev: &candle_core::Device,
+) -> Result<()> {
     use candle_core::{DType, Tensor};
     use fewshot::learner::{cross_entropy, Learner};
     use fewshot::params::Params;

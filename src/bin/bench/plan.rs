@@ -33,8 +33,7 @@ pub struct Args {
 /// A word quoted for a POSIX shell when it needs it.
 pub fn shell_word(w: &str) -> String {
     let plain = !w.is_empty()
-        && w
-            .chars()
+        && w.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c));
     if plain {
         w.to_string()
@@ -48,7 +47,9 @@ pub fn shell_word(w: &str) -> String {
 fn absolute(p: &Path) -> Result<PathBuf> {
     match std::fs::canonicalize(p) {
         Ok(c) => Ok(c),
-        Err(_) => std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display())),
+        Err(_) => {
+            std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
+        }
     }
 }
 
@@ -83,7 +84,11 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         run_dir.display().to_string(),
         "--unit".into(),
     ]);
-    let command = words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ");
+    let command = words
+        .iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ");
     let units = plan.units();
     match a.emit.as_str() {
         "list" => {
@@ -127,10 +132,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
                 "export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\n",
                 a.cpus_per_task
             ));
-            s.push_str(&format!(
-                "BENCH=\"${{BENCH:-{}}}\"\n",
-                exe.display()
-            ));
+            s.push_str(&format!("BENCH=\"${{BENCH:-{}}}\"\n", exe.display()));
             s.push_str(&format!(
                 "exec \"$BENCH\" {command} \"${{SLURM_ARRAY_TASK_ID:?run this script with sbatch, or set SLURM_ARRAY_TASK_ID}}\"\n"
             ));

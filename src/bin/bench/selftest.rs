@@ -7,10 +7,16 @@ pub fn run(device: DeviceSpec) -> Result<()> {
     let dev = device.open()?;
     let t = std::time::Instant::now();
     let checks = fewshot::selftest::run_all(&dev)?;
-    println!("{:<72} {:>10} {:>10} {:>9}  result", "check", "worst", "tolerance", "compared");
+    println!(
+        "{:<72} {:>10} {:>10} {:>9}  result",
+        "check", "worst", "tolerance", "compared"
+    );
     for c in &checks {
         match &c.skipped {
-            Some(why) => println!("{:<72} {:>10} {:>10} {:>9}  skipped: {why}", c.name, "", "", ""),
+            Some(why) => println!(
+                "{:<72} {:>10} {:>10} {:>9}  skipped: {why}",
+                c.name, "", "", ""
+            ),
             None => println!(
                 "{:<72} {:>10.1e} {:>10.0e} {:>9}  {}",
                 c.name,

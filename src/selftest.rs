@@ -256,6 +256,28 @@ fn meta_lstm(device: &Device, steps: usize) -> Result<(MetaLstm, Batch)> {
     Ok((m, episode(&l, 8, device)?))
 }
 
+/// `steps` updates of the learner on `b`'s support set from `m`'s
+/// meta-parameters (nothing frozen or recorded).
+fn unroll(
+    m: &MetaLstm,
+    b: &Batch,
+    kernels: Kernels,
+    steps: usize,
+    gates: Gates,
+) -> Result<crate::algo::meta_lstm::Unrolled> {
+    m.unroll_with(
+        kernels,
+        &m.params,
+        &b.support_x,
+        &b.support_y,
+        steps,
+        gates,
+        None,
+        false,
+        None,
+    )
+}
+
 fn kernels_here(device: &Device) -> Vec<Kernels> {
     if device.is_cpu() {
         vec![Kernels::Composed, Kernels::Fused]
@@ -288,17 +310,7 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
     };
     let mut out = vec![];
     for kernels in kernels_here(device) {
-        let u = m.unroll_with(
-            kernels,
-            &m.params,
-            &b.support_x,
-            &b.support_y,
-            10,
-            Gates::Fixed { forget: 1.0, input },
-            None,
-            false,
-            None,
-        )?;
+        let u = unroll(&m, &b, kernels, 10, Gates::Fixed { forget: 1.0, input })?;
         let (worst, compared) = params_error(&m.learner_params(&u.theta)?, &sgd)?;
         out.push(Check {
             name: format!(
@@ -319,17 +331,7 @@ pub fn meta_lstm_meta_gradient(device: &Device) -> Result<Vec<Check>> {
     let (m, b) = meta_lstm(device, 3)?;
     let mut out = vec![];
     for kernels in kernels_here(device) {
-        let base = m.unroll_with(
-            kernels,
-            &m.params,
-            &b.support_x,
-            &b.support_y,
-            3,
-            Gates::Learned,
-            None,
-            false,
-            None,
-        )?;
+        let base = unroll(&m, &b, kernels, 3, Gates::Learned)?;
         let frozen = base.inputs.clone();
         let f = |q: &Params| -> Result<f64> {
             let (l, _) = m.meta_loss(q, &b, Some(&frozen))?;

@@ -94,43 +94,37 @@ fn a_profile_replaces_fields_and_gives_each_algorithm_its_budget() {
 #[test]
 fn profile_mistakes_are_refused_naming_the_field() {
     let text = shipped("fewshot-5way1shot");
-    let e = Benchmark::parse_with(&text, "f.yaml", &with(Some("fast")))
-        .unwrap_err()
-        .to_string();
+    // The error of `text` resolved with `profile`.
+    let err = |text: &str, profile: Option<&str>| {
+        Benchmark::parse_with(text, "f.yaml", &with(profile))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&text, Some("fast"));
     assert!(
         e.contains("no profile `fast`") && e.contains("budgeted, protocol"),
         "{e}"
     );
     let bad_label = text.replace("      fomaml: {budget", "      maml2: {budget");
-    let e = Benchmark::parse_with(&bad_label, "f.yaml", &with(Some("protocol")))
-        .unwrap_err()
-        .to_string();
+    let e = err(&bad_label, Some("protocol"));
     assert!(
         e.contains("profiles.protocol.algorithms.maml2") && e.contains("fomaml"),
         "{e}"
     );
     let bad_field = text.replace("    select: final\n", "    selct: final\n");
-    let e = Benchmark::parse(&bad_field, "f.yaml")
-        .unwrap_err()
-        .to_string();
+    let e = err(&bad_field, None);
     assert!(e.contains("selct"), "{e}");
     let bad_budget = text.replace("{meta_steps: 40000}", "{meta_steps: 0}");
-    let e = Benchmark::parse_with(&bad_budget, "f.yaml", &with(Some("protocol")))
-        .unwrap_err()
-        .to_string();
+    let e = err(&bad_budget, Some("protocol"));
     assert!(
         e.contains("algorithms[0]") && e.contains("budget.meta_steps"),
         "{e}"
     );
     let relabel = text.replace("{budget: {meta_steps: 40000}}", "{label: x}");
-    let e = Benchmark::parse_with(&relabel, "f.yaml", &with(Some("protocol")))
-        .unwrap_err()
-        .to_string();
+    let e = err(&relabel, Some("protocol"));
     assert!(e.contains("not `label`"), "{e}");
     let named_default = text.replace("  protocol:\n", "  budgeted:\n");
-    let e = Benchmark::parse(&named_default, "f.yaml")
-        .unwrap_err()
-        .to_string();
+    let e = err(&named_default, None);
     assert!(e.contains("profiles.budgeted"), "{e}");
 }
 

@@ -154,7 +154,8 @@ pub fn assert_bench_ok(out: &Output) -> String {
 pub struct FileServer {
     /// `http://127.0.0.1:<port>`
     pub url_base: String,
-    /// Requests answered so far (any status).
+    /// Requests answered so far (any status). Counted before the answer
+    /// is written, so a client that has its answer sees it counted.
     pub requests: Arc<AtomicUsize>,
 }
 
@@ -174,8 +175,7 @@ impl FileServer {
                     Ok((stream, _)) => {
                         // A failed exchange is the client's problem; the
                         // test sees it as a download error.
-                        let _ = serve_one(stream, &dir, &names);
-                        count.fetch_add(1, Ordering::SeqCst);
+                        let _ = serve_one(stream, &dir, &names, &count);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -195,7 +195,12 @@ impl FileServer {
     }
 }
 
-fn serve_one(stream: TcpStream, dir: &Path, names: &[String]) -> std::io::Result<()> {
+fn serve_one(
+    stream: TcpStream,
+    dir: &Path,
+    names: &[String],
+    count: &AtomicUsize,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -211,6 +216,7 @@ fn serve_one(stream: TcpStream, dir: &Path, names: &[String]) -> std::io::Result
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let name = path.trim_start_matches('/');
     let mut out = stream;
+    count.fetch_add(1, Ordering::SeqCst);
     if method == "GET" && names.iter().any(|n| n == name) {
         let body = std::fs::read(dir.join(name))?;
         write!(

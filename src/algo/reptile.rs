@@ -231,14 +231,13 @@ impl Reptile {
             let idx = Tensor::from_vec(idx, batch, dev)?;
             let bx = x.index_select(&idx, 0)?;
             let by = y.index_select(&idx, 0)?;
-            let (_, mut g, stats) = self.ctx.learner.loss_and_grad(&p, &bx, &by)?;
-            if self.config.inner_loss == InnerLoss::Sum {
-                g = g.map(|t| t * batch as f64)?;
-            }
+            let (_, g, stats) = self.ctx.learner.loss_and_grad(&p, &bx, &by)?;
             if let Some(r) = running.as_deref_mut() {
                 r.update(&stats)?;
             }
-            p = adam.step(&p, &g)?;
+            // The summed loss's gradient is the mean's times the batch.
+            let scale = (self.config.inner_loss == InnerLoss::Sum).then_some(batch as f64);
+            p = adam.step_scaled(&p, &g, scale)?;
         }
         Ok(p)
     }

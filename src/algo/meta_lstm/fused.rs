@@ -506,12 +506,11 @@ fn block_step_body<T: Float>(
     let StepIn { la, lb, p, keep } = s;
     let len = blk.len;
     // The tape entry's buffers are recycled (no allocation, no page
-    // faults): each is cleared and refilled.
+    // faults) and refilled. Every `sized` buffer is overwritten in full
+    // below, so it is not zeroed first (only growth is): zeroing cost a
+    // pass over the whole tape per step.
     let mut t = blk.spare.pop().unwrap_or_default();
-    let sized = |v: &mut Vec<T>, n: usize| {
-        v.clear();
-        v.resize(n, T::zero());
-    };
+    let sized = |v: &mut Vec<T>, n: usize| v.resize(n, T::zero());
     let copied = |v: &mut Vec<T>, src: &[T]| {
         v.clear();
         v.extend_from_slice(src);
@@ -706,6 +705,19 @@ impl<T: Float> Carry<T> {
     }
 }
 
+/// h = o * tanh(c) of one tape entry, row by row.
+#[inline(always)]
+fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], len: usize) {
+    for m in 0..H {
+        let o = &t.gates[(3 * H + m) * len..][..len];
+        let tc = &t.tc[m * len..][..len];
+        let hm = &mut h[m * len..][..len];
+        for k in 0..len {
+            hm[k] = o[k] * tc[k];
+        }
+    }
+}
+
 /// Backward over consecutive steps `tape` (last first), whose first step
 /// was fed `c0`, `h0` (c and h after the step before it).
 #[inline(always)]
@@ -736,31 +748,31 @@ fn backward_steps<T: Float>(
         let t = &tape[s];
         let c_prev = if s > 0 { &tape[s - 1].c } else { c0 };
         // h_t = o_t tanh(c_t); h_{t-1} likewise from the previous step.
-        for m in 0..H {
-            let o = &t.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
-            for k in 0..len {
-                h[m * len + k] = o[k] * t.tc[m * len + k];
-            }
-        }
+        // (Loops over re-sliced rows of exactly `len`: bounds checks go
+        // and the loops vectorise; indexing by m * len + k kept them
+        // scalar.)
+        recompute_h(t, h, len);
         if s > 0 {
-            let tp = &tape[s - 1];
-            for m in 0..H {
-                let o = &tp.gates[(3 * H + m) * len..(3 * H + m + 1) * len];
-                for k in 0..len {
-                    h_prev[m * len + k] = o[k] * tp.tc[m * len + k];
-                }
-            }
+            recompute_h(&tape[s - 1], h_prev, len);
         } else {
             h_prev.copy_from_slice(h0);
         }
         // Cell update and meta-gates.
-        for k in 0..len {
-            let (f, i) = (t.big_f[k], t.big_i[k]);
-            let d_f = dth[k] * t.theta_prev[k];
-            let d_i = -dth[k] * t.grad[k];
-            dfpre[k] = d_f * f * (one - f) + dfp_next[k];
-            dipre[k] = d_i * i * (one - i) + dip_next[k];
-            dth[k] = dth[k] * f + dfpre[k] * w.w_f[H] + dipre[k] * w.w_i[H];
+        {
+            let (tp, gr) = (&t.theta_prev[..len], &t.grad[..len]);
+            let (bf, bi) = (&t.big_f[..len], &t.big_i[..len]);
+            let (dfn, din) = (&dfp_next[..len], &dip_next[..len]);
+            let (dfp, dip) = (&mut dfpre[..len], &mut dipre[..len]);
+            let dth = &mut dth[..len];
+            let (wf, wi) = (w.w_f[H], w.w_i[H]);
+            for k in 0..len {
+                let (f, i) = (bf[k], bi[k]);
+                let d_f = dth[k] * tp[k];
+                let d_i = -dth[k] * gr[k];
+                dfp[k] = d_f * f * (one - f) + dfn[k];
+                dip[k] = d_i * i * (one - i) + din[k];
+                dth[k] = dth[k] * f + dfp[k] * wf + dip[k] * wi;
+            }
         }
         for m in 0..H {
             let hm = &h[m * len..(m + 1) * len];
@@ -773,9 +785,12 @@ fn backward_steps<T: Float>(
         gw.w_i[H + 1] += dot(&dipre[..], &t.i_in);
         gw.b_f += sum(&dfpre[..]);
         gw.b_i += sum(&dipre[..]);
-        for k in 0..len {
-            dfp_next[k] = dfpre[k] * w.w_f[H + 1];
-            dip_next[k] = dipre[k] * w.w_i[H + 1];
+        let (wf1, wi1) = (w.w_f[H + 1], w.w_i[H + 1]);
+        for (n, &d) in dfp_next.iter_mut().zip(dfpre.iter()) {
+            *n = d * wf1;
+        }
+        for (n, &d) in dip_next.iter_mut().zip(dipre.iter()) {
+            *n = d * wi1;
         }
         // dL/dh_t: from the meta-gates and from step t+1's z.
         dh.copy_from_slice(dh_next);
@@ -785,20 +800,29 @@ fn backward_steps<T: Float>(
             axpy(w.w_i[m], &dipre[..], row);
         }
         // Layer 1.
-        for m in 0..H {
-            let r = |q: usize| &t.gates[(q * H + m) * len..(q * H + m + 1) * len];
-            let (i, f, g, o) = (r(0), r(1), r(2), r(3));
-            let tc = &t.tc[m * len..(m + 1) * len];
-            let cp = &c_prev[m * len..(m + 1) * len];
-            for k in 0..len {
-                let idx = m * len + k;
-                let dc = dc_next[idx] + dh[idx] * o[k] * (one - tc[k] * tc[k]);
-                let d_o = dh[idx] * tc[k];
-                dc_next[idx] = dc * f[k];
-                dz[m * len + k] = dc * g[k] * i[k] * (one - i[k]);
-                dz[(H + m) * len + k] = dc * cp[k] * f[k] * (one - f[k]);
-                dz[(2 * H + m) * len + k] = dc * i[k] * (one - g[k] * g[k]);
-                dz[(3 * H + m) * len + k] = d_o * o[k] * (one - o[k]);
+        {
+            let (dz_i, rest) = dz.split_at_mut(H * len);
+            let (dz_f, rest) = rest.split_at_mut(H * len);
+            let (dz_g, dz_o) = rest.split_at_mut(H * len);
+            for m in 0..H {
+                let row = |q: usize| &t.gates[(q * H + m) * len..][..len];
+                let (i, f, g, o) = (row(0), row(1), row(2), row(3));
+                let at = m * len;
+                let tc = &t.tc[at..][..len];
+                let cp = &c_prev[at..][..len];
+                let dhm = &dh[at..][..len];
+                let dcn = &mut dc_next[at..][..len];
+                let (zi, zf) = (&mut dz_i[at..][..len], &mut dz_f[at..][..len]);
+                let (zg, zo) = (&mut dz_g[at..][..len], &mut dz_o[at..][..len]);
+                for k in 0..len {
+                    let dc = dcn[k] + dhm[k] * o[k] * (one - tc[k] * tc[k]);
+                    let d_o = dhm[k] * tc[k];
+                    dcn[k] = dc * f[k];
+                    zi[k] = dc * g[k] * i[k] * (one - i[k]);
+                    zf[k] = dc * cp[k] * f[k] * (one - f[k]);
+                    zg[k] = dc * i[k] * (one - g[k] * g[k]);
+                    zo[k] = d_o * o[k] * (one - o[k]);
+                }
             }
         }
         // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1

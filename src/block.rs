@@ -319,15 +319,18 @@ impl ConvBnRelu {
             .enumerate()
             .for_each(|(c, ((yr, or), ar))| {
                 let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
-                for v in yr.iter_mut() {
-                    *v = (*v - m) * r; // now xhat
-                }
                 if !self.pool {
-                    for (a, &v) in or.iter_mut().zip(yr.iter()) {
-                        let z = pre(gc, bc, v);
+                    // One pass: y becomes xhat, out the ReLU of the affine.
+                    for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
+                        let xh = (*v - m) * r;
+                        *v = xh;
+                        let z = pre(gc, bc, xh);
                         *a = if z > T::zero() { z } else { T::zero() };
                     }
                     return;
+                }
+                for v in yr.iter_mut() {
+                    *v = (*v - m) * r; // now xhat
                 }
                 for b in 0..g.n {
                     let src = &yr[b * plane..(b + 1) * plane];
@@ -504,13 +507,16 @@ impl ConvBnRelu {
 }
 
 /// `(sum g, sum g xhat)` with `g` the gradient where the ReLU passed it,
-/// in eight lanes (vectorisable; the same order on every run).
+/// in eight lanes (the same order on every run; fixed-size lane arrays
+/// so that no bounds checks keep the loop scalar).
 fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
     let mut sg = [T::zero(); 8];
     let mut sgx = [T::zero(); 8];
     let (gc, xc) = (grad.chunks_exact(8), xhat.chunks_exact(8));
     let (gt, xt) = (gc.remainder(), xc.remainder());
     for (g8, x8) in gc.zip(xc) {
+        let g8: &[T; 8] = g8.try_into().expect("8 lanes");
+        let x8: &[T; 8] = x8.try_into().expect("8 lanes");
         for l in 0..8 {
             let gm = if pre(gamma, beta, x8[l]) > T::zero() {
                 g8[l]

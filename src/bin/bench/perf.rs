@@ -26,7 +26,7 @@ pub enum PerfCommand {
         #[arg(default_value = "fewshot-5way1shot")]
         benchmark: String,
         /// Timed meta-steps per algorithm (after one warm-up step)
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
         /// Timed test episodes per algorithm
         #[arg(long, default_value_t = 50)]
@@ -316,12 +316,18 @@ pub fn perf_algorithms(
         } else {
             "n/a".into()
         };
+        // `--episodes 0` times no test episode: shown as "-", not inf.
+        let test_ms = if episodes == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", 1e3 * ev.seconds / episodes as f64)
+        };
         println!(
-            "{:<24} {:>9.0} ms {:>14.1} {:>16.1} {:>14}",
+            "{:<24} {:>9.0} ms {:>14.1} {:>16} {:>14}",
             label,
             step_ms,
             step_ms / mb as f64,
-            1e3 * ev.seconds / episodes as f64,
+            test_ms,
             peak
         );
     }

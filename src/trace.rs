@@ -395,7 +395,7 @@ pub const PANEL_WIDTH: u32 = 300;
 /// Height of one panel of the figure, in pixels.
 pub const PANEL_HEIGHT: u32 = 260;
 /// Height of the title band above the panels, in pixels.
-pub const TITLE_HEIGHT: u32 = 44;
+pub const TITLE_HEIGHT: u32 = 54;
 /// Margin left and right of the panels and below them, in pixels.
 pub const FIGURE_MARGIN: u32 = 10;
 
@@ -596,20 +596,24 @@ fn draw<DB: DrawingBackend>(
     root.fill(&WHITE)?;
     let (w, _) = root.dim_in_pixel();
     let banded = (0..fig.layers.len()).any(|l| !fig.bands(l, Gate::Forget).is_empty());
-    let caption = format!(
-        "{title}  ({} episode{}; {})",
-        fig.episodes,
-        if fig.episodes == 1 { "" } else { "s" },
-        if banded {
-            "bands: 10-90th and 25-75th percentile over each layer's coordinates, line: median; thin lines: sampled coordinates"
-        } else {
-            "mean over each layer's coordinates"
-        }
-    );
+    // Two lines: the title, then how to read the panels (one line was
+    // wider than a five-layer figure and was cut at both ends).
+    // The caller's title names the benchmark and the episodes traced.
+    let caption = title;
+    let legend = if banded {
+        "bands: 10-90th and 25-75th percentile over each layer's coordinates; line: median; thin lines: sampled coordinates"
+    } else {
+        "mean over each layer's coordinates"
+    };
     root.draw(&Text::new(
         caption,
-        (w as i32 / 2, (TITLE_HEIGHT / 2) as i32),
-        font(18, BLACK).pos(Pos::new(HPos::Center, VPos::Center)),
+        (w as i32 / 2, 17),
+        font(17, BLACK).pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
+    root.draw(&Text::new(
+        legend,
+        (w as i32 / 2, 40),
+        font(13, RGBColor(60, 60, 60)).pos(Pos::new(HPos::Center, VPos::Center)),
     ))?;
     let body = root.margin(TITLE_HEIGHT, FIGURE_MARGIN, FIGURE_MARGIN, FIGURE_MARGIN);
     let cols = fig.layers.len().max(1);

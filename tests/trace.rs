@@ -403,7 +403,7 @@ fn plot_writes_an_svg_and_a_png_with_every_series() {
 
     let img = image::open(&png).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), trace::figure_size(LAYERS.len()));
-    assert_eq!(img.dimensions(), (1520, 574));
+    assert_eq!(img.dimensions(), (1520, 584));
     let colours: HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 1, "blank PNG");
     // White background, mostly.

@@ -474,15 +474,13 @@ impl ConvBnRelu {
                     };
                     matmul(k, pc, o, cols, false, w_t, dym, false);
                     let im = g.im2col();
+                    let taps = im.small().then(|| im.taps());
                     let chw = g.n * g.h * g.w;
                     for ci in 0..g.c {
                         // SAFETY: this chunk owns images b0..b0+nb of every
                         // channel of dx (chunks are disjoint).
                         let img = unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
-                        for tap in 0..9 {
-                            let r = ci * 9 + tap;
-                            im.add_row(&cols[r * pc..(r + 1) * pc], tap, img);
-                        }
+                        im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
                     }
                 }
                 (dw, db)

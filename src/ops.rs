@@ -302,14 +302,111 @@ impl Im2Col {
         }
     }
 
+    /// Output planes at most this wide take the offset-table path
+    /// ([`Im2Col::taps`]): on small maps (Omniglot's 14, 7, 4 and 2 at
+    /// stride 2) the row-by-row copy spends its time on per-row set-up for
+    /// rows of 2-14 values.
+    pub(crate) const TABLE_MAX_WIDTH: usize = 16;
+
+    /// Whether this geometry takes the offset-table path.
+    pub(crate) fn small(&self) -> bool {
+        self.out_hw().1 <= Self::TABLE_MAX_WIDTH
+    }
+
+    /// For each tap (`dy * 3 + dx`) and output position of one image plane
+    /// (`Ho * Wo`, row-major), the offset of the input pixel it reads in
+    /// that image's `[H, W]` plane, or `u32::MAX` where it reads the zero
+    /// padding. A function of the geometry only.
+    pub(crate) fn taps(&self) -> Vec<u32> {
+        let (ho, wo) = self.out_hw();
+        let (h, w, s) = (self.h, self.w, self.stride);
+        let mut t = Vec::with_capacity(9 * ho * wo);
+        for tap in 0..9 {
+            let (dy, dx) = (tap / 3, tap % 3);
+            for i in 0..ho {
+                for j in 0..wo {
+                    // Input (s i + dy - 1, s j + dx - 1), padding outside.
+                    let (y, x) = ((s * i + dy).wrapping_sub(1), (s * j + dx).wrapping_sub(1));
+                    t.push(if y < h && x < w {
+                        (y * w + x) as u32
+                    } else {
+                        u32::MAX
+                    });
+                }
+            }
+        }
+        t
+    }
+
     /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
-    /// (`[C, n, H, W]`), into `cols` (fully written).
+    /// (`[C, n, H, W]`), into `cols` (fully written). Small maps gather
+    /// through [`Im2Col::taps`]; larger ones copy row by row
+    /// ([`Im2Col::fill_row`]). Both write the same values.
     pub(crate) fn fill_chunk<T: Copy + Default>(&self, x: &[T], b0: usize, cols: &mut [T]) {
         let plane = self.n * self.h * self.w;
         let len = cols.len() / (self.c * 9);
+        if !self.small() {
+            for (r, row) in cols.chunks_exact_mut(len).enumerate() {
+                let ci = r / 9;
+                self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row);
+            }
+            return;
+        }
+        let taps = self.taps();
+        let (ho, wo) = self.out_hw();
+        let po = ho * wo;
         for (r, row) in cols.chunks_exact_mut(len).enumerate() {
-            let ci = r / 9;
-            self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row);
+            let (ci, tap) = (r / 9, r % 9);
+            let off = &taps[tap * po..(tap + 1) * po];
+            self.gather_row(&x[ci * plane..(ci + 1) * plane], off, b0, row);
+        }
+    }
+
+    /// [`Im2Col::fill_row`] through one tap's offsets `off` (a slice of
+    /// [`Im2Col::taps`]): the same values.
+    fn gather_row<T: Copy + Default>(&self, x_c: &[T], off: &[u32], b0: usize, row: &mut [T]) {
+        let pi = self.h * self.w;
+        let zero = T::default();
+        for (bi, dst) in row.chunks_exact_mut(off.len()).enumerate() {
+            let img = &x_c[(b0 + bi) * pi..(b0 + bi + 1) * pi];
+            // Padding offsets are out of range: `get` gives None, 0.
+            for (d, &o) in dst.iter_mut().zip(off) {
+                *d = img.get(o as usize).copied().unwrap_or(zero);
+            }
+        }
+    }
+
+    /// The adjoint of [`Im2Col::fill_chunk`] for channel `ci`: add the
+    /// patch-gradient rows `cols` (`[C*9, nb*Ho*Wo]`) of that channel's
+    /// nine taps into `img` (`[nb, H, W]`, images `b0..b0 + nb` of it).
+    pub(crate) fn add_channel<T: Copy + std::ops::AddAssign>(
+        &self,
+        cols: &[T],
+        ci: usize,
+        taps: Option<&[u32]>,
+        img: &mut [T],
+    ) {
+        let len = cols.len() / (self.c * 9);
+        let Some(taps) = taps else {
+            for tap in 0..9 {
+                let r = ci * 9 + tap;
+                self.add_row(&cols[r * len..(r + 1) * len], tap, img);
+            }
+            return;
+        };
+        let (ho, wo) = self.out_hw();
+        let (po, pi) = (ho * wo, self.h * self.w);
+        for tap in 0..9 {
+            let r = ci * 9 + tap;
+            let off = &taps[tap * po..(tap + 1) * po];
+            let row = &cols[r * len..(r + 1) * len];
+            for (src, dst) in row.chunks_exact(po).zip(img.chunks_exact_mut(pi)) {
+                for (&v, &o) in src.iter().zip(off) {
+                    if let Some(d) = dst.get_mut(o as usize) {
+                        *d += v;
+                    }
+                }
+            }
         }
     }
 
@@ -318,9 +415,14 @@ impl Im2Col {
         let m = self.n * ho * wo;
         let plane = self.n * self.h * self.w;
         let mut out = vec![T::default(); self.c * 9 * m];
+        let taps = self.small().then(|| self.taps());
         out.par_chunks_mut(m).enumerate().for_each(|(r, row)| {
             let ci = r / 9;
-            self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, 0, row);
+            let xc = &x[ci * plane..(ci + 1) * plane];
+            match &taps {
+                Some(t) => self.gather_row(xc, &t[r % 9 * ho * wo..(r % 9 + 1) * ho * wo], 0, row),
+                None => self.fill_row(xc, r % 9, 0, row),
+            }
         });
         out
     }
@@ -333,14 +435,11 @@ impl Im2Col {
         let (n, h, w) = (self.n, self.h, self.w);
         let m = n * ho * wo;
         let mut out = vec![T::default(); self.c * n * h * w];
+        let taps = self.small().then(|| self.taps());
+        debug_assert_eq!(cols.len(), self.c * 9 * m);
         out.par_chunks_mut(n * h * w)
             .enumerate()
-            .for_each(|(ci, img)| {
-                for tap in 0..9 {
-                    let r = ci * 9 + tap;
-                    self.add_row(&cols[r * m..(r + 1) * m], tap, img);
-                }
-            });
+            .for_each(|(ci, img)| self.add_channel(cols, ci, taps.as_deref(), img));
         out
     }
 }
@@ -458,6 +557,68 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    /// The offset-table path of small maps writes exactly what the
+    /// row-by-row path writes, and adds back exactly what it adds back:
+    /// odd and even sizes, stride 1 and 2, 1x1 to 28x28, a chunk that
+    /// starts past the first image.
+    #[test]
+    fn table_path_equals_the_row_path() {
+        let mut seed = 1u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        };
+        for (h, w, stride) in [
+            (28, 28, 2),
+            (14, 14, 2),
+            (7, 7, 2),
+            (4, 4, 2),
+            (2, 2, 2),
+            (1, 1, 2),
+            (1, 1, 1),
+            (5, 8, 2),
+            (6, 5, 1),
+            (9, 9, 1),
+            (3, 7, 1),
+        ] {
+            let (c, n, b0, nb) = (3, 4, 1, 2);
+            let g = Im2Col { c, n, h, w, stride };
+            assert!(g.small(), "{h}x{w}");
+            let x: Vec<f64> = (0..c * n * h * w).map(|_| next()).collect();
+            let (ho, wo) = g.out_hw();
+            let len = nb * ho * wo;
+            let mut table = vec![f64::NAN; c * 9 * len];
+            g.fill_chunk(&x, b0, &mut table);
+            let mut rows = vec![f64::NAN; c * 9 * len];
+            for (r, row) in rows.chunks_exact_mut(len).enumerate() {
+                let plane = n * h * w;
+                g.fill_row(&x[r / 9 * plane..(r / 9 + 1) * plane], r % 9, b0, row);
+            }
+            assert_eq!(table, rows, "{h}x{w} stride {stride}");
+            // The adjoint, channel by channel, on top of nonzero images.
+            let cols: Vec<f64> = (0..c * 9 * len).map(|_| next()).collect();
+            let taps = g.taps();
+            for ci in 0..c {
+                let start: Vec<f64> = (0..nb * h * w).map(|_| next()).collect();
+                let (mut a, mut b) = (start.clone(), start);
+                g.add_channel(&cols, ci, Some(&taps), &mut a);
+                g.add_channel(&cols, ci, None, &mut b);
+                assert_eq!(a, b, "{h}x{w} stride {stride} channel {ci}");
+            }
+        }
+        // Large maps keep the row path.
+        assert!(!Im2Col {
+            c: 1,
+            n: 1,
+            h: 84,
+            w: 84,
+            stride: 1
+        }
+        .small());
+    }
 
     #[test]
     fn im2col_matches_composite_forward_and_adjoint() {

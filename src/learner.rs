@@ -284,7 +284,8 @@ impl Learner {
         let mut s = self.image_size;
         for _ in 0..self.blocks {
             s = match self.downsample {
-                Downsample::Stride2 => (s - 1) / 2 + 1,
+                // (s - 1) / 2 + 1 outputs for s >= 1 (padding 1), 0 for 0.
+                Downsample::Stride2 => s.div_ceil(2),
                 Downsample::MaxPool => match self.pool_padding {
                     PoolPadding::Valid => s / 2,
                     PoolPadding::Same => s.div_ceil(2),
@@ -306,7 +307,10 @@ impl Learner {
     /// Inputs of the linear head.
     pub fn features(&self) -> usize {
         match self.head {
-            Head::Flatten => self.feature_channels() * self.feature_side() * self.feature_side(),
+            Head::Flatten => self
+                .feature_channels()
+                .saturating_mul(self.feature_side())
+                .saturating_mul(self.feature_side()),
             Head::MeanPool => self.feature_channels(),
         }
     }

@@ -599,9 +599,9 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
         .validate()
         .map_err(|e| cfg_err(source, "episode", e.to_string()))?;
     let data = f.data.unwrap_or_default();
-    let (channels, size) = match f.dataset.as_str() {
-        "omniglot" => (1, data.image_size.unwrap_or(28)),
-        "mini-imagenet" | "folder" => (3, data.image_size.unwrap_or(84)),
+    let (channels, default_size) = match f.dataset.as_str() {
+        "omniglot" => (1, 28),
+        "mini-imagenet" | "folder" => (3, 84),
         other => {
             return Err(cfg_err(
                 source,
@@ -610,6 +610,19 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
             ))
         }
     };
+    // Checked here too (the readers check it again), before the learner's
+    // shapes are computed from it.
+    let size = crate::data::image_side(&data, default_size).map_err(|_| {
+        cfg_err(
+            source,
+            "data.image_size",
+            format!(
+                "must be 1..={} pixels, got {}",
+                crate::data::MAX_IMAGE_SIDE,
+                data.image_size.unwrap_or(default_size)
+            ),
+        )
+    })?;
     let learner = Learner::for_dataset(&f.dataset, channels, size, f.episode.ways)
         .with_options(&f.learner.clone().unwrap_or_default())
         .map_err(|e| cfg_err(source, "learner", e.to_string()))?;

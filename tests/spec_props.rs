@@ -264,3 +264,33 @@ fn every_shipped_benchmark_still_parses() {
         Benchmark::parse(&t, "bench.yaml").unwrap();
     }
 }
+
+/// Found by the mutation test above: `image_size: 0` made the parser panic
+/// (an underflow computing the learner's feature map) and a huge size
+/// overflowed the head's size. Both are errors naming the field now, for
+/// every dataset, before anything else is computed from the size.
+#[test]
+fn image_sizes_out_of_range_are_named_errors() {
+    for dataset in ["omniglot", "mini-imagenet"] {
+        for size in ["0", "513", "18446744073709551615"] {
+            let text = text_with(dataset, size);
+            let e = std::panic::catch_unwind(|| Benchmark::parse(&text, "bench.yaml"))
+                .unwrap_or_else(|_| panic!("{dataset} image_size {size}: the parser panicked"))
+                .expect_err("an out-of-range image size");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("bench.yaml: data.image_size: must be 1..=512 pixels"),
+                "{dataset} {size}: {msg}"
+            );
+        }
+        // In range, the same text parses.
+        let ok = text_with(dataset, "28");
+        Benchmark::parse(&ok, "bench.yaml").unwrap_or_else(|e| panic!("{dataset}: {e}"));
+    }
+}
+
+fn text_with(dataset: &str, size: &str) -> String {
+    format!(
+        "name: b\ndataset: {dataset}\ndata: {{image_size: {size}}}\nepisode: {{ways: 5, shots: 1, queries: 15}}\nbudget: {{meta_steps: 1}}\nalgorithms:\n  - {{algorithm: reptile}}\n"
+    )
+}

@@ -32,10 +32,7 @@ impl Reader for Folder {
                 "absent: only mini-ImageNet has a normalisation to switch",
             ));
         }
-        let size = options.image_size.unwrap_or(84);
-        if size == 0 || size > 512 {
-            return Err(Error::invalid("data.image_size", size, "1..=512 pixels"));
-        }
+        let size = super::image_side(options, 84)?;
         if !Split::ALL.iter().any(|s| root.join(s.name()).is_dir()) {
             return Err(Error::MissingData {
                 what: "split folders train/, val/ or test/".into(),

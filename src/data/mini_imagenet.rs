@@ -47,10 +47,7 @@ impl Reader for MiniImageNet {
                 hint: "it should hold images/ (or images.zip) and train.csv, val.csv, test.csv; see docs/data.md".into(),
             });
         }
-        let size = options.image_size.unwrap_or(84);
-        if size == 0 || size > 512 {
-            return Err(Error::invalid("data.image_size", size, "1..=512 pixels"));
-        }
+        let size = super::image_side(options, 84)?;
         let source = require_dir_or_zip(
             root,
             "images",

@@ -144,6 +144,24 @@ impl std::fmt::Debug for Dataset {
     }
 }
 
+/// Largest `data.image_size` any reader accepts, in pixels.
+pub const MAX_IMAGE_SIDE: usize = 512;
+
+/// `data.image_size` (or the dataset's `default`), checked against
+/// 1..=[`MAX_IMAGE_SIDE`]: the one check the readers and the benchmark
+/// parser share.
+pub fn image_side(options: &DataOptions, default: usize) -> Result<usize> {
+    let size = options.image_size.unwrap_or(default);
+    if size == 0 || size > MAX_IMAGE_SIDE {
+        return Err(Error::invalid(
+            "data.image_size",
+            size,
+            format!("1..={MAX_IMAGE_SIDE} pixels"),
+        ));
+    }
+    Ok(size)
+}
+
 /// Options every reader understands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -78,10 +78,7 @@ impl Reader for Omniglot {
                 ))
             }
         };
-        let size = options.image_size.unwrap_or(28);
-        if size == 0 || size > 512 {
-            return Err(Error::invalid("data.image_size", size, "1..=512 pixels"));
-        }
+        let size = super::image_side(options, 28)?;
         let rotations = options.rotations.unwrap_or(true);
         let (images, classes, zips) = index(root)?;
         let by_name: HashMap<&str, usize> = classes

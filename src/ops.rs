@@ -339,26 +339,40 @@ impl Im2Col {
     }
 
     /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
-    /// (`[C, n, H, W]`), into `cols` (fully written). Small maps gather
-    /// through [`Im2Col::taps`]; larger ones copy row by row
-    /// ([`Im2Col::fill_row`]). Both write the same values.
+    /// (`[C, n, H, W]`), into `cols` (fully written).
     pub(crate) fn fill_chunk<T: Copy + Default>(&self, x: &[T], b0: usize, cols: &mut [T]) {
         let plane = self.n * self.h * self.w;
         let len = cols.len() / (self.c * 9);
-        if !self.small() {
-            for (r, row) in cols.chunks_exact_mut(len).enumerate() {
-                let ci = r / 9;
-                self.fill_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row);
-            }
-            return;
-        }
-        let taps = self.taps();
-        let (ho, wo) = self.out_hw();
-        let po = ho * wo;
+        let taps = self.small().then(|| self.taps());
         for (r, row) in cols.chunks_exact_mut(len).enumerate() {
-            let (ci, tap) = (r / 9, r % 9);
-            let off = &taps[tap * po..(tap + 1) * po];
-            self.gather_row(&x[ci * plane..(ci + 1) * plane], off, b0, row);
+            let ci = r / 9;
+            self.patch_row(
+                &x[ci * plane..(ci + 1) * plane],
+                r % 9,
+                b0,
+                row,
+                taps.as_deref(),
+            );
+        }
+    }
+
+    /// One row of patches (as [`Im2Col::fill_row`]): small maps gather
+    /// through `taps` ([`Im2Col::taps`], given where [`Im2Col::small`]),
+    /// larger ones copy row by row. Both write the same values.
+    fn patch_row<T: Copy + Default>(
+        &self,
+        x_c: &[T],
+        tap: usize,
+        b0: usize,
+        row: &mut [T],
+        taps: Option<&[u32]>,
+    ) {
+        match taps {
+            Some(t) => {
+                let po = t.len() / 9;
+                self.gather_row(x_c, &t[tap * po..(tap + 1) * po], b0, row)
+            }
+            None => self.fill_row(x_c, tap, b0, row),
         }
     }
 
@@ -418,11 +432,13 @@ impl Im2Col {
         let taps = self.small().then(|| self.taps());
         out.par_chunks_mut(m).enumerate().for_each(|(r, row)| {
             let ci = r / 9;
-            let xc = &x[ci * plane..(ci + 1) * plane];
-            match &taps {
-                Some(t) => self.gather_row(xc, &t[r % 9 * ho * wo..(r % 9 + 1) * ho * wo], 0, row),
-                None => self.fill_row(xc, r % 9, 0, row),
-            }
+            self.patch_row(
+                &x[ci * plane..(ci + 1) * plane],
+                r % 9,
+                0,
+                row,
+                taps.as_deref(),
+            );
         });
         out
     }

@@ -82,18 +82,8 @@ impl Adam {
         grads: &Params,
         scale: Option<f64>,
     ) -> Result<Params> {
-        let c = self.config;
         self.t += 1;
-        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        let k = Consts {
-            scale,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            // lr_t * m / (sqrt(v) + eps), lr_t = lr * sqrt(bc2) / bc1
-            lr_t: c.lr * bc2.sqrt() / bc1,
-        };
+        let k = Consts::of(&self.config, self.t, scale);
         let mut out = Vec::with_capacity(params.len());
         for i in 0..params.len() {
             let (p, g) = (&params.tensors[i], &grads.tensors[i]);
@@ -140,6 +130,22 @@ struct Consts {
     beta2: f64,
     eps: f64,
     lr_t: f64,
+}
+
+impl Consts {
+    /// Step `t` (from 1) of `c`, gradients scaled by `scale`.
+    fn of(c: &AdamConfig, t: u64, scale: Option<f64>) -> Consts {
+        let bc1 = 1.0 - c.beta1.powi(t as i32);
+        let bc2 = 1.0 - c.beta2.powi(t as i32);
+        Consts {
+            scale,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            // lr_t * m / (sqrt(v) + eps), lr_t = lr * sqrt(bc2) / bc1
+            lr_t: c.lr * bc2.sqrt() / bc1,
+        }
+    }
 }
 
 /// One tensor's step as candle ops: returns (theta, m, v).
@@ -328,15 +334,7 @@ mod tests {
                     pf = fused.step_scaled(&pf, &grads, scale).unwrap();
                     // The reference: candle ops on the same inputs.
                     composed.t += 1;
-                    let c = composed.config;
-                    let k = Consts {
-                        scale,
-                        beta1: c.beta1,
-                        beta2: c.beta2,
-                        eps: c.eps,
-                        lr_t: c.lr * (1.0 - c.beta2.powi(composed.t as i32)).sqrt()
-                            / (1.0 - c.beta1.powi(composed.t as i32)),
-                    };
+                    let k = Consts::of(&composed.config, composed.t, scale);
                     let (p, m, v) = update_composed(
                         &pc.tensors[0],
                         &grads.tensors[0],

@@ -612,16 +612,13 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
     };
     // Checked here too (the readers check it again), before the learner's
     // shapes are computed from it.
-    let size = crate::data::image_side(&data, default_size).map_err(|_| {
-        cfg_err(
-            source,
-            "data.image_size",
-            format!(
-                "must be 1..={} pixels, got {}",
-                crate::data::MAX_IMAGE_SIDE,
-                data.image_size.unwrap_or(default_size)
-            ),
-        )
+    let size = crate::data::image_side(&data, default_size).map_err(|e| match e {
+        Error::Invalid {
+            field,
+            value,
+            allowed,
+        } => cfg_err(source, &field, format!("must be {allowed}, got {value}")),
+        other => other,
     })?;
     let learner = Learner::for_dataset(&f.dataset, channels, size, f.episode.ways)
         .with_options(&f.learner.clone().unwrap_or_default())

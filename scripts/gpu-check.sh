@@ -9,7 +9,12 @@
 #   - bench selftest --device cuda (the gradient checks),
 #   - bench perf learner on both learners, batch 5 and 75,
 #   - bench perf algorithms on the main job (a few meta-steps each),
-#   - the main job on a budget of a few meta-steps, end to end.
+#   - the main job on a budget of a few meta-steps, end to end,
+#   - PyTorch on the same GPU and shapes (benchmarks/reference/perf_torch.py
+#     --device cuda; the machine's python3 holds PyTorch),
+#   - bench perf algorithms on that machine's CPU cores (the fused kernels).
+# Arguments choose parts: `scripts/gpu-check.sh [bench] [torch] [cpu]`
+# (all three when none is given).
 # Sized for about five minutes on an H200; each step has its own time limit
 # so that one hang does not take the rest.
 set -uo pipefail
@@ -40,12 +45,28 @@ step() {
     timeout "$limit" "$@"
     echo "== exit $? after $((SECONDS - t0))s"
 }
-step 120 "$bench" --device cuda selftest
-for d in omniglot mini-imagenet; do
-    for b in 5 75; do
-        step 60 "$bench" --device cuda perf learner "$d" --batch "$b" --reps 10
+parts="${*:-bench torch cpu}"
+has() { [[ " $parts " == *" $1 "* ]]; }
+
+if has bench; then
+    step 120 "$bench" --device cuda selftest
+    for d in omniglot mini-imagenet; do
+        for b in 5 75; do
+            step 60 "$bench" --device cuda perf learner "$d" --batch "$b" --reps 10
+        done
     done
-done
-step 120 "$bench" --device cuda --data-dir "$data" perf algorithms fewshot-5way1shot --steps 5 --episodes 20
-step 180 "$bench" --device cuda --data-dir "$data" run fewshot-5way1shot --smoke --meta-steps 20 \
-    --test-episodes 100 --run-dir "$out/run"
+    step 120 "$bench" --device cuda --data-dir "$data" perf algorithms fewshot-5way1shot --steps 5 --episodes 20
+    step 180 "$bench" --device cuda --data-dir "$data" run fewshot-5way1shot --smoke --meta-steps 20 \
+        --test-episodes 20 --run-dir "$out/run"
+fi
+
+if has torch; then
+    for c in learner-omniglot-5 learner-omniglot-75 learner-mini-5 learner-mini-75 \
+             fomaml-task reptile-task meta-lstm-10; do
+        step 90 python3 benchmarks/reference/perf_torch.py "$c" --device cuda --reps 10
+    done
+fi
+
+if has cpu; then
+    step 120 "$bench" --device cpu --data-dir "$data" perf algorithms fewshot-5way1shot --steps 5 --episodes 20
+fi

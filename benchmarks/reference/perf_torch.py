@@ -4,7 +4,7 @@ docs/perf.md. Run by hand (PyTorch is not a dependency of fewshot); the
 driver `side_by_side.py` runs every case in its own process next to
 `bench perf` and prints the ratios.
 
-    python3 benchmarks/reference/perf_torch.py CASE [--reps N]
+    python3 benchmarks/reference/perf_torch.py CASE [--reps N] [--device cuda]
 
 prints one JSON line {"case", "ms", "peak_mib"} for CASE:
 
@@ -28,6 +28,10 @@ prints one JSON line {"case", "ms", "peak_mib"} for CASE:
 Float32, torch.set_num_threads(2) (the project's 2-core machine), one
 warm-up repetition, then the median of --reps. Peak memory is the process's
 peak resident set (ru_maxrss) after the case, so run one case per process.
+With --device cuda (the GPU check, scripts/gpu-check.sh) every tensor is
+created on the GPU, each repetition ends with torch.cuda.synchronize(),
+the thread count is left at PyTorch's default, and the peak is the GPU's
+(torch.cuda.max_memory_allocated).
 """
 
 import argparse
@@ -46,7 +50,15 @@ import fixtures  # noqa: E402  (its Net and preprocess; it sets float64)
 from fixtures import Net, preprocess  # noqa: E402
 
 torch.set_default_dtype(torch.float32)
-torch.set_num_threads(2)
+
+
+DEVICE = "cpu"
+
+
+def generator():
+    # On a GPU the generator lives there too, so that the cases' random
+    # tensors are created on the device (torch.set_default_device).
+    return torch.Generator(device=DEVICE).manual_seed(0)
 
 
 def params(net, gen):
@@ -66,7 +78,7 @@ def labels(ways, per):
 
 
 def learner_case(form, batch):
-    gen = torch.Generator().manual_seed(0)
+    gen = generator()
     net = Net(1, 28, 64, 5, "stride2") if form == "omniglot" else Net(3, 84, 32, 5, "maxpool")
     p = params(net, gen)
     x = images(gen, batch, net.cin, net.size)
@@ -81,7 +93,7 @@ def learner_case(form, batch):
 
 
 def maml_case(second_order):
-    gen = torch.Generator().manual_seed(0)
+    gen = generator()
     net = Net(1, 28, 64, 5, "stride2")
     p = params(net, gen)
     sx, sy = images(gen, 5, 1, 28), labels(5, 1)
@@ -103,7 +115,7 @@ def maml_case(second_order):
 
 
 def reptile_case():
-    gen = torch.Generator().manual_seed(0)
+    gen = generator()
     net = Net(1, 28, 64, 5, "stride2")
     p = params(net, gen)
     names = net.names()
@@ -130,7 +142,7 @@ def reptile_case():
 
 
 def meta_lstm_case(T):
-    gen = torch.Generator().manual_seed(0)
+    gen = generator()
     net = Net(1, 28, 64, 5, "stride2")
     p0 = params(net, gen)
     names = net.names()
@@ -200,17 +212,32 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("case", choices=sorted(CASES))
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
+    cuda = DEVICE.startswith("cuda")
+    if cuda:
+        torch.set_default_device(DEVICE)
+    else:
+        torch.set_num_threads(2)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     run = CASES[a.case]()
     run()  # warm-up
+    sync()
     times = []
     for _ in range(a.reps):
         t = time.perf_counter()
         run()
+        sync()
         times.append(1e3 * (time.perf_counter() - t))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"case": a.case, "ms": statistics.median(times), "peak_mib": round(peak),
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                      "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "device": DEVICE}))
 
 
 if __name__ == "__main__":

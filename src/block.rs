@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{matmul, matmul_raw, sum8, BnStats, Im2Col, Mat};
+use crate::ops::{matmul, matmul_raw, simd, sum8, BnStats, Im2Col, Mat};
 
 /// Output positions per chunk of whole images (at least one image).
 pub const CHUNK_COLS: usize = 512;
@@ -184,6 +184,7 @@ struct Scratch<T> {
 }
 
 /// Mean and sum of squared deviations of `v`, in two passes.
+#[inline(always)]
 fn moments<T: Num>(v: &[T]) -> (T, T) {
     let n = T::from(v.len()).unwrap_or_else(T::one);
     let m = sum8(v.len(), |i| v[i]) / n;
@@ -259,35 +260,37 @@ impl ConvBnRelu {
         let yp = Disjoint(y.as_mut_ptr());
         let parts: Vec<Vec<(T, T)>> = chunks
             .par_iter()
-            .map_init(Vec::new, |cols, &(b0, nb)| {
-                let pc = nb * plane;
-                // Fully written by fill_chunk: resizing zeroes only growth.
-                cols.resize(k * pc, T::zero());
-                g.im2col().fill_chunk(x, b0, cols);
-                let rm = |data, cols| Mat {
-                    data,
-                    rs: cols,
-                    cs: 1,
-                };
-                // SAFETY: this chunk owns columns b0*plane..+pc of every row
-                // of y (chunks are disjoint).
-                unsafe {
-                    matmul_raw(
-                        o,
-                        pc,
-                        k,
-                        yp.0.add(b0 * plane),
-                        p,
-                        false,
-                        rm(wt, k),
-                        rm(&cols[..k * pc], pc),
-                        false,
-                    )
-                };
-                (0..o)
-                    // SAFETY: the same columns, now read back by their owner.
-                    .map(|c| moments(unsafe { yp.slice(c * p + b0 * plane, pc) }))
-                    .collect()
+            .map_init(Vec::new, |cols: &mut Vec<T>, &(b0, nb)| {
+                simd(|| {
+                    let pc = nb * plane;
+                    // Fully written by fill_chunk: resizing zeroes only growth.
+                    cols.resize(k * pc, T::zero());
+                    g.im2col().fill_chunk(x, b0, cols);
+                    let rm = |data, cols| Mat {
+                        data,
+                        rs: cols,
+                        cs: 1,
+                    };
+                    // SAFETY: this chunk owns columns b0*plane..+pc of every row
+                    // of y (chunks are disjoint).
+                    unsafe {
+                        matmul_raw(
+                            o,
+                            pc,
+                            k,
+                            yp.0.add(b0 * plane),
+                            p,
+                            false,
+                            rm(wt, k),
+                            rm(&cols[..k * pc], pc),
+                            false,
+                        )
+                    };
+                    (0..o)
+                        // SAFETY: the same columns, now read back by their owner.
+                        .map(|c| moments(unsafe { yp.slice(c * p + b0 * plane, pc) }))
+                        .collect()
+                })
             })
             .collect();
         // Combine the chunks' moments in chunk order (Chan et al.).
@@ -318,33 +321,35 @@ impl ConvBnRelu {
             .zip(argmax.par_chunks_mut(arg_plane))
             .enumerate()
             .for_each(|(c, ((yr, or), ar))| {
-                let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
-                if !self.pool {
-                    // One pass: y becomes xhat, out the ReLU of the affine.
-                    for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
-                        let xh = (*v - m) * r;
-                        *v = xh;
-                        let z = pre(gc, bc, xh);
-                        *a = if z > T::zero() { z } else { T::zero() };
-                    }
-                    return;
-                }
-                for v in yr.iter_mut() {
-                    *v = (*v - m) * r; // now xhat
-                }
-                for b in 0..g.n {
-                    let src = &yr[b * plane..(b + 1) * plane];
-                    let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
-                    let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
-                    pool_plane(g, src, dst, arg, |v| {
-                        let z = pre(gc, bc, v);
-                        if z > T::zero() {
-                            z
-                        } else {
-                            T::zero()
+                simd(|| {
+                    let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
+                    if !self.pool {
+                        // One pass: y becomes xhat, out the ReLU of the affine.
+                        for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
+                            let xh = (*v - m) * r;
+                            *v = xh;
+                            let z = pre(gc, bc, xh);
+                            *a = if z > T::zero() { z } else { T::zero() };
                         }
-                    });
-                }
+                        return;
+                    }
+                    for v in yr.iter_mut() {
+                        *v = (*v - m) * r; // now xhat
+                    }
+                    for b in 0..g.n {
+                        let src = &yr[b * plane..(b + 1) * plane];
+                        let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
+                        let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
+                        pool_plane(g, src, dst, arg, |v| {
+                            let z = pre(gc, bc, v);
+                            if z > T::zero() {
+                                z
+                            } else {
+                                T::zero()
+                            }
+                        });
+                    }
+                })
             });
         if !self.pool {
             argmax = Vec::new();
@@ -377,26 +382,28 @@ impl ConvBnRelu {
         let sums: Vec<(T, T)> = (0..o)
             .into_par_iter()
             .map(|c| {
-                let xr = &s.xhat[c * p..(c + 1) * p];
-                let (gc, bc) = (gamma[c], beta[c]);
-                let on = |v: T| pre(gc, bc, v) > T::zero();
-                if self.pool {
-                    let q = g.n * hp * wp;
-                    let gr = &grad[c * q..(c + 1) * q];
-                    let ar = &s.argmax[c * q..(c + 1) * q];
-                    let (mut sg, mut sgx) = (T::zero(), T::zero());
-                    for (i, (&gv, &a)) in gr.iter().zip(ar).enumerate() {
-                        let b = i / (hp * wp);
-                        let xv = xr[b * plane + pool_source(g, i % (hp * wp), a)];
-                        if on(xv) {
-                            sg += gv;
-                            sgx += gv * xv;
+                simd(|| {
+                    let xr = &s.xhat[c * p..(c + 1) * p];
+                    let (gc, bc) = (gamma[c], beta[c]);
+                    let on = |v: T| pre(gc, bc, v) > T::zero();
+                    if self.pool {
+                        let q = g.n * hp * wp;
+                        let gr = &grad[c * q..(c + 1) * q];
+                        let ar = &s.argmax[c * q..(c + 1) * q];
+                        let (mut sg, mut sgx) = (T::zero(), T::zero());
+                        for (i, (&gv, &a)) in gr.iter().zip(ar).enumerate() {
+                            let b = i / (hp * wp);
+                            let xv = xr[b * plane + pool_source(g, i % (hp * wp), a)];
+                            if on(xv) {
+                                sg += gv;
+                                sgx += gv * xv;
+                            }
                         }
+                        (sg, sgx)
+                    } else {
+                        masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
                     }
-                    (sg, sgx)
-                } else {
-                    masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
-                }
+                })
             })
             .collect();
         // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
@@ -407,83 +414,86 @@ impl ConvBnRelu {
         let chunks = g.chunks();
         let parts: Vec<(Vec<T>, Vec<T>)> = chunks
             .par_iter()
-            .map_init(Scratch::default, |scratch, &(b0, nb)| {
-                let pc = nb * plane;
-                // All three fully written below: resizing zeroes only growth.
-                let Scratch { dy, cols, gplane } = scratch;
-                dy.resize(o * pc, T::zero());
-                cols.resize(k * pc, T::zero());
-                gplane.resize(plane, T::zero());
-                let mut db = vec![T::zero(); o];
-                for c in 0..o {
-                    let (gc, bc) = (gamma[c], beta[c]);
-                    let (sg, sgx) = sums[c];
-                    let sc = scale[c];
-                    for bi in 0..nb {
-                        let b = b0 + bi;
-                        let at = c * p + b * plane;
-                        let xr = &s.xhat[at..at + plane];
-                        if self.pool {
-                            gplane.fill(T::zero());
-                            let q0 = (c * g.n + b) * hp * wp;
-                            for i in 0..hp * wp {
-                                let src = pool_source(g, i, s.argmax[q0 + i]);
-                                if pre(gc, bc, xr[src]) > T::zero() {
-                                    gplane[src] = grad[q0 + i];
+            .map_init(Scratch::default, |scratch: &mut Scratch<T>, &(b0, nb)| {
+                simd(|| {
+                    let pc = nb * plane;
+                    // All three fully written below: resizing zeroes only growth.
+                    let Scratch { dy, cols, gplane } = scratch;
+                    dy.resize(o * pc, T::zero());
+                    cols.resize(k * pc, T::zero());
+                    gplane.resize(plane, T::zero());
+                    let mut db = vec![T::zero(); o];
+                    for c in 0..o {
+                        let (gc, bc) = (gamma[c], beta[c]);
+                        let (sg, sgx) = sums[c];
+                        let sc = scale[c];
+                        for bi in 0..nb {
+                            let b = b0 + bi;
+                            let at = c * p + b * plane;
+                            let xr = &s.xhat[at..at + plane];
+                            if self.pool {
+                                gplane.fill(T::zero());
+                                let q0 = (c * g.n + b) * hp * wp;
+                                for i in 0..hp * wp {
+                                    let src = pool_source(g, i, s.argmax[q0 + i]);
+                                    if pre(gc, bc, xr[src]) > T::zero() {
+                                        gplane[src] = grad[q0 + i];
+                                    }
+                                }
+                            } else {
+                                for (gv, (&d, &xv)) in
+                                    gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
+                                {
+                                    *gv = if pre(gc, bc, xv) > T::zero() {
+                                        d
+                                    } else {
+                                        T::zero()
+                                    };
                                 }
                             }
-                        } else {
-                            for (gv, (&d, &xv)) in
-                                gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
-                            {
-                                *gv = if pre(gc, bc, xv) > T::zero() {
-                                    d
-                                } else {
-                                    T::zero()
-                                };
+                            let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
+                            for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
+                                *d = sc * (pf * gv - sg - xv * sgx);
                             }
                         }
-                        let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
-                        for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
-                            *d = sc * (pf * gv - sg - xv * sgx);
+                        let row = &dy[c * pc..(c + 1) * pc];
+                        db[c] = sum8(pc, |i| row[i]);
+                    }
+                    g.im2col().fill_chunk(x, b0, cols);
+                    let dym = Mat {
+                        data: &dy[..],
+                        rs: pc,
+                        cs: 1,
+                    };
+                    let mut dw = vec![T::zero(); o * k];
+                    // dw = dy cols^T
+                    let cols_t = Mat {
+                        data: &cols[..],
+                        rs: 1,
+                        cs: pc,
+                    };
+                    matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
+                    if let Some(dxp) = dxp {
+                        // dcols = w^T dy, reusing the patch buffer.
+                        let w_t = Mat {
+                            data: wt,
+                            rs: 1,
+                            cs: k,
+                        };
+                        matmul(k, pc, o, cols, false, w_t, dym, false);
+                        let im = g.im2col();
+                        let taps = im.small().then(|| im.taps());
+                        let chw = g.n * g.h * g.w;
+                        for ci in 0..g.c {
+                            // SAFETY: this chunk owns images b0..b0+nb of every
+                            // channel of dx (chunks are disjoint).
+                            let img =
+                                unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
+                            im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
                         }
                     }
-                    let row = &dy[c * pc..(c + 1) * pc];
-                    db[c] = sum8(pc, |i| row[i]);
-                }
-                g.im2col().fill_chunk(x, b0, cols);
-                let dym = Mat {
-                    data: &dy[..],
-                    rs: pc,
-                    cs: 1,
-                };
-                let mut dw = vec![T::zero(); o * k];
-                // dw = dy cols^T
-                let cols_t = Mat {
-                    data: &cols[..],
-                    rs: 1,
-                    cs: pc,
-                };
-                matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
-                if let Some(dxp) = dxp {
-                    // dcols = w^T dy, reusing the patch buffer.
-                    let w_t = Mat {
-                        data: wt,
-                        rs: 1,
-                        cs: k,
-                    };
-                    matmul(k, pc, o, cols, false, w_t, dym, false);
-                    let im = g.im2col();
-                    let taps = im.small().then(|| im.taps());
-                    let chw = g.n * g.h * g.w;
-                    for ci in 0..g.c {
-                        // SAFETY: this chunk owns images b0..b0+nb of every
-                        // channel of dx (chunks are disjoint).
-                        let img = unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
-                        im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
-                    }
-                }
-                (dw, db)
+                    (dw, db)
+                })
             })
             .collect();
         // Reduce in chunk order.
@@ -507,6 +517,7 @@ impl ConvBnRelu {
 /// `(sum g, sum g xhat)` with `g` the gradient where the ReLU passed it,
 /// in eight lanes (the same order on every run; fixed-size lane arrays
 /// so that no bounds checks keep the loop scalar).
+#[inline(always)]
 fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
     let mut sg = [T::zero(); 8];
     let mut sgx = [T::zero(); 8];
@@ -549,6 +560,7 @@ fn pool_source(g: Geo, i: usize, a: u8) -> usize {
 /// 2x2 max pool, stride 2, floor, of `act(src)` for one `[Ho, Wo]` plane;
 /// the arg-max is the first maximum in row-major window order (as
 /// PyTorch).
+#[inline(always)]
 fn pool_plane<T: Num>(g: Geo, src: &[T], dst: &mut [T], arg: &mut [u8], act: impl Fn(T) -> T) {
     let (hp, wp) = g.pooled();
     for i in 0..hp {

@@ -107,6 +107,50 @@ pub(crate) unsafe fn matmul_raw<T: num_traits::Float + 'static>(
     }
 }
 
+/// Whether this CPU runs the AVX2 builds of the kernels (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+static SIMD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Allow (the default) or forbid the AVX2 builds of the CPU kernels, for
+/// tests and A/B timing: both builds give the same bits
+/// (`avx2_and_baseline_builds_give_the_same_bits`).
+pub fn set_simd(on: bool) {
+    SIMD.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the kernels run their AVX2 builds: allowed and supported.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn use_avx2() -> bool {
+    SIMD.load(std::sync::atomic::Ordering::Relaxed) && has_avx2()
+}
+
+/// Run `f` compiled for AVX2 where the CPU has it (8-wide vectors; the
+/// default build targets baseline x86-64, whose SSE2 is 4-wide). `f`'s
+/// body and what it inlines (the element-wise kernels below are
+/// `#[inline(always)]` for this) are compiled again with AVX2 enabled.
+/// Without fast-math flags LLVM neither fuses multiply-adds nor reorders
+/// sums, so both builds compute the same values bit for bit.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Sum of f(i) over 0..len with eight partial sums: vectorisable (a single
 /// running sum is a serial chain), and the same order on every run.
 #[inline(always)]
@@ -231,6 +275,7 @@ impl Im2Col {
     /// Fill one row of patches: tap `tap` (`dy * 3 + dx`) of one channel
     /// `x_c` (`[n, h, w]`) for images `b0..b0 + nb`, `row` of length
     /// `nb * ho * wo`. Every element is written (padding as zero).
+    #[inline(always)]
     pub(crate) fn fill_row<T: Copy + Default>(
         &self,
         x_c: &[T],
@@ -269,6 +314,7 @@ impl Im2Col {
 
     /// The adjoint of [`Im2Col::fill_row`]: add one row of patch gradients
     /// into the images `img` (`[nb, h, w]` of one channel).
+    #[inline(always)]
     pub(crate) fn add_row<T: Copy + std::ops::AddAssign>(
         &self,
         row: &[T],
@@ -340,6 +386,7 @@ impl Im2Col {
 
     /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
     /// (`[C, n, H, W]`), into `cols` (fully written).
+    #[inline(always)]
     pub(crate) fn fill_chunk<T: Copy + Default>(&self, x: &[T], b0: usize, cols: &mut [T]) {
         let plane = self.n * self.h * self.w;
         let len = cols.len() / (self.c * 9);
@@ -359,6 +406,7 @@ impl Im2Col {
     /// One row of patches (as [`Im2Col::fill_row`]): small maps gather
     /// through `taps` ([`Im2Col::taps`], given where [`Im2Col::small`]),
     /// larger ones copy row by row. Both write the same values.
+    #[inline(always)]
     fn patch_row<T: Copy + Default>(
         &self,
         x_c: &[T],
@@ -378,6 +426,7 @@ impl Im2Col {
 
     /// [`Im2Col::fill_row`] through one tap's offsets `off` (a slice of
     /// [`Im2Col::taps`]): the same values.
+    #[inline(always)]
     fn gather_row<T: Copy + Default>(&self, x_c: &[T], off: &[u32], b0: usize, row: &mut [T]) {
         let pi = self.h * self.w;
         let zero = T::default();
@@ -393,6 +442,7 @@ impl Im2Col {
     /// The adjoint of [`Im2Col::fill_chunk`] for channel `ci`: add the
     /// patch-gradient rows `cols` (`[C*9, nb*Ho*Wo]`) of that channel's
     /// nine taps into `img` (`[nb, H, W]`, images `b0..b0 + nb` of it).
+    #[inline(always)]
     pub(crate) fn add_channel<T: Copy + std::ops::AddAssign>(
         &self,
         cols: &[T],

@@ -87,7 +87,7 @@ impl SeedPlan {
         if sorted.len() != seeds.len() {
             return Err(Error::invalid(
                 "--seeds",
-                &format!("{seeds:?}"),
+                format!("{seeds:?}"),
                 "a run seed is given twice",
             ));
         }
@@ -129,7 +129,7 @@ impl SeedPlan {
         units.into_iter().nth(i).ok_or_else(|| {
             Error::invalid(
                 "--unit",
-                &i.to_string(),
+                i.to_string(),
                 format!("this plan has {n} units (0..={})", n.saturating_sub(1)),
             )
         })

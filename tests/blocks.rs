@@ -204,3 +204,42 @@ fn fused_blocks_do_not_depend_on_the_thread_count() {
         assert_eq!(run(1), run(3), "{down:?}");
     }
 }
+
+#[test]
+fn avx2_and_baseline_builds_give_the_same_bits() {
+    // The element-wise kernels run an AVX2 build where the CPU has one
+    // (`ops::simd`); without fast-math flags the compiler neither fuses
+    // multiply-adds nor reorders sums, so the baseline build must give the
+    // same bits: logits and every gradient, both forms, float32 and 64.
+    // (On a CPU without AVX2 both runs take the baseline build.)
+    for (down, size, hidden, n, dtype) in [
+        (Downsample::Stride2, 28, 16, 10, DType::F32),
+        (Downsample::Stride2, 13, 4, 3, DType::F64),
+        (Downsample::MaxPool, 42, 8, 6, DType::F32),
+        (Downsample::MaxPool, 21, 4, 3, DType::F64),
+    ] {
+        let l = learner(down, size, hidden, Kernels::Fused);
+        let p = l.init(&mut Rng::new(2), &Device::Cpu).unwrap();
+        let p = Params {
+            tensors: p
+                .tensors
+                .iter()
+                .map(|t| t.to_dtype(dtype).unwrap())
+                .collect(),
+            ..p
+        };
+        let (x, y) = data(&l, n, 4, dtype);
+        let run = |simd: bool| {
+            fewshot::ops::set_simd(simd);
+            let (logits, _) = l.forward_with(&p, &x, None).unwrap();
+            let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
+            fewshot::ops::set_simd(true);
+            let mut all = common::bits(&logits);
+            for t in &g.tensors {
+                all.extend(common::bits(t));
+            }
+            all
+        };
+        assert_eq!(run(true), run(false), "{down:?} {dtype:?}");
+    }
+}

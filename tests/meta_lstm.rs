@@ -460,3 +460,42 @@ fn gradient_checkpointing_gives_the_same_meta_gradient_bit_for_bit() {
         assert_eq!(bits(&m), full, "{dtype:?}, back to the full tape");
     }
 }
+
+#[test]
+fn fused_meta_lstm_avx2_and_baseline_builds_give_the_same_bits() {
+    // The fused kernel's AVX2 build (where the CPU has one) and its
+    // baseline build: theta_T, every step's gates and the meta-gradient,
+    // bit for bit (no fast-math: same operations in the same order).
+    for (l, dtype) in [(tiny(), DType::F64), (Learner::omniglot(5, 28), DType::F32)] {
+        let (m, b) = ten_step_case(&l, dtype);
+        let run = |simd: bool| {
+            fewshot::ops::set_simd(simd);
+            let u = m
+                .unroll_with(
+                    Kernels::Fused,
+                    &m.params,
+                    &b.support_x,
+                    &b.support_y,
+                    10,
+                    Gates::Learned,
+                    None,
+                    true,
+                    None,
+                )
+                .unwrap();
+            let g = m.meta_gradient(&m.params, &b, None).unwrap();
+            fewshot::ops::set_simd(true);
+            let mut all = common::bits(&u.theta);
+            for (f, i) in &u.gates {
+                all.extend(common::bits(f));
+                all.extend(common::bits(i));
+            }
+            all.push(g.0.to_bits());
+            for t in &g.2.tensors {
+                all.extend(common::bits(t));
+            }
+            all
+        };
+        assert_eq!(run(true), run(false), "{dtype:?}");
+    }
+}

@@ -421,13 +421,6 @@ struct StepIn<T> {
     keep: bool,
 }
 
-/// Whether this CPU runs the AVX2 builds of the kernels (checked once).
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-}
-
 /// [`block_step_body`] compiled for AVX2 when the CPU has it (8-wide
 /// vectors; the default build targets baseline x86-64).
 fn block_step<T: Float>(
@@ -438,7 +431,7 @@ fn block_step<T: Float>(
     s: StepIn<T>,
 ) -> Option<Tape<T>> {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if crate::ops::use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
         return unsafe { block_step_avx2(blk, w, theta, grad, s) };
     }
@@ -472,7 +465,7 @@ fn block_backward<T: Float>(
     gw: &mut Weights<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if crate::ops::use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
         return unsafe { block_backward_avx2(blk, w, gates, seg, d_theta_t, d0, gw) };
     }

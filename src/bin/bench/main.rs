@@ -104,6 +104,11 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // FEWSHOT_SIMD=0 runs the baseline builds of the CPU kernels instead of
+    // their AVX2 builds (the same numbers; for A/B timing, docs/perf.md).
+    if std::env::var("FEWSHOT_SIMD").is_ok_and(|v| v == "0") {
+        fewshot::ops::set_simd(false);
+    }
     // Log lines go to stderr and, during a run, to <run-dir>/run.log
     // (plain text; fewshot::logfile).
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -128,7 +133,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
-    let result = match cli.command {
+    let result = on_worker(move || match cli.command {
         Command::Run(a) => run::run(&data_dir, cli.device, a),
         Command::Selftest => selftest::run(cli.device),
         Command::Plan(a) => plan::run(&data_dir, a),
@@ -145,11 +150,28 @@ fn main() {
         Command::Episodes(a) => episodes::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),
         Command::Perf(c) => perf::run(&data_dir, cli.device, c),
-    };
+    });
     if let Err(e) = result {
         eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// Run the command on a worker of rayon's global pool (`RAYON_NUM_THREADS`
+/// threads, as before). The fused kernels call rayon several times per
+/// learner pass; from a thread outside the pool each call hands its work
+/// to the pool and sleeps until a worker wakes it (two futex round trips
+/// per call: 16% of a single-threaded batch-10 learner pass in `perf
+/// record`). On a worker the caller runs its own share and the others
+/// steal the rest. Workers get the main thread's 8 MiB of stack.
+fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let built = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!("rayon's global pool was already built: {e}");
+    }
+    rayon::scope(|_| f())
 }
 
 /// An error and its causes, each said once: library errors already include

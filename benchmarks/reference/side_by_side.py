@@ -3,6 +3,7 @@
 
     cargo build --release
     python3 benchmarks/reference/side_by_side.py [--bench target/release/bench] [--data-dir ../shared/datasets]
+        [--cases a,b,...] [--rounds N]
 
 Each case runs in its own process, PyTorch's (perf_torch.py, 2 threads)
 right after ours, so that both see the same machine state; only the ratios
@@ -11,12 +12,16 @@ table for docs/perf.md. Our learner cases run candle with 2 threads
 (CANDLE_NUM_THREADS=2, one pass at a time, like PyTorch's); our algorithm
 cases run as `bench run` does (episodes in parallel on rayon's 2 threads,
 candle single-threaded), and their time is per training episode (task).
+With --rounds N every case runs N times, ours and PyTorch's alternating;
+the table shows each side's median, the ratio of the medians and the range
+of the N per-round ratios (this machine's run-to-run spread is large).
 Our peak memory includes the decoded images of the train and test splits
 (about 60 MiB on Omniglot); PyTorch's includes its own libraries.
 """
 
 import argparse
 import datetime
+import statistics
 import json
 import os
 import platform
@@ -73,6 +78,7 @@ def main():
     ap.add_argument("--data-dir", default="../shared/datasets")
     ap.add_argument("--cases", default="learner-omniglot-5,learner-omniglot-75,learner-mini-5,learner-mini-75,"
                                        "fomaml-task,maml-task,reptile-task,meta-lstm-10,meta-lstm-20")
+    ap.add_argument("--rounds", type=int, default=1, help="times each case runs (medians)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     with open(os.path.join(tmp, "maml.yaml"), "w") as f:
@@ -80,19 +86,30 @@ def main():
     rows = []
     version = "?"
     for case in a.cases.split(","):
-        ms, peak = ours(a.bench, a.data_dir, case, tmp)
-        t = torch_case(case)
-        version = t["torch"]
-        rows.append((case, ms, peak, t["ms"], t["peak_mib"]))
-        print(f"{case}: fewshot {ms:.1f} ms, PyTorch {t['ms']:.1f} ms", file=sys.stderr)
+        runs = []
+        for _ in range(max(1, a.rounds)):
+            ms, peak = ours(a.bench, a.data_dir, case, tmp)
+            t = torch_case(case)
+            version = t["torch"]
+            runs.append((ms, peak, t["ms"], t["peak_mib"]))
+            print(f"{case}: fewshot {ms:.1f} ms, PyTorch {t['ms']:.1f} ms", file=sys.stderr)
+        rows.append((case, runs))
     print(f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} CPUs), "
-          f"PyTorch {version} (2 threads), `python3 benchmarks/reference/side_by_side.py`:\n")
-    print("| work | fewshot ms | PyTorch ms | time ratio | fewshot peak MiB | PyTorch peak MiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for case, ms, peak, tms, tpeak in rows:
-        p = f"{peak:.0f}" if peak is not None else "n/a"
-        print(f"| {case} | {ms:.1f} | {tms:.1f} | {ms / tms:.2f}x | {p} | {tpeak} |")
-
+          f"PyTorch {version} (2 threads), `python3 benchmarks/reference/side_by_side.py"
+          f"{f' --rounds {a.rounds}' if a.rounds > 1 else ''}`:\n")
+    ranged = a.rounds > 1
+    print("| work | fewshot ms | PyTorch ms | time ratio |" + (" ratio range |" if ranged else "")
+          + " fewshot peak MiB | PyTorch peak MiB |")
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if ranged else "") + " ---: | ---: |")
+    for case, runs in rows:
+        ms = statistics.median(r[0] for r in runs)
+        tms = statistics.median(r[2] for r in runs)
+        peaks = [r[1] for r in runs if r[1] is not None]
+        p = f"{max(peaks):.0f}" if peaks else "n/a"
+        tpeak = max(r[3] for r in runs)
+        ratios = [r[0] / r[2] for r in runs]
+        rng = f" {min(ratios):.2f}-{max(ratios):.2f}x |" if ranged else ""
+        print(f"| {case} | {ms:.1f} | {tms:.1f} | {ms / tms:.2f}x |{rng} {p} | {tpeak} |")
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig};
+use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig, Unrolled};
 use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
 use fewshot::learner::{Downsample, Learner};
 use fewshot::ops::Kernels;
@@ -332,6 +332,22 @@ fn ten_step_case(l: &Learner, dtype: DType) -> (MetaLstm, Batch) {
     (m, b)
 }
 
+/// Ten learned-gate steps on the support set, gates recorded.
+fn ten_steps(m: &MetaLstm, b: &Batch, k: Kernels) -> Unrolled {
+    m.unroll_with(
+        k,
+        &m.params,
+        &b.support_x,
+        &b.support_y,
+        10,
+        Gates::Learned,
+        None,
+        true,
+        None,
+    )
+    .unwrap()
+}
+
 #[test]
 fn fused_and_composed_paths_agree_over_ten_steps() {
     // The fused kernel against the composed candle graph: theta_T, the
@@ -344,20 +360,7 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
         (Learner::omniglot(5, 28), DType::F32, 1e-5),
     ] {
         let (m, b) = ten_step_case(&l, dtype);
-        let run = |k: Kernels| {
-            m.unroll_with(
-                k,
-                &m.params,
-                &b.support_x,
-                &b.support_y,
-                10,
-                Gates::Learned,
-                None,
-                true,
-                None,
-            )
-            .unwrap()
-        };
+        let run = |k: Kernels| ten_steps(&m, &b, k);
         let (c, f) = (run(Kernels::Composed), run(Kernels::Fused));
         let d = common::max_rel_diff(
             std::slice::from_ref(&c.theta),
@@ -470,19 +473,7 @@ fn fused_meta_lstm_avx2_and_baseline_builds_give_the_same_bits() {
         let (m, b) = ten_step_case(&l, dtype);
         let run = |simd: bool| {
             fewshot::ops::set_simd(simd);
-            let u = m
-                .unroll_with(
-                    Kernels::Fused,
-                    &m.params,
-                    &b.support_x,
-                    &b.support_y,
-                    10,
-                    Gates::Learned,
-                    None,
-                    true,
-                    None,
-                )
-                .unwrap();
+            let u = ten_steps(&m, &b, Kernels::Fused);
             let g = m.meta_gradient(&m.params, &b, None).unwrap();
             fewshot::ops::set_simd(true);
             let mut all = common::bits(&u.theta);

@@ -57,6 +57,9 @@ def ours(bench, data, case, tmp):
         "reptile-task": ["fewshot-5way1shot", "--only", "reptile", "--steps", "4"],
         "meta-lstm-10": ["fewshot-5way1shot", "--only", "meta-lstm", "--steps", "5"],
         "meta-lstm-20": ["fewshot-5way1shot", "--lstm-steps", "20", "--only", "meta-lstm (T=20)", "--steps", "3"],
+        "fomaml-task-mini": ["mini-imagenet-5way1shot", "--only", "fomaml", "--steps", "2"],
+        "reptile-task-mini": ["mini-imagenet-5way1shot", "--only", "reptile", "--steps", "2"],
+        "meta-lstm-mini": ["mini-imagenet-5way1shot", "--only", "meta-lstm", "--steps", "3"],
     }[case]
     out = subprocess.run([bench, "--data-dir", data, "perf", "algorithms", args[0], "--episodes", "1"] + args[1:],
                          env=env, capture_output=True, text=True, check=True).stdout
@@ -77,7 +80,8 @@ def main():
     ap.add_argument("--bench", default="target/release/bench")
     ap.add_argument("--data-dir", default="../shared/datasets")
     ap.add_argument("--cases", default="learner-omniglot-5,learner-omniglot-75,learner-mini-5,learner-mini-75,"
-                                       "fomaml-task,maml-task,reptile-task,meta-lstm-10,meta-lstm-20")
+                                       "fomaml-task,maml-task,reptile-task,meta-lstm-10,meta-lstm-20,"
+                                       "fomaml-task-mini,reptile-task-mini,meta-lstm-mini")
     ap.add_argument("--rounds", type=int, default=1, help="times each case runs (medians)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()

@@ -384,22 +384,29 @@ impl Im2Col {
         t
     }
 
+    /// The offset table where this geometry takes the table path
+    /// ([`Im2Col::taps`] where [`Im2Col::small`]): built once per call of
+    /// a kernel and handed to every chunk.
+    pub(crate) fn table(&self) -> Option<Vec<u32>> {
+        self.small().then(|| self.taps())
+    }
+
     /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
-    /// (`[C, n, H, W]`), into `cols` (fully written).
+    /// (`[C, n, H, W]`), into `cols` (fully written); `taps` is
+    /// [`Im2Col::table`].
     #[inline(always)]
-    pub(crate) fn fill_chunk<T: Copy + Default>(&self, x: &[T], b0: usize, cols: &mut [T]) {
+    pub(crate) fn fill_chunk<T: Copy + Default>(
+        &self,
+        x: &[T],
+        b0: usize,
+        cols: &mut [T],
+        taps: Option<&[u32]>,
+    ) {
         let plane = self.n * self.h * self.w;
         let len = cols.len() / (self.c * 9);
-        let taps = self.small().then(|| self.taps());
         for (r, row) in cols.chunks_exact_mut(len).enumerate() {
             let ci = r / 9;
-            self.patch_row(
-                &x[ci * plane..(ci + 1) * plane],
-                r % 9,
-                b0,
-                row,
-                taps.as_deref(),
-            );
+            self.patch_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row, taps);
         }
     }
 
@@ -479,7 +486,7 @@ impl Im2Col {
         let m = self.n * ho * wo;
         let plane = self.n * self.h * self.w;
         let mut out = vec![T::default(); self.c * 9 * m];
-        let taps = self.small().then(|| self.taps());
+        let taps = self.table();
         out.par_chunks_mut(m).enumerate().for_each(|(r, row)| {
             let ci = r / 9;
             self.patch_row(
@@ -501,7 +508,7 @@ impl Im2Col {
         let (n, h, w) = (self.n, self.h, self.w);
         let m = n * ho * wo;
         let mut out = vec![T::default(); self.c * n * h * w];
-        let taps = self.small().then(|| self.taps());
+        let taps = self.table();
         debug_assert_eq!(cols.len(), self.c * 9 * m);
         out.par_chunks_mut(n * h * w)
             .enumerate()
@@ -657,7 +664,7 @@ mod tests {
             let (ho, wo) = g.out_hw();
             let len = nb * ho * wo;
             let mut table = vec![f64::NAN; c * 9 * len];
-            g.fill_chunk(&x, b0, &mut table);
+            g.fill_chunk(&x, b0, &mut table, g.table().as_deref());
             let mut rows = vec![f64::NAN; c * 9 * len];
             for (r, row) in rows.chunks_exact_mut(len).enumerate() {
                 let plane = n * h * w;

@@ -447,6 +447,20 @@ fn without(entry: &crate::yaml::Value, key: &str) -> crate::yaml::Value {
     e
 }
 
+/// A mapping key as one segment of a field path: as written when it is a
+/// plain name (letters, digits, `_`, `-`), else quoted
+/// (`published."r eptile"`), so that the path reads unambiguously.
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
 fn cfg_err(source: &str, field: &str, reason: impl Into<String>) -> Error {
     Error::Config {
         source_name: format!("{source}: {field}"),
@@ -763,7 +777,11 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
             let (Some(m), false) = (entry.as_mapping_mut(), ov.contains_key("label")) else {
                 return Err(cfg_err(
                     source,
-                    &format!("profiles.{}.algorithms.{}", bench.profile, a.label),
+                    &format!(
+                        "profiles.{}.algorithms.{}",
+                        key(&bench.profile),
+                        key(&a.label)
+                    ),
                     "set hyperparameters or `budget`, not `label`",
                 ));
             };
@@ -820,12 +838,12 @@ fn resolve(mut f: BenchmarkFile, source: &str, o: &Overrides) -> Result<Benchmar
     };
     if let Some(label) = overlays.keys().next() {
         return Err(unknown_label(
-            format!("profiles.{}.algorithms.{label}", bench.profile),
+            format!("profiles.{}.algorithms.{}", key(&bench.profile), key(label)),
             label,
         ));
     }
     for (label, p) in f.published.unwrap_or_default() {
-        let field = format!("published.{label}");
+        let field = format!("published.{}", key(&label));
         if !labels.contains(label.as_str()) {
             return Err(unknown_label(field, &label));
         }

@@ -225,11 +225,23 @@ fn names_a_place(msg: &str) -> bool {
         return true;
     }
     if let Some(rest) = msg.split("bench.yaml: ").nth(1) {
-        let field: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(*c))
-            .collect();
-        if !field.is_empty() && rest[field.len()..].starts_with(':') {
+        // A path of plain names and indices; a key that is not a plain
+        // name is quoted (`published."r eptile"`).
+        let mut len = 0;
+        let mut quoted = false;
+        let mut escaped = false;
+        for c in rest.chars() {
+            if quoted {
+                quoted = escaped || c != '"';
+                escaped = !escaped && c == '\\';
+            } else if c == '"' {
+                quoted = true;
+            } else if !(c.is_ascii_alphanumeric() || "_.[]-".contains(c)) {
+                break;
+            }
+            len += c.len_utf8();
+        }
+        if len > 0 && !quoted && rest[len..].starts_with(':') {
             return true;
         }
     }
@@ -293,4 +305,29 @@ fn text_with(dataset: &str, size: &str) -> String {
     format!(
         "name: b\ndataset: {dataset}\ndata: {{image_size: {size}}}\nepisode: {{ways: 5, shots: 1, queries: 15}}\nbudget: {{meta_steps: 1}}\nalgorithms:\n  - {{algorithm: reptile}}\n"
     )
+}
+
+#[test]
+fn a_key_that_is_no_plain_name_is_quoted_in_the_field_path() {
+    // Found by the mutation test: a space inserted into a `published` key
+    // gave `published.r eptile: ...`, a path that does not read as one.
+    let text = shipped()
+        .into_iter()
+        .find(|t| t.contains("\n  reptile: {accuracy"))
+        .expect("a shipped benchmark with a published Reptile number")
+        .replacen("\n  reptile: {accuracy", "\n  r eptile: {accuracy", 1);
+    let msg = Benchmark::parse(&text, "bench.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bench.yaml: published.\"r eptile\": no algorithm is labelled `r eptile`"),
+        "{msg}"
+    );
+    assert!(names_a_place(&msg), "{msg}");
+    // Plain names stay as written.
+    let text = text.replacen("\n  r eptile: {accuracy", "\n  reptil: {accuracy", 1);
+    let msg = Benchmark::parse(&text, "bench.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("bench.yaml: published.reptil: "), "{msg}");
 }

@@ -254,7 +254,8 @@ impl ConvBnRelu {
         let (bias, rest) = rest.split_at(o);
         let (gamma, beta) = rest.split_at(o);
         let chunks = g.chunks();
-        let taps = g.im2col().table();
+        let im = g.im2col();
+        let taps = im.table();
         // y = w * patches, without the bias (batch norm removes it; it
         // only shifts the mean reported below).
         let mut y = vec![T::zero(); o * p];
@@ -266,7 +267,7 @@ impl ConvBnRelu {
                     let pc = nb * plane;
                     // Fully written by fill_chunk: resizing zeroes only growth.
                     cols.resize(k * pc, T::zero());
-                    g.im2col().fill_chunk(x, b0, cols, taps.as_deref());
+                    im.fill_chunk(x, b0, cols, taps.as_deref());
                     let rm = |data, cols| Mat {
                         data,
                         rs: cols,
@@ -413,7 +414,8 @@ impl ConvBnRelu {
         let mut dx = self.need_dx.then(|| vec![T::zero(); g.c * g.n * g.h * g.w]);
         let dxp = dx.as_mut().map(|v| Disjoint(v.as_mut_ptr()));
         let chunks = g.chunks();
-        let taps = g.im2col().table();
+        let im = g.im2col();
+        let taps = im.table();
         let parts: Vec<(Vec<T>, Vec<T>)> = chunks
             .par_iter()
             .map_init(Scratch::default, |scratch: &mut Scratch<T>, &(b0, nb)| {
@@ -461,7 +463,7 @@ impl ConvBnRelu {
                         let row = &dy[c * pc..(c + 1) * pc];
                         db[c] = sum8(pc, |i| row[i]);
                     }
-                    g.im2col().fill_chunk(x, b0, cols, taps.as_deref());
+                    im.fill_chunk(x, b0, cols, taps.as_deref());
                     let dym = Mat {
                         data: &dy[..],
                         rs: pc,
@@ -483,7 +485,6 @@ impl ConvBnRelu {
                             cs: k,
                         };
                         matmul(k, pc, o, cols, false, w_t, dym, false);
-                        let im = g.im2col();
                         let chw = g.n * g.h * g.w;
                         for ci in 0..g.c {
                             // SAFETY: this chunk owns images b0..b0+nb of every

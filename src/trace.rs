@@ -599,14 +599,13 @@ fn draw<DB: DrawingBackend>(
     // Two lines: the title, then how to read the panels (one line was
     // wider than a five-layer figure and was cut at both ends).
     // The caller's title names the benchmark and the episodes traced.
-    let caption = title;
     let legend = if banded {
         "bands: 10-90th and 25-75th percentile over each layer's coordinates; line: median; thin lines: sampled coordinates"
     } else {
         "mean over each layer's coordinates"
     };
     root.draw(&Text::new(
-        caption,
+        title,
         (w as i32 / 2, 17),
         font(17, BLACK).pos(Pos::new(HPos::Center, VPos::Center)),
     ))?;

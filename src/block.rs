@@ -82,9 +82,23 @@ pub struct ConvBnRelu {
 trait Num:
     num_traits::Float + candle_core::WithDType + Default + Send + Sync + std::ops::AddAssign + 'static
 {
+    /// `self` where `on`, else +0 (the same bits as `if on { self } else
+    /// { 0 }`), as a bit mask: LLVM keeps the `if` as a branch per element,
+    /// the mask vectorises.
+    fn passed(self, on: bool) -> Self;
 }
-impl Num for f32 {}
-impl Num for f64 {}
+impl Num for f32 {
+    #[inline(always)]
+    fn passed(self, on: bool) -> f32 {
+        f32::from_bits(self.to_bits() & u32::from(on).wrapping_neg())
+    }
+}
+impl Num for f64 {
+    #[inline(always)]
+    fn passed(self, on: bool) -> f64 {
+        f64::from_bits(self.to_bits() & u64::from(on).wrapping_neg())
+    }
+}
 
 /// The batch-norm output before the ReLU; the forward's ReLU and the
 /// backward's mask both come from this one expression, so they agree
@@ -263,7 +277,7 @@ impl ConvBnRelu {
         let parts: Vec<Vec<(T, T)>> = chunks
             .par_iter()
             .map_init(Vec::new, |cols: &mut Vec<T>, &(b0, nb)| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     let pc = nb * plane;
                     // Fully written by fill_chunk: resizing zeroes only growth.
                     cols.resize(k * pc, T::zero());
@@ -323,7 +337,7 @@ impl ConvBnRelu {
             .zip(argmax.par_chunks_mut(arg_plane))
             .enumerate()
             .for_each(|(c, ((yr, or), ar))| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
                     if !self.pool {
                         // One pass: y becomes xhat, out the ReLU of the affine.
@@ -384,7 +398,7 @@ impl ConvBnRelu {
         let sums: Vec<(T, T)> = (0..o)
             .into_par_iter()
             .map(|c| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     let xr = &s.xhat[c * p..(c + 1) * p];
                     let (gc, bc) = (gamma[c], beta[c]);
                     let on = |v: T| pre(gc, bc, v) > T::zero();
@@ -419,7 +433,7 @@ impl ConvBnRelu {
         let parts: Vec<(Vec<T>, Vec<T>)> = chunks
             .par_iter()
             .map_init(Scratch::default, |scratch: &mut Scratch<T>, &(b0, nb)| {
-                simd(|| {
+                simd(#[inline(always)] || {
                     let pc = nb * plane;
                     // All three fully written below: resizing zeroes only growth.
                     let Scratch { dy, cols, gplane } = scratch;
@@ -448,11 +462,7 @@ impl ConvBnRelu {
                                 for (gv, (&d, &xv)) in
                                     gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
                                 {
-                                    *gv = if pre(gc, bc, xv) > T::zero() {
-                                        d
-                                    } else {
-                                        T::zero()
-                                    };
+                                    *gv = d.passed(pre(gc, bc, xv) > T::zero());
                                 }
                             }
                             let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
@@ -529,11 +539,7 @@ fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
         let g8: &[T; 8] = g8.try_into().expect("8 lanes");
         let x8: &[T; 8] = x8.try_into().expect("8 lanes");
         for l in 0..8 {
-            let gm = if pre(gamma, beta, x8[l]) > T::zero() {
-                g8[l]
-            } else {
-                T::zero()
-            };
+            let gm = g8[l].passed(pre(gamma, beta, x8[l]) > T::zero());
             sg[l] += gm;
             sgx[l] += gm * x8[l];
         }

@@ -443,13 +443,16 @@ impl ConvBnRelu {
                         let gr = &grad[c * q..(c + 1) * q];
                         let ar = &s.argmax[c * q..(c + 1) * q];
                         let (mut sg, mut sgx) = (T::zero(), T::zero());
-                        for (i, (&gv, &a)) in gr.iter().zip(ar).enumerate() {
-                            let b = i / (hp * wp);
-                            let xv = xr[b * plane + pool_source(g, i % (hp * wp), a)];
-                            if on(xv) {
-                                sg += gv;
-                                sgx += gv * xv;
-                            }
+                        let pq = hp * wp;
+                        for b in 0..g.n {
+                            let xb = &xr[b * plane..(b + 1) * plane];
+                            let (gb, ab) = (&gr[b * pq..(b + 1) * pq], &ar[b * pq..(b + 1) * pq]);
+                            pool_sources(g, ab, |i, src| {
+                                let xv = xb[src];
+                                let gm = gb[i].passed(on(xv));
+                                sg += gm;
+                                sgx += gm * xv;
+                            });
                         }
                         (sg, sgx)
                     } else {
@@ -488,12 +491,10 @@ impl ConvBnRelu {
                             if self.pool {
                                 gplane.fill(T::zero());
                                 let q0 = (c * g.n + b) * hp * wp;
-                                for i in 0..hp * wp {
-                                    let src = pool_source(g, i, s.argmax[q0 + i]);
-                                    if pre(gc, bc, xr[src]) > T::zero() {
-                                        gplane[src] = grad[q0 + i];
-                                    }
-                                }
+                                let gq = &grad[q0..q0 + hp * wp];
+                                pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
+                                    gplane[src] = gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
+                                });
                             } else {
                                 for (gv, (&d, &xv)) in
                                     gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
@@ -591,42 +592,52 @@ fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
     (g, gx)
 }
 
-/// Position inside the `[Ho, Wo]` plane of pooled output `i` of its
-/// `[Ho/2, Wo/2]` plane, whose window arg-max is `a`.
+/// Call `f(i, src)` for each pooled output `i` of one `[Ho/2, Wo/2]`
+/// plane (row-major) with the position `src` in its `[Ho, Wo]` plane of
+/// the window's arg-max (`args[i]`, row-major in the 2x2 window).
 #[inline(always)]
-fn pool_source(g: Geo, i: usize, a: u8) -> usize {
-    let wp = g.wo / 2;
-    let (pi, pj) = (i / wp, i % wp);
-    let a = a as usize;
-    (2 * pi + a / 2) * g.wo + 2 * pj + a % 2
+fn pool_sources(g: Geo, args: &[u8], mut f: impl FnMut(usize, usize)) {
+    let (hp, wp) = g.pooled();
+    for (pi, row) in args.chunks_exact(wp).take(hp).enumerate() {
+        for (pj, &a) in row.iter().enumerate() {
+            let a = a as usize;
+            f(pi * wp + pj, (2 * pi + a / 2) * g.wo + 2 * pj + a % 2);
+        }
+    }
 }
 
 /// 2x2 max pool, stride 2, floor, of `act(src)` for one `[Ho, Wo]` plane;
 /// the arg-max is the first maximum in row-major window order (as
-/// PyTorch).
+/// PyTorch). Written as selects over window pairs, which vectorise.
 #[inline(always)]
 fn pool_plane<T: Num>(g: Geo, src: &[T], dst: &mut [T], arg: &mut [u8], act: impl Fn(T) -> T) {
     let (hp, wp) = g.pooled();
     for i in 0..hp {
         let r0 = &src[2 * i * g.wo..(2 * i + 1) * g.wo];
         let r1 = &src[(2 * i + 1) * g.wo..(2 * i + 2) * g.wo];
-        for j in 0..wp {
-            let v = [
-                act(r0[2 * j]),
-                act(r0[2 * j + 1]),
-                act(r1[2 * j]),
-                act(r1[2 * j + 1]),
-            ];
-            let mut best = v[0];
+        let d = &mut dst[i * wp..(i + 1) * wp];
+        let a = &mut arg[i * wp..(i + 1) * wp];
+        for (((d, a), p0), p1) in d
+            .iter_mut()
+            .zip(a.iter_mut())
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            let (v1, v2, v3) = (act(p0[1]), act(p1[0]), act(p1[1]));
+            let mut best = act(p0[0]);
             let mut at = 0u8;
-            for (q, &x) in v.iter().enumerate().skip(1) {
-                if x > best {
-                    best = x;
-                    at = q as u8;
-                }
-            }
-            dst[i * wp + j] = best;
-            arg[i * wp + j] = at;
+            // First maximum wins: a later value must be strictly greater.
+            let c = v1 > best;
+            best = if c { v1 } else { best };
+            at = if c { 1 } else { at };
+            let c = v2 > best;
+            best = if c { v2 } else { best };
+            at = if c { 2 } else { at };
+            let c = v3 > best;
+            best = if c { v3 } else { best };
+            at = if c { 3 } else { at };
+            *d = best;
+            *a = at;
         }
     }
 }

@@ -309,40 +309,45 @@ impl ConvBnRelu {
         let parts: Vec<Vec<(T, T)>> = chunks
             .par_iter()
             .map(|&(b0, nb)| {
-                with_scratch(|scratch: &mut Scratch<T>| simd(#[inline(always)] || {
-                    let pc = nb * plane;
-                    // Fully written by fill_chunk.
-                    let cols = take(&mut scratch.cols, k * pc);
-                    im.fill_chunk(x, b0, cols, taps.as_deref());
-                    let rm = |data, cols| Mat {
-                        data,
-                        rs: cols,
-                        cs: 1,
-                    };
-                    // SAFETY: this chunk owns columns b0*plane..+pc of every row
-                    // of y (chunks are disjoint).
-                    unsafe {
-                        matmul_raw(
-                            o,
-                            pc,
-                            k,
-                            yp.0.add(b0 * plane),
-                            p,
-                            false,
-                            rm(wt, k),
-                            rm(cols, pc),
-                            false,
-                        )
-                    };
-                    // A loop, not an iterator chain: a `collect` would be a
-                    // separate function, outside this AVX2 build.
-                    let mut part = Vec::with_capacity(o);
-                    for c in 0..o {
-                        // SAFETY: the same columns, now read back by their owner.
-                        part.push(moments(unsafe { yp.slice(c * p + b0 * plane, pc) }));
-                    }
-                    part
-                }))
+                with_scratch(|scratch: &mut Scratch<T>| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let pc = nb * plane;
+                            // Fully written by fill_chunk.
+                            let cols = take(&mut scratch.cols, k * pc);
+                            im.fill_chunk(x, b0, cols, taps.as_deref());
+                            let rm = |data, cols| Mat {
+                                data,
+                                rs: cols,
+                                cs: 1,
+                            };
+                            // SAFETY: this chunk owns columns b0*plane..+pc of every row
+                            // of y (chunks are disjoint).
+                            unsafe {
+                                matmul_raw(
+                                    o,
+                                    pc,
+                                    k,
+                                    yp.0.add(b0 * plane),
+                                    p,
+                                    false,
+                                    rm(wt, k),
+                                    rm(cols, pc),
+                                    false,
+                                )
+                            };
+                            // A loop, not an iterator chain: a `collect` would be a
+                            // separate function, outside this AVX2 build.
+                            let mut part = Vec::with_capacity(o);
+                            for c in 0..o {
+                                // SAFETY: the same columns, now read back by their owner.
+                                part.push(moments(unsafe { yp.slice(c * p + b0 * plane, pc) }));
+                            }
+                            part
+                        },
+                    )
+                })
             })
             .collect();
         // Combine the chunks' moments in chunk order (Chan et al.).
@@ -373,35 +378,38 @@ impl ConvBnRelu {
             .zip(argmax.par_chunks_mut(arg_plane))
             .enumerate()
             .for_each(|(c, ((yr, or), ar))| {
-                simd(#[inline(always)] || {
-                    let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
-                    if !self.pool {
-                        // One pass: y becomes xhat, out the ReLU of the affine.
-                        for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
-                            let xh = (*v - m) * r;
-                            *v = xh;
-                            let z = pre(gc, bc, xh);
-                            *a = if z > T::zero() { z } else { T::zero() };
-                        }
-                        return;
-                    }
-                    for v in yr.iter_mut() {
-                        *v = (*v - m) * r; // now xhat
-                    }
-                    for b in 0..g.n {
-                        let src = &yr[b * plane..(b + 1) * plane];
-                        let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
-                        let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
-                        pool_plane(g, src, dst, arg, |v| {
-                            let z = pre(gc, bc, v);
-                            if z > T::zero() {
-                                z
-                            } else {
-                                T::zero()
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
+                        if !self.pool {
+                            // One pass: y becomes xhat, out the ReLU of the affine.
+                            for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
+                                let xh = (*v - m) * r;
+                                *v = xh;
+                                let z = pre(gc, bc, xh);
+                                *a = if z > T::zero() { z } else { T::zero() };
                             }
-                        });
-                    }
-                })
+                            return;
+                        }
+                        for v in yr.iter_mut() {
+                            *v = (*v - m) * r; // now xhat
+                        }
+                        for b in 0..g.n {
+                            let src = &yr[b * plane..(b + 1) * plane];
+                            let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
+                            let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
+                            pool_plane(g, src, dst, arg, |v| {
+                                let z = pre(gc, bc, v);
+                                if z > T::zero() {
+                                    z
+                                } else {
+                                    T::zero()
+                                }
+                            });
+                        }
+                    },
+                )
             });
         if !self.pool {
             argmax = Vec::new();
@@ -434,31 +442,35 @@ impl ConvBnRelu {
         let sums: Vec<(T, T)> = (0..o)
             .into_par_iter()
             .map(|c| {
-                simd(#[inline(always)] || {
-                    let xr = &s.xhat[c * p..(c + 1) * p];
-                    let (gc, bc) = (gamma[c], beta[c]);
-                    let on = |v: T| pre(gc, bc, v) > T::zero();
-                    if self.pool {
-                        let q = g.n * hp * wp;
-                        let gr = &grad[c * q..(c + 1) * q];
-                        let ar = &s.argmax[c * q..(c + 1) * q];
-                        let (mut sg, mut sgx) = (T::zero(), T::zero());
-                        let pq = hp * wp;
-                        for b in 0..g.n {
-                            let xb = &xr[b * plane..(b + 1) * plane];
-                            let (gb, ab) = (&gr[b * pq..(b + 1) * pq], &ar[b * pq..(b + 1) * pq]);
-                            pool_sources(g, ab, |i, src| {
-                                let xv = xb[src];
-                                let gm = gb[i].passed(on(xv));
-                                sg += gm;
-                                sgx += gm * xv;
-                            });
+                simd(
+                    #[inline(always)]
+                    || {
+                        let xr = &s.xhat[c * p..(c + 1) * p];
+                        let (gc, bc) = (gamma[c], beta[c]);
+                        let on = |v: T| pre(gc, bc, v) > T::zero();
+                        if self.pool {
+                            let q = g.n * hp * wp;
+                            let gr = &grad[c * q..(c + 1) * q];
+                            let ar = &s.argmax[c * q..(c + 1) * q];
+                            let (mut sg, mut sgx) = (T::zero(), T::zero());
+                            let pq = hp * wp;
+                            for b in 0..g.n {
+                                let xb = &xr[b * plane..(b + 1) * plane];
+                                let (gb, ab) =
+                                    (&gr[b * pq..(b + 1) * pq], &ar[b * pq..(b + 1) * pq]);
+                                pool_sources(g, ab, |i, src| {
+                                    let xv = xb[src];
+                                    let gm = gb[i].passed(on(xv));
+                                    sg += gm;
+                                    sgx += gm * xv;
+                                });
+                            }
+                            (sg, sgx)
+                        } else {
+                            masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
                         }
-                        (sg, sgx)
-                    } else {
-                        masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
-                    }
-                })
+                    },
+                )
             })
             .collect();
         // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
@@ -472,77 +484,87 @@ impl ConvBnRelu {
         let parts: Vec<(Vec<T>, Vec<T>)> = chunks
             .par_iter()
             .map(|&(b0, nb)| {
-                with_scratch(|scratch: &mut Scratch<T>| simd(#[inline(always)] || {
-                    let pc = nb * plane;
-                    // All three fully written below before they are read.
-                    let Scratch { dy, cols, gplane } = scratch;
-                    let dy = take(dy, o * pc);
-                    let cols = take(cols, k * pc);
-                    let gplane = take(gplane, plane);
-                    let mut db = vec![T::zero(); o];
-                    for c in 0..o {
-                        let (gc, bc) = (gamma[c], beta[c]);
-                        let (sg, sgx) = sums[c];
-                        let sc = scale[c];
-                        for bi in 0..nb {
-                            let b = b0 + bi;
-                            let at = c * p + b * plane;
-                            let xr = &s.xhat[at..at + plane];
-                            if self.pool {
-                                gplane.fill(T::zero());
-                                let q0 = (c * g.n + b) * hp * wp;
-                                let gq = &grad[q0..q0 + hp * wp];
-                                pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
-                                    gplane[src] = gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
-                                });
-                            } else {
-                                for (gv, (&d, &xv)) in
-                                    gplane.iter_mut().zip(grad[at..at + plane].iter().zip(xr))
-                                {
-                                    *gv = d.passed(pre(gc, bc, xv) > T::zero());
+                with_scratch(|scratch: &mut Scratch<T>| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let pc = nb * plane;
+                            // All three fully written below before they are read.
+                            let Scratch { dy, cols, gplane } = scratch;
+                            let dy = take(dy, o * pc);
+                            let cols = take(cols, k * pc);
+                            let gplane = take(gplane, plane);
+                            let mut db = vec![T::zero(); o];
+                            for c in 0..o {
+                                let (gc, bc) = (gamma[c], beta[c]);
+                                let (sg, sgx) = sums[c];
+                                let sc = scale[c];
+                                for bi in 0..nb {
+                                    let b = b0 + bi;
+                                    let at = c * p + b * plane;
+                                    let xr = &s.xhat[at..at + plane];
+                                    if self.pool {
+                                        gplane.fill(T::zero());
+                                        let q0 = (c * g.n + b) * hp * wp;
+                                        let gq = &grad[q0..q0 + hp * wp];
+                                        pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
+                                            gplane[src] =
+                                                gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
+                                        });
+                                    } else {
+                                        for (gv, (&d, &xv)) in gplane
+                                            .iter_mut()
+                                            .zip(grad[at..at + plane].iter().zip(xr))
+                                        {
+                                            *gv = d.passed(pre(gc, bc, xv) > T::zero());
+                                        }
+                                    }
+                                    let row =
+                                        &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
+                                    for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr)
+                                    {
+                                        *d = sc * (pf * gv - sg - xv * sgx);
+                                    }
+                                }
+                                let row = &dy[c * pc..(c + 1) * pc];
+                                db[c] = sum8(pc, |i| row[i]);
+                            }
+                            im.fill_chunk(x, b0, cols, taps.as_deref());
+                            let dym = Mat {
+                                data: &dy[..],
+                                rs: pc,
+                                cs: 1,
+                            };
+                            let mut dw = vec![T::zero(); o * k];
+                            // dw = dy cols^T
+                            let cols_t = Mat {
+                                data: &cols[..],
+                                rs: 1,
+                                cs: pc,
+                            };
+                            matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
+                            if let Some(dxp) = dxp {
+                                // dcols = w^T dy, reusing the patch buffer.
+                                let w_t = Mat {
+                                    data: wt,
+                                    rs: 1,
+                                    cs: k,
+                                };
+                                matmul(k, pc, o, cols, false, w_t, dym, false);
+                                let chw = g.n * g.h * g.w;
+                                for ci in 0..g.c {
+                                    // SAFETY: this chunk owns images b0..b0+nb of every
+                                    // channel of dx (chunks are disjoint).
+                                    let img = unsafe {
+                                        dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w)
+                                    };
+                                    im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
                                 }
                             }
-                            let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
-                            for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
-                                *d = sc * (pf * gv - sg - xv * sgx);
-                            }
-                        }
-                        let row = &dy[c * pc..(c + 1) * pc];
-                        db[c] = sum8(pc, |i| row[i]);
-                    }
-                    im.fill_chunk(x, b0, cols, taps.as_deref());
-                    let dym = Mat {
-                        data: &dy[..],
-                        rs: pc,
-                        cs: 1,
-                    };
-                    let mut dw = vec![T::zero(); o * k];
-                    // dw = dy cols^T
-                    let cols_t = Mat {
-                        data: &cols[..],
-                        rs: 1,
-                        cs: pc,
-                    };
-                    matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
-                    if let Some(dxp) = dxp {
-                        // dcols = w^T dy, reusing the patch buffer.
-                        let w_t = Mat {
-                            data: wt,
-                            rs: 1,
-                            cs: k,
-                        };
-                        matmul(k, pc, o, cols, false, w_t, dym, false);
-                        let chw = g.n * g.h * g.w;
-                        for ci in 0..g.c {
-                            // SAFETY: this chunk owns images b0..b0+nb of every
-                            // channel of dx (chunks are disjoint).
-                            let img =
-                                unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
-                            im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
-                        }
-                    }
-                    (dw, db)
-                }))
+                            (dw, db)
+                        },
+                    )
+                })
             })
             .collect();
         // Reduce in chunk order.

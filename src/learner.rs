@@ -506,9 +506,35 @@ impl Learner {
         x: &Tensor,
         y: &Tensor,
     ) -> Result<(f64, Params, Vec<BnStats>)> {
+        self.pass(p, x, y, |_| Ok(()))
+            .map(|(loss, (), g, stats)| (loss, g, stats))
+    }
+
+    /// [`Learner::loss_and_grad`] and the accuracy of the same pass's
+    /// logits (before the step its gradient makes).
+    pub fn loss_grad_and_accuracy(
+        &self,
+        p: &Params,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<(f64, f64, Params, Vec<BnStats>)> {
+        let (loss, acc, g, stats) = self.pass(p, x, y, |logits| accuracy(logits, y))?;
+        Ok((loss, acc, g, stats))
+    }
+
+    /// One training pass: the loss, `read(logits)`, the gradient and the
+    /// statistics.
+    fn pass<R>(
+        &self,
+        p: &Params,
+        x: &Tensor,
+        y: &Tensor,
+        read: impl FnOnce(&Tensor) -> Result<R>,
+    ) -> Result<(f64, R, Params, Vec<BnStats>)> {
         let vars = p.to_vars()?;
         let pv = Params::from_vars(&p.names, &vars);
         let (logits, stats) = self.forward_with(&pv, x, None)?;
+        let read = read(&logits.detach())?;
         let loss = cross_entropy(&logits, y)?;
         let g = pv.grads(&loss.backward()?)?.detach();
         let stats = stats
@@ -520,7 +546,7 @@ impl Learner {
             })
             .collect();
         let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok((loss, g, stats))
+        Ok((loss, read, g, stats))
     }
 
     /// One 3x3 convolution of a block, with this learner's stride and

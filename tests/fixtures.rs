@@ -517,7 +517,8 @@ fn reptile_outer_step_with_inner_adam_matches_pytorch() {
                 &mut r.task_rng(0, 0),
                 None,
             )
-            .unwrap();
+            .unwrap()
+            .0;
         // Conv biases followed by batch norm have a zero gradient up to
         // rounding; Adam normalises that noise into steps of size ~lr in
         // float32 (in any framework), so float32 compares the rest.

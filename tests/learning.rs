@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::maml::{Maml, MamlConfig};
 use fewshot::algo::reptile::{Reptile, ReptileConfig};
-use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd, Progress};
+use fewshot::algo::{sgd_adapt, Algorithm, Context, EpisodeScore, InnerSgd, Progress};
 use fewshot::learner::{cross_entropy, Downsample, Learner};
 use fewshot::params::Params;
 use fewshot::rng::Rng;
@@ -401,7 +401,7 @@ fn reptile_outer_step_is_the_interpolation_formula() {
     let b2 = batch(&l, 3, 3, 1, 2, DType::F32);
     let theta0 = r.theta.clone();
     let mut adam = r.inner_adam().clone();
-    let t1 = r
+    let (t1, s1) = r
         .inner_loop(
             &theta0,
             &mut adam,
@@ -413,7 +413,7 @@ fn reptile_outer_step_is_the_interpolation_formula() {
             None,
         )
         .unwrap();
-    let t2 = r
+    let (t2, s2) = r
         .inner_loop(
             &theta0,
             &mut adam,
@@ -432,14 +432,18 @@ fn reptile_outer_step_is_the_interpolation_formula() {
             t + ((m - t)? * eps)?
         })
         .unwrap();
-    r.meta_train_step(
-        &[b1, b2],
-        Progress {
-            step: 4,
-            fraction: 0.5,
-        },
-    )
-    .unwrap();
+    let score = r
+        .meta_train_step(
+            &[b1, b2],
+            Progress {
+                step: 4,
+                fraction: 0.5,
+            },
+        )
+        .unwrap();
+    // The training score is the mean of the tasks' inner-loop scores.
+    assert_eq!(score.loss, (s1.loss + s2.loss) / 2.0);
+    assert_eq!(score.accuracy, (s1.accuracy + s2.accuracy) / 2.0);
     let err = r
         .theta
         .zip_map(&expected, |a, b| a - b)
@@ -455,6 +459,48 @@ fn reptile_outer_step_is_the_interpolation_formula() {
             .sum_sq()
             .unwrap()
             > 1e-8
+    );
+}
+
+#[test]
+fn reptile_training_score_is_the_inner_loops_pass_before_its_step() {
+    // One full-batch step: the score is the loss and accuracy of theta on
+    // the whole set (batch statistics and both means ignore the order the
+    // shuffle gives), measured before the step, so not of the result.
+    let l = tiny(Downsample::Stride2, 10, 4, 3);
+    let c = ctx(l.clone(), 3, 1, false);
+    let cfg = ReptileConfig {
+        inner_loss: Some(fewshot::algo::reptile::InnerLoss::Mean),
+        inner_lr: Some(0.05),
+        ..Default::default()
+    };
+    let r = Reptile::new(cfg.resolve(&c).unwrap(), &c).unwrap();
+    let b = batch(&l, 3, 3, 1, 1, DType::F32);
+    let n = b.support_x.dim(0).unwrap();
+    let mut adam = r.inner_adam().clone();
+    let (after, score) = r
+        .inner_loop(
+            &r.theta,
+            &mut adam,
+            &b.support_x,
+            &b.support_y,
+            n,
+            1,
+            &mut r.task_rng(0, 0),
+            None,
+        )
+        .unwrap();
+    let before =
+        EpisodeScore::of(&l.forward(&r.theta, &b.support_x).unwrap(), &b.support_y).unwrap();
+    let later = EpisodeScore::of(&l.forward(&after, &b.support_x).unwrap(), &b.support_y).unwrap();
+    assert!(
+        (score.loss - before.loss).abs() < 1e-5,
+        "{score:?} vs {before:?}"
+    );
+    assert_eq!(score.accuracy, before.accuracy);
+    assert!(
+        (later.loss - before.loss).abs() > 1e-4,
+        "the step changed nothing"
     );
 }
 

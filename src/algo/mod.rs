@@ -196,7 +196,8 @@ pub trait Algorithm: Send + Sync {
     /// Shape of meta-training episodes (Reptile trains on more shots).
     fn train_spec(&self) -> EpisodeSpec;
     /// One meta-update from a meta-batch of training episodes; returns the
-    /// mean query (or post-adaptation) loss and accuracy.
+    /// mean training loss and accuracy (the query set's after adaptation,
+    /// or what the algorithm measures anyway: Reptile's inner mini-batches).
     fn meta_train_step(&mut self, episodes: &[Batch], progress: Progress) -> Result<EpisodeScore>;
     /// Adapted learner parameters for a support set (with the running
     /// batch-norm statistics of the adaptation when

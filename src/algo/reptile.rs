@@ -200,7 +200,9 @@ impl Reptile {
 
     /// Train `theta` on `(x, y)` with `iters` Adam steps on mini-batches of
     /// `batch` samples cycling through reshuffled copies of the samples.
-    /// Every pass is folded into `running` when given.
+    /// Every pass is folded into `running` when given. Also returns the
+    /// mean loss and accuracy of the mini-batches, each measured in its
+    /// own pass before its step (the learning curve's training score).
     #[allow(clippy::too_many_arguments)] // the inner loop's inputs, each distinct
     pub fn inner_loop(
         &self,
@@ -212,8 +214,9 @@ impl Reptile {
         iters: usize,
         rng: &mut Rng,
         mut running: Option<&mut RunningStats>,
-    ) -> Result<Params> {
+    ) -> Result<(Params, EpisodeScore)> {
         let n = x.dim(0)?;
+        let mut scores = Vec::with_capacity(iters);
         let mut order: Vec<usize> = (0..n).collect();
         let mut pos = n; // force a shuffle first
         let mut p = theta.detach();
@@ -231,7 +234,9 @@ impl Reptile {
             let idx = Tensor::from_vec(idx, batch, dev)?;
             let bx = x.index_select(&idx, 0)?;
             let by = y.index_select(&idx, 0)?;
-            let (_, g, stats) = self.ctx.learner.loss_and_grad(&p, &bx, &by)?;
+            let (loss, accuracy, g, stats) =
+                self.ctx.learner.loss_grad_and_accuracy(&p, &bx, &by)?;
+            scores.push(EpisodeScore { loss, accuracy });
             if let Some(r) = running.as_deref_mut() {
                 r.update(&stats)?;
             }
@@ -239,7 +244,7 @@ impl Reptile {
             let scale = (self.config.inner_loss == InnerLoss::Sum).then_some(batch as f64);
             p = adam.step_scaled(&p, &g, scale)?;
         }
-        Ok(p)
+        Ok((p, EpisodeScore::mean(&scores)))
     }
 
     /// The generator of task `j`'s mini-batches at meta-step `step`.
@@ -293,7 +298,11 @@ impl Algorithm for Reptile {
         let mut adam = self.inner.clone();
         for (j, b) in episodes.iter().enumerate() {
             let mut rng = self.task_rng(progress.step, j);
-            let p = self.inner_loop(
+            // The training score is the inner loop's own (its mini-batches
+            // before each step): a pass over the adapted parameters only
+            // for the curve would cost a third of a task on mini-ImageNet,
+            // and the reference computes none (docs/algorithms.md).
+            let (p, score) = self.inner_loop(
                 &self.theta,
                 &mut adam,
                 &b.support_x,
@@ -303,9 +312,7 @@ impl Algorithm for Reptile {
                 &mut rng,
                 None,
             )?;
-            // Post-adaptation training loss/accuracy, for the learning curve.
-            let logits = self.ctx.learner.forward(&p, &b.support_x)?;
-            scores.push(EpisodeScore::of(&logits, &b.support_y)?);
+            scores.push(score);
             adapted.push(p);
         }
         self.inner = adam;
@@ -324,7 +331,7 @@ impl Algorithm for Reptile {
         let [split, index] = episode.path();
         let mut rng = Rng::derive(self.ctx.run_seed, &[0xe7a1, split, index]);
         let mut running = self.ctx.recorder();
-        let params = self.inner_loop(
+        let (params, _) = self.inner_loop(
             &self.theta,
             &mut adam,
             x,

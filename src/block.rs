@@ -212,6 +212,8 @@ pub(crate) struct Scratch<T> {
     dy: Vec<T>,
     cols: Vec<T>,
     gplane: Vec<T>,
+    /// Offsets of the input-gradient gather ([`Im2Col::gather_channel`]).
+    off: Vec<u32>,
 }
 
 /// The first `n` elements of `v`, growing it (zeroed) if shorter.
@@ -481,6 +483,8 @@ impl ConvBnRelu {
         let chunks = g.chunks();
         let im = g.im2col();
         let taps = im.table();
+        // Small maps: the input gradient as a gather (see gather_channel).
+        let inv = taps.as_ref().map(|_| im.inverse());
         let parts: Vec<(Vec<T>, Vec<T>)> = chunks
             .par_iter()
             .map(|&(b0, nb)| {
@@ -490,7 +494,12 @@ impl ConvBnRelu {
                         || {
                             let pc = nb * plane;
                             // All three fully written below before they are read.
-                            let Scratch { dy, cols, gplane } = scratch;
+                            let Scratch {
+                                dy,
+                                cols,
+                                gplane,
+                                off,
+                            } = scratch;
                             let dy = take(dy, o * pc);
                             let cols = take(cols, k * pc);
                             let gplane = take(gplane, plane);
@@ -558,7 +567,10 @@ impl ConvBnRelu {
                                     let img = unsafe {
                                         dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w)
                                     };
-                                    im.add_channel(&cols[..k * pc], ci, taps.as_deref(), img);
+                                    match &inv {
+                                        Some(inv) => im.gather_channel(cols, ci, inv, off, img),
+                                        None => im.add_channel(cols, ci, None, img),
+                                    }
                                 }
                             }
                             (dw, db)

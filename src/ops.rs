@@ -245,6 +245,15 @@ pub struct Im2Col {
     pub stride: usize,
 }
 
+/// [`Im2Col::inverse`]: pixel `q` of an image plane is read by the
+/// entries `start[q]..start[q + 1]` of `tap` and `op`.
+#[derive(Debug, Clone)]
+pub(crate) struct Inverse {
+    start: Vec<u32>,
+    tap: Vec<u32>,
+    op: Vec<u32>,
+}
+
 /// The adjoint of [`Im2Col`]: scatters-adds `[C*9, B*Ho*Wo]` patches back
 /// into a `[C, B, H, W]` image.
 #[derive(Debug, Clone, Copy)]
@@ -481,6 +490,72 @@ impl Im2Col {
         }
     }
 
+    /// The inverse of [`Im2Col::taps`]: for each input pixel of one image
+    /// plane, the `(tap, output position)` pairs that read it, in tap
+    /// order. A function of the geometry only.
+    pub(crate) fn inverse(&self) -> Inverse {
+        let (ho, wo) = self.out_hw();
+        let (po, pi) = (ho * wo, self.h * self.w);
+        let taps = self.taps();
+        let mut start = vec![0u32; pi + 1];
+        for &q in taps.iter().filter(|&&q| q != u32::MAX) {
+            start[q as usize + 1] += 1;
+        }
+        for q in 0..pi {
+            start[q + 1] += start[q];
+        }
+        let mut next = start.clone();
+        let total = start[pi] as usize;
+        let (mut tap, mut op) = (vec![0u32; total], vec![0u32; total]);
+        // Taps in ascending order, so each pixel's list is in tap order.
+        for (e, &q) in taps.iter().enumerate() {
+            if q != u32::MAX {
+                let at = next[q as usize] as usize;
+                next[q as usize] += 1;
+                tap[at] = (e / po) as u32;
+                op[at] = (e % po) as u32;
+            }
+        }
+        Inverse { start, tap, op }
+    }
+
+    /// [`Im2Col::add_channel`] into zeroed images, written as a gather: each
+    /// pixel of `img` (`[nb, H, W]`) is set to the sum, in tap order, of
+    /// the patch gradients that read it (the same values as the scatter,
+    /// which adds them to zero in the same order, without its
+    /// read-modify-write per patch element). `off` is scratch.
+    #[inline(always)]
+    pub(crate) fn gather_channel<T: num_traits::Float>(
+        &self,
+        cols: &[T],
+        ci: usize,
+        inv: &Inverse,
+        off: &mut Vec<u32>,
+        img: &mut [T],
+    ) {
+        let len = cols.len() / (self.c * 9);
+        let (ho, wo) = self.out_hw();
+        let (po, pi) = (ho * wo, self.h * self.w);
+        off.clear();
+        off.extend(
+            inv.tap
+                .iter()
+                .zip(&inv.op)
+                .map(|(&t, &o)| t * len as u32 + o),
+        );
+        let rows = &cols[ci * 9 * len..(ci + 1) * 9 * len];
+        for (bi, dst) in img.chunks_exact_mut(pi).enumerate() {
+            let src = &rows[bi * po..];
+            for (d, w) in dst.iter_mut().zip(inv.start.windows(2)) {
+                let mut acc = T::zero();
+                for &e in &off[w[0] as usize..w[1] as usize] {
+                    acc = acc + src[e as usize];
+                }
+                *d = acc;
+            }
+        }
+    }
+
     pub(crate) fn fwd<T: Copy + Default + Send + Sync>(&self, x: &[T]) -> Vec<T> {
         let (ho, wo) = self.out_hw();
         let m = self.n * ho * wo;
@@ -680,6 +755,12 @@ mod tests {
                 g.add_channel(&cols, ci, Some(&taps), &mut a);
                 g.add_channel(&cols, ci, None, &mut b);
                 assert_eq!(a, b, "{h}x{w} stride {stride} channel {ci}");
+                // The gather writes what the scatter adds to zeroed images.
+                let mut zeroed = vec![0.0; nb * h * w];
+                g.add_channel(&cols, ci, Some(&taps), &mut zeroed);
+                let mut gathered = vec![f64::NAN; nb * h * w];
+                g.gather_channel(&cols, ci, &g.inverse(), &mut Vec::new(), &mut gathered);
+                assert_eq!(gathered, zeroed, "{h}x{w} stride {stride} channel {ci}");
             }
         }
         // Large maps keep the row path.

@@ -256,6 +256,14 @@ pub fn meta_train(
             ..Default::default()
         },
     };
+    // curve.csv is derived from the checkpoint, written right after it: a
+    // kill between the two leaves the file a point short, which a resumed
+    // run that is already finished would never write again. Rewrite it
+    // from the checkpoint (found by tests/kill.rs: killed after the final
+    // checkpoint's rename, the resumed run lacked the curve's last point).
+    if state.step > 0 {
+        write_curve(&state.curve, &opts.dir.join("curve.csv"))?;
+    }
     // A resumed run continues until the (possibly larger) budget is spent.
     if state.done(&opts.budget) {
         state.finished = true;

@@ -56,6 +56,9 @@ enum KillAt {
     Phase(usize),
     /// After this many milliseconds.
     Millis(u64),
+    /// Right after the first checkpoint-write phase announced as exactly
+    /// this line.
+    Line(&'static str),
 }
 
 /// Run one session; kill it as `at` says. Returns what the session was
@@ -95,10 +98,14 @@ fn session(a: &[&str], at: &KillAt) -> Option<String> {
             if matches!(at, KillAt::Phase(n) if seen >= *n) {
                 break;
             }
+            if matches!(at, KillAt::Line(x) if *x == last) {
+                break;
+            }
         }
         let due = match at {
             KillAt::Phase(n) => seen >= *n,
             KillAt::Millis(ms) => start.elapsed() >= Duration::from_millis(*ms),
+            KillAt::Line(x) => *x == last,
         };
         if due {
             break;
@@ -110,7 +117,7 @@ fn session(a: &[&str], at: &KillAt) -> Option<String> {
     child.wait().unwrap();
     let _ = reader.join();
     Some(match at {
-        KillAt::Phase(_) => format!("in a checkpoint write ({last})"),
+        KillAt::Phase(_) | KillAt::Line(_) => format!("in a checkpoint write ({last})"),
         KillAt::Millis(ms) => format!("{ms} ms after start"),
     })
 }
@@ -247,5 +254,34 @@ fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
             y.1,
             kills.join("\n")
         );
+    }
+}
+
+#[test]
+fn a_kill_right_after_the_final_checkpoint_loses_no_curve_point() {
+    // Found by the test above (a random kill point): the final
+    // checkpoint was in place but curve.csv, written right after it, was
+    // not; the resumed run saw the algorithm finished and never wrote the
+    // last point. A resumed run now rewrites the curve from the checkpoint.
+    let tmp = common::tempdir();
+    let data = common::shared_datasets();
+    let data = data.to_str().unwrap();
+    let yaml = tmp.path().join("kill.yaml");
+    std::fs::write(&yaml, BENCH).unwrap();
+    let yaml = yaml.to_str().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    common::assert_bench_ok(&common::bench(&args(data, yaml, a_s, false)));
+    // fomaml runs first: its final (16th) checkpoint is the first at step 16.
+    let killed = session(
+        &args(data, yaml, b_s, false),
+        &KillAt::Line("fewshot-test: checkpoint renamed step=16"),
+    );
+    assert!(killed.is_some(), "the session finished before the kill");
+    assert!(session(&args(data, yaml, b_s, true), &KillAt::Millis(u64::MAX)).is_none());
+    let (oa, ob) = (outcome(&a), outcome(&b));
+    assert_eq!(oa.len(), ob.len());
+    for (x, y) in oa.iter().zip(&ob) {
+        assert!(x == y, "{} differs:\n{}\nagainst\n{}", x.0, x.1, y.1);
     }
 }

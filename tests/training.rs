@@ -521,9 +521,12 @@ algorithms:
         .collect();
     assert!((4..=7).contains(&points.len()), "{curve}");
     for w in points.windows(2) {
+        // curve.csv writes seconds to the millisecond, so a gap of at
+        // least 1.2 s may read up to 1 ms short (1.205 -> 2.405 gave
+        // 1.1999999999999997).
         let gap = w[1][2] - w[0][2];
         assert!(
-            gap >= 1.2 || w[1][0] as u64 == steps,
+            gap >= 1.2 - 1e-3 || w[1][0] as u64 == steps,
             "validation gap {gap} s:\n{curve}"
         );
         assert!(w[1][5].is_finite(), "validation accuracy missing:\n{curve}");

@@ -90,29 +90,26 @@ trait Num:
     /// This thread's kernel buffers for this scalar type.
     fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<Self>>>;
 }
-impl Num for f32 {
-    #[inline(always)]
-    fn passed(self, on: bool) -> f32 {
-        f32::from_bits(self.to_bits() & u32::from(on).wrapping_neg())
-    }
-    fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<f32>>> {
-        &SCRATCH_F32
-    }
+/// `Num` for a float type, its same-width unsigned bits type and its
+/// scratch buffers.
+macro_rules! num {
+    ($t:ty, $bits:ty, $scratch:ident) => {
+        thread_local! {
+            static $scratch: RefCell<Scratch<$t>> = RefCell::default();
+        }
+        impl Num for $t {
+            #[inline(always)]
+            fn passed(self, on: bool) -> $t {
+                <$t>::from_bits(self.to_bits() & <$bits>::from(on).wrapping_neg())
+            }
+            fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<$t>>> {
+                &$scratch
+            }
+        }
+    };
 }
-impl Num for f64 {
-    #[inline(always)]
-    fn passed(self, on: bool) -> f64 {
-        f64::from_bits(self.to_bits() & u64::from(on).wrapping_neg())
-    }
-    fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<f64>>> {
-        &SCRATCH_F64
-    }
-}
-
-thread_local! {
-    static SCRATCH_F32: RefCell<Scratch<f32>> = RefCell::default();
-    static SCRATCH_F64: RefCell<Scratch<f64>> = RefCell::default();
-}
+num!(f32, u32, SCRATCH_F32);
+num!(f64, u64, SCRATCH_F64);
 
 /// The batch-norm output before the ReLU; the forward's ReLU and the
 /// backward's mask both come from this one expression, so they agree
@@ -561,6 +558,9 @@ impl ConvBnRelu {
                                 };
                                 matmul(k, pc, o, cols, false, w_t, dym, false);
                                 let chw = g.n * g.h * g.w;
+                                if let Some(inv) = &inv {
+                                    inv.offsets(pc, off);
+                                }
                                 for ci in 0..g.c {
                                     // SAFETY: this chunk owns images b0..b0+nb of every
                                     // channel of dx (chunks are disjoint).

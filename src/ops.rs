@@ -254,6 +254,21 @@ pub(crate) struct Inverse {
     op: Vec<u32>,
 }
 
+impl Inverse {
+    /// Each entry's offset in one channel's nine patch rows of length
+    /// `len` (`tap * len + op`), into `off`: once per chunk, for every
+    /// channel's [`Im2Col::gather_channel`].
+    pub(crate) fn offsets(&self, len: usize, off: &mut Vec<u32>) {
+        off.clear();
+        off.extend(
+            self.tap
+                .iter()
+                .zip(&self.op)
+                .map(|(&t, &o)| t * len as u32 + o),
+        );
+    }
+}
+
 /// The adjoint of [`Im2Col`]: scatters-adds `[C*9, B*Ho*Wo]` patches back
 /// into a `[C, B, H, W]` image.
 #[derive(Debug, Clone, Copy)]
@@ -523,26 +538,20 @@ impl Im2Col {
     /// pixel of `img` (`[nb, H, W]`) is set to the sum, in tap order, of
     /// the patch gradients that read it (the same values as the scatter,
     /// which adds them to zero in the same order, without its
-    /// read-modify-write per patch element). `off` is scratch.
+    /// read-modify-write per patch element). `off` is [`Inverse::offsets`]
+    /// for this `cols`' row length.
     #[inline(always)]
     pub(crate) fn gather_channel<T: num_traits::Float>(
         &self,
         cols: &[T],
         ci: usize,
         inv: &Inverse,
-        off: &mut Vec<u32>,
+        off: &[u32],
         img: &mut [T],
     ) {
         let len = cols.len() / (self.c * 9);
         let (ho, wo) = self.out_hw();
         let (po, pi) = (ho * wo, self.h * self.w);
-        off.clear();
-        off.extend(
-            inv.tap
-                .iter()
-                .zip(&inv.op)
-                .map(|(&t, &o)| t * len as u32 + o),
-        );
         let rows = &cols[ci * 9 * len..(ci + 1) * 9 * len];
         for (bi, dst) in img.chunks_exact_mut(pi).enumerate() {
             let src = &rows[bi * po..];
@@ -759,7 +768,9 @@ mod tests {
                 let mut zeroed = vec![0.0; nb * h * w];
                 g.add_channel(&cols, ci, Some(&taps), &mut zeroed);
                 let mut gathered = vec![f64::NAN; nb * h * w];
-                g.gather_channel(&cols, ci, &g.inverse(), &mut Vec::new(), &mut gathered);
+                let (inv, mut off) = (g.inverse(), Vec::new());
+                inv.offsets(len, &mut off);
+                g.gather_channel(&cols, ci, &inv, &off, &mut gathered);
                 assert_eq!(gathered, zeroed, "{h}x{w} stride {stride} channel {ci}");
             }
         }

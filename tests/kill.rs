@@ -184,18 +184,40 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// A temporary folder with the benchmark file and the run folder of an
+/// uninterrupted run (`a`, finished) beside the one to kill (`b`).
+struct Work {
+    _tmp: tempfile::TempDir,
+    data: String,
+    yaml: String,
+    a: String,
+    b: String,
+}
+
+impl Work {
+    fn new() -> Work {
+        let tmp = common::tempdir();
+        let data = common::shared_datasets().to_str().unwrap().to_string();
+        let yaml = tmp.path().join("kill.yaml");
+        std::fs::write(&yaml, BENCH).unwrap();
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+        let w = Work {
+            data,
+            yaml: path(yaml),
+            a: path(tmp.path().join("a")),
+            b: path(tmp.path().join("b")),
+            _tmp: tmp,
+        };
+        common::assert_bench_ok(&common::bench(&args(&w.data, &w.yaml, &w.a, false)));
+        w
+    }
+}
+
 #[test]
 fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
-    let tmp = common::tempdir();
-    let data = common::shared_datasets();
-    let data = data.to_str().unwrap();
-    let yaml = tmp.path().join("kill.yaml");
-    std::fs::write(&yaml, BENCH).unwrap();
-    let yaml = yaml.to_str().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let w = Work::new();
+    let (data, yaml, b_s) = (&w.data[..], &w.yaml[..], &w.b[..]);
 
-    common::assert_bench_ok(&common::bench(&args(data, yaml, a_s, false)));
     // The uninterrupted run wrote 16 checkpoints per algorithm, 3 write
     // phases each: 144 places to be killed inside a checkpoint write.
 
@@ -209,7 +231,7 @@ fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
             sessions < 80,
             "no progress after {sessions} sessions: {kills:#?}"
         );
-        let resume = b.join("resolved.yaml").is_file();
+        let resume = Path::new(b_s).join("resolved.yaml").is_file();
         let at = if kills.len() >= 24 {
             // enough kills: let the last session finish
             KillAt::Millis(u64::MAX)
@@ -235,7 +257,7 @@ fn a_run_killed_anywhere_and_resumed_ends_exactly_like_an_uninterrupted_one() {
         in_writes >= 10,
         "too few kills inside checkpoint writes: {kills:#?}"
     );
-    let (oa, ob) = (outcome(&a), outcome(&b));
+    let (oa, ob) = (outcome(w.a.as_ref()), outcome(w.b.as_ref()));
     let names = |o: &[(String, String)]| o.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     assert_eq!(
         names(&oa),
@@ -263,15 +285,9 @@ fn a_kill_right_after_the_final_checkpoint_loses_no_curve_point() {
     // checkpoint was in place but curve.csv, written right after it, was
     // not; the resumed run saw the algorithm finished and never wrote the
     // last point. A resumed run now rewrites the curve from the checkpoint.
-    let tmp = common::tempdir();
-    let data = common::shared_datasets();
-    let data = data.to_str().unwrap();
-    let yaml = tmp.path().join("kill.yaml");
-    std::fs::write(&yaml, BENCH).unwrap();
-    let yaml = yaml.to_str().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
-    common::assert_bench_ok(&common::bench(&args(data, yaml, a_s, false)));
+    let w = Work::new();
+    let (data, yaml, b_s) = (&w.data[..], &w.yaml[..], &w.b[..]);
+
     // fomaml runs first: its final (16th) checkpoint is the first at step 16.
     let killed = session(
         &args(data, yaml, b_s, false),
@@ -279,7 +295,7 @@ fn a_kill_right_after_the_final_checkpoint_loses_no_curve_point() {
     );
     assert!(killed.is_some(), "the session finished before the kill");
     assert!(session(&args(data, yaml, b_s, true), &KillAt::Millis(u64::MAX)).is_none());
-    let (oa, ob) = (outcome(&a), outcome(&b));
+    let (oa, ob) = (outcome(w.a.as_ref()), outcome(w.b.as_ref()));
     assert_eq!(oa.len(), ob.len());
     for (x, y) in oa.iter().zip(&ob) {
         assert!(x == y, "{} differs:\n{}\nagainst\n{}", x.0, x.1, y.1);

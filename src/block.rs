@@ -509,27 +509,29 @@ impl ConvBnRelu {
                                     let b = b0 + bi;
                                     let at = c * p + b * plane;
                                     let xr = &s.xhat[at..at + plane];
-                                    if self.pool {
-                                        gplane.fill(T::zero());
-                                        let q0 = (c * g.n + b) * hp * wp;
-                                        let gq = &grad[q0..q0 + hp * wp];
-                                        pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
-                                            gplane[src] =
-                                                gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
-                                        });
-                                    } else {
-                                        for (gv, (&d, &xv)) in gplane
-                                            .iter_mut()
-                                            .zip(grad[at..at + plane].iter().zip(xr))
-                                        {
-                                            *gv = d.passed(pre(gc, bc, xv) > T::zero());
-                                        }
-                                    }
                                     let row =
                                         &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
+                                    let dy_of = |gv: T, xv: T| sc * (pf * gv - sg - xv * sgx);
+                                    if !self.pool {
+                                        // g and dy in one pass (no gradient plane).
+                                        for ((d, &gv), &xv) in
+                                            row.iter_mut().zip(&grad[at..at + plane]).zip(xr)
+                                        {
+                                            *d = dy_of(gv.passed(pre(gc, bc, xv) > T::zero()), xv);
+                                        }
+                                        continue;
+                                    }
+                                    // The pooled gradient routed to its arg-max first.
+                                    gplane.fill(T::zero());
+                                    let q0 = (c * g.n + b) * hp * wp;
+                                    let gq = &grad[q0..q0 + hp * wp];
+                                    pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
+                                        gplane[src] =
+                                            gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
+                                    });
                                     for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr)
                                     {
-                                        *d = sc * (pf * gv - sg - xv * sgx);
+                                        *d = dy_of(gv, xv);
                                     }
                                 }
                                 let row = &dy[c * pc..(c + 1) * pc];

@@ -222,10 +222,27 @@ fn take<T: Num>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut v[..n]
 }
 
-/// Run `f` with this thread's scratch buffers.
+/// `f(scratch, b0, nb)` for every chunk `(b0, nb)`, in parallel, each with
+/// its thread's scratch buffers and in the AVX2 build ([`simd`]); results
+/// in chunk order. Callers mark `f` `#[inline(always)]`: a large closure
+/// the inliner leaves out of line is compiled for baseline x86-64.
 #[inline(always)]
-fn with_scratch<T: Num, R>(f: impl FnOnce(&mut Scratch<T>) -> R) -> R {
-    T::scratch().with(|s| f(&mut s.borrow_mut()))
+fn per_chunk<T: Num, R: Send>(
+    chunks: &[(usize, usize)],
+    f: impl Fn(&mut Scratch<T>, usize, usize) -> R + Sync,
+) -> Vec<R> {
+    chunks
+        .par_iter()
+        .map(|&(b0, nb)| {
+            T::scratch().with(|s| {
+                let scratch = &mut s.borrow_mut();
+                simd(
+                    #[inline(always)]
+                    || f(scratch, b0, nb),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Mean and sum of squared deviations of `v`, in two passes.
@@ -305,50 +322,44 @@ impl ConvBnRelu {
         // only shifts the mean reported below).
         let mut y = vec![T::zero(); o * p];
         let yp = Disjoint(y.as_mut_ptr());
-        let parts: Vec<Vec<(T, T)>> = chunks
-            .par_iter()
-            .map(|&(b0, nb)| {
-                with_scratch(|scratch: &mut Scratch<T>| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            let pc = nb * plane;
-                            // Fully written by fill_chunk.
-                            let cols = take(&mut scratch.cols, k * pc);
-                            im.fill_chunk(x, b0, cols, taps.as_deref());
-                            let rm = |data, cols| Mat {
-                                data,
-                                rs: cols,
-                                cs: 1,
-                            };
-                            // SAFETY: this chunk owns columns b0*plane..+pc of every row
-                            // of y (chunks are disjoint).
-                            unsafe {
-                                matmul_raw(
-                                    o,
-                                    pc,
-                                    k,
-                                    yp.0.add(b0 * plane),
-                                    p,
-                                    false,
-                                    rm(wt, k),
-                                    rm(cols, pc),
-                                    false,
-                                )
-                            };
-                            // A loop, not an iterator chain: a `collect` would be a
-                            // separate function, outside this AVX2 build.
-                            let mut part = Vec::with_capacity(o);
-                            for c in 0..o {
-                                // SAFETY: the same columns, now read back by their owner.
-                                part.push(moments(unsafe { yp.slice(c * p + b0 * plane, pc) }));
-                            }
-                            part
-                        },
+        let parts: Vec<Vec<(T, T)>> = per_chunk(
+            &chunks,
+            #[inline(always)]
+            |scratch: &mut Scratch<T>, b0, nb| {
+                let pc = nb * plane;
+                // Fully written by fill_chunk.
+                let cols = take(&mut scratch.cols, k * pc);
+                im.fill_chunk(x, b0, cols, taps.as_deref());
+                let rm = |data, cols| Mat {
+                    data,
+                    rs: cols,
+                    cs: 1,
+                };
+                // SAFETY: this chunk owns columns b0*plane..+pc of every row
+                // of y (chunks are disjoint).
+                unsafe {
+                    matmul_raw(
+                        o,
+                        pc,
+                        k,
+                        yp.0.add(b0 * plane),
+                        p,
+                        false,
+                        rm(wt, k),
+                        rm(cols, pc),
+                        false,
                     )
-                })
-            })
-            .collect();
+                };
+                // A loop, not an iterator chain: a `collect` would be a
+                // separate function, outside this AVX2 build.
+                let mut part = Vec::with_capacity(o);
+                for c in 0..o {
+                    // SAFETY: the same columns, now read back by their owner.
+                    part.push(moments(unsafe { yp.slice(c * p + b0 * plane, pc) }));
+                }
+                part
+            },
+        );
         // Combine the chunks' moments in chunk order (Chan et al.).
         let eps = T::from(self.eps).unwrap_or_else(T::zero);
         let mut mean = vec![T::zero(); o];
@@ -482,105 +493,93 @@ impl ConvBnRelu {
         let taps = im.table();
         // Small maps: the input gradient as a gather (see gather_channel).
         let inv = taps.as_ref().map(|_| im.inverse());
-        let parts: Vec<(Vec<T>, Vec<T>)> = chunks
-            .par_iter()
-            .map(|&(b0, nb)| {
-                with_scratch(|scratch: &mut Scratch<T>| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            let pc = nb * plane;
-                            // All three fully written below before they are read.
-                            let Scratch {
-                                dy,
-                                cols,
-                                gplane,
-                                off,
-                            } = scratch;
-                            let dy = take(dy, o * pc);
-                            let cols = take(cols, k * pc);
-                            let gplane = take(gplane, plane);
-                            let mut db = vec![T::zero(); o];
-                            for c in 0..o {
-                                let (gc, bc) = (gamma[c], beta[c]);
-                                let (sg, sgx) = sums[c];
-                                let sc = scale[c];
-                                for bi in 0..nb {
-                                    let b = b0 + bi;
-                                    let at = c * p + b * plane;
-                                    let xr = &s.xhat[at..at + plane];
-                                    let row =
-                                        &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
-                                    let dy_of = |gv: T, xv: T| sc * (pf * gv - sg - xv * sgx);
-                                    if !self.pool {
-                                        // g and dy in one pass (no gradient plane).
-                                        for ((d, &gv), &xv) in
-                                            row.iter_mut().zip(&grad[at..at + plane]).zip(xr)
-                                        {
-                                            *d = dy_of(gv.passed(pre(gc, bc, xv) > T::zero()), xv);
-                                        }
-                                        continue;
-                                    }
-                                    // The pooled gradient routed to its arg-max first.
-                                    gplane.fill(T::zero());
-                                    let q0 = (c * g.n + b) * hp * wp;
-                                    let gq = &grad[q0..q0 + hp * wp];
-                                    pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
-                                        gplane[src] =
-                                            gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
-                                    });
-                                    for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr)
-                                    {
-                                        *d = dy_of(gv, xv);
-                                    }
-                                }
-                                let row = &dy[c * pc..(c + 1) * pc];
-                                db[c] = sum8(pc, |i| row[i]);
+        let parts: Vec<(Vec<T>, Vec<T>)> = per_chunk(
+            &chunks,
+            #[inline(always)]
+            |scratch: &mut Scratch<T>, b0, nb| {
+                let pc = nb * plane;
+                // All three fully written below before they are read.
+                let Scratch {
+                    dy,
+                    cols,
+                    gplane,
+                    off,
+                } = scratch;
+                let dy = take(dy, o * pc);
+                let cols = take(cols, k * pc);
+                let gplane = take(gplane, plane);
+                let mut db = vec![T::zero(); o];
+                for c in 0..o {
+                    let (gc, bc) = (gamma[c], beta[c]);
+                    let (sg, sgx) = sums[c];
+                    let sc = scale[c];
+                    for bi in 0..nb {
+                        let b = b0 + bi;
+                        let at = c * p + b * plane;
+                        let xr = &s.xhat[at..at + plane];
+                        let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
+                        let dy_of = |gv: T, xv: T| sc * (pf * gv - sg - xv * sgx);
+                        if !self.pool {
+                            // g and dy in one pass (no gradient plane).
+                            for ((d, &gv), &xv) in row.iter_mut().zip(&grad[at..at + plane]).zip(xr)
+                            {
+                                *d = dy_of(gv.passed(pre(gc, bc, xv) > T::zero()), xv);
                             }
-                            im.fill_chunk(x, b0, cols, taps.as_deref());
-                            let dym = Mat {
-                                data: &dy[..],
-                                rs: pc,
-                                cs: 1,
-                            };
-                            let mut dw = vec![T::zero(); o * k];
-                            // dw = dy cols^T
-                            let cols_t = Mat {
-                                data: &cols[..],
-                                rs: 1,
-                                cs: pc,
-                            };
-                            matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
-                            if let Some(dxp) = dxp {
-                                // dcols = w^T dy, reusing the patch buffer.
-                                let w_t = Mat {
-                                    data: wt,
-                                    rs: 1,
-                                    cs: k,
-                                };
-                                matmul(k, pc, o, cols, false, w_t, dym, false);
-                                let chw = g.n * g.h * g.w;
-                                if let Some(inv) = &inv {
-                                    inv.offsets(pc, off);
-                                }
-                                for ci in 0..g.c {
-                                    // SAFETY: this chunk owns images b0..b0+nb of every
-                                    // channel of dx (chunks are disjoint).
-                                    let img = unsafe {
-                                        dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w)
-                                    };
-                                    match &inv {
-                                        Some(inv) => im.gather_channel(cols, ci, inv, off, img),
-                                        None => im.add_channel(cols, ci, None, img),
-                                    }
-                                }
-                            }
-                            (dw, db)
-                        },
-                    )
-                })
-            })
-            .collect();
+                            continue;
+                        }
+                        // The pooled gradient routed to its arg-max first.
+                        gplane.fill(T::zero());
+                        let q0 = (c * g.n + b) * hp * wp;
+                        let gq = &grad[q0..q0 + hp * wp];
+                        pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
+                            gplane[src] = gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
+                        });
+                        for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
+                            *d = dy_of(gv, xv);
+                        }
+                    }
+                    let row = &dy[c * pc..(c + 1) * pc];
+                    db[c] = sum8(pc, |i| row[i]);
+                }
+                im.fill_chunk(x, b0, cols, taps.as_deref());
+                let dym = Mat {
+                    data: &dy[..],
+                    rs: pc,
+                    cs: 1,
+                };
+                let mut dw = vec![T::zero(); o * k];
+                // dw = dy cols^T
+                let cols_t = Mat {
+                    data: &cols[..],
+                    rs: 1,
+                    cs: pc,
+                };
+                matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
+                if let Some(dxp) = dxp {
+                    // dcols = w^T dy, reusing the patch buffer.
+                    let w_t = Mat {
+                        data: wt,
+                        rs: 1,
+                        cs: k,
+                    };
+                    matmul(k, pc, o, cols, false, w_t, dym, false);
+                    let chw = g.n * g.h * g.w;
+                    if let Some(inv) = &inv {
+                        inv.offsets(pc, off);
+                    }
+                    for ci in 0..g.c {
+                        // SAFETY: this chunk owns images b0..b0+nb of every
+                        // channel of dx (chunks are disjoint).
+                        let img = unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
+                        match &inv {
+                            Some(inv) => im.gather_channel(cols, ci, inv, off, img),
+                            None => im.add_channel(cols, ci, None, img),
+                        }
+                    }
+                }
+                (dw, db)
+            },
+        );
         // Reduce in chunk order.
         let mut dprm = vec![T::zero(); o * k + 3 * o];
         for (dw, db) in &parts {

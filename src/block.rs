@@ -6,20 +6,25 @@
 //! each a pass over memory with a fresh allocation, and candle's autograd
 //! keeps every intermediate. Here the work goes in chunks of whole images
 //! (about [`CHUNK_COLS`] output positions, so a chunk's patches stay in
-//! cache), in parallel over chunks: per chunk one im2col and one GEMM (the
-//! `gemm` crate) and the chunk's batch-norm moments; then one pass per
-//! channel normalises, applies the ReLU and pools. The backward is the
-//! chain rule written out below, chunk by chunk again: it recomputes the
-//! chunk's patches instead of keeping them, forms the chunk's dy, and runs
-//! two GEMMs (weights; input, skipped for the first block, whose input is
-//! the images). The op keeps only the normalised values, 1/sigma and the
-//! pool's arg-max. Chunks depend on the shapes only, and per-chunk partial
-//! sums are combined in chunk order, so results do not depend on the
-//! thread count.
+//! cache), in parallel over chunks: per chunk one im2col
+//! ([`crate::patches`]) and one GEMM (the `gemm` crate) and the chunk's
+//! batch-norm moments; then one pass normalises, applies the ReLU and
+//! pools. The backward is the chain rule written out below, chunk by chunk
+//! again: it recomputes the chunk's patches instead of keeping them, forms
+//! the chunk's dy, and runs two GEMMs (weights; input, skipped for the
+//! first block, whose input is the images). The op keeps only the
+//! normalised values, 1/sigma and the pool's arg-max. Chunks depend on the
+//! shapes only, and per-chunk partial sums are combined in chunk order, so
+//! results do not depend on the thread count.
 //!
-//! Layout: channel-major `[C, B, H, W]` as in [`crate::ops`]; the block's
-//! parameters come packed in one vector `[w (O*C*9), b (O), gamma (O),
-//! beta (O)]` (a candle `cat`, whose backward splits the gradient).
+//! Layout: *channels-last* `[B, H, W, C]` in and out (the learner converts
+//! at the first block's input and the last block's output): a position's
+//! channels are contiguous, so a patch is three block copies, and every
+//! per-channel pass (moments, normalisation, pooling, the backward's sums
+//! and dy) runs along rows of `C` values, vectorised across channels. The
+//! block's parameters come packed in one vector `[w (O*C*9), b (O), gamma
+//! (O), beta (O)]` (a candle `cat`, whose backward splits the gradient),
+//! `w` in PyTorch's `[O, C, 3, 3]` order.
 //!
 //! Scope: train-mode batch norm only (statistics of this batch, the mode of
 //! every inner-loop and meta-training pass), PyTorch padding, a learned
@@ -29,12 +34,13 @@
 //! [`crate::learner::Learner::fusable`] decides.
 //!
 //! Equations per channel o over the P = B*Ho*Wo positions p:
-//! - y_p = b + sum_k w_k cols_{k,p};  mu = mean(y);  var = mean((y - mu)^2)
+//! - y_p = b + sum_k w_k cols_{p,k};  mu = mean(y);  var = mean((y - mu)^2)
 //! - xhat_p = (y_p - mu) / sqrt(var + eps);  a_p = max(0, gamma xhat_p + beta)
-//! - backward with g = dL/da masked by a > 0:
-//!   dbeta = sum g;  dgamma = sum g xhat;
+//! - backward with g = dL/da masked by a > 0 (and routed to the pool's
+//!   arg-max): dbeta = sum g;  dgamma = sum g xhat;
 //!   dy_p = gamma / (P sqrt(var + eps)) * (P g_p - dbeta - xhat_p dgamma);
-//!   dw = dy cols^T;  db = sum dy;  dcols = w^T dy -> dx (col2im)
+//!   dw = cols^T dy;  db = sum dy;  dcols = dy w^T -> dx (the adjoint of
+//!   im2col)
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -42,7 +48,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{matmul, matmul_raw, simd, sum8, BnStats, Im2Col, Mat};
+use crate::ops::{matmul, matmul_raw, simd, BnStats, Mat};
+use crate::patches::Patches;
 
 /// Output positions per chunk of whole images (at least one image).
 pub const CHUNK_COLS: usize = 512;
@@ -53,12 +60,13 @@ pub const MIN_CHUNKS: usize = 4;
 /// What the backward keeps from the forward.
 #[derive(Debug)]
 struct Saved<T> {
-    /// The normalised pre-activations `[O, B*Ho*Wo]`.
+    /// The normalised pre-activations `[B*Ho*Wo, O]`.
     xhat: Vec<T>,
     rstd: Vec<T>,
     mean: Vec<T>,
     var: Vec<T>,
-    /// Pool arg-max per output (0..4: row-major in the 2x2 window).
+    /// Pool arg-max per output `[B*Ho/2*Wo/2, O]` (0..4: row-major in the
+    /// 2x2 window).
     argmax: Vec<u8>,
 }
 
@@ -119,6 +127,16 @@ fn pre<T: Num>(gamma: T, beta: T, xhat: T) -> T {
     gamma * xhat + beta
 }
 
+/// max(0, z), as the forward's ReLU.
+#[inline(always)]
+fn relu<T: Num>(z: T) -> T {
+    if z > T::zero() {
+        z
+    } else {
+        T::zero()
+    }
+}
+
 /// A pointer that threads may share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct Disjoint<T>(*mut T);
@@ -149,25 +167,13 @@ struct Geo {
     ho: usize,
     wo: usize,
     stride: usize,
+    pool: bool,
 }
 
 impl Geo {
-    fn new(c: usize, n: usize, h: usize, w: usize, o: usize, stride: usize) -> Geo {
-        Geo {
-            c,
-            n,
-            h,
-            w,
-            o,
-            ho: (h - 1) / stride + 1,
-            wo: (w - 1) / stride + 1,
-            stride,
-        }
-    }
-    fn im2col(&self) -> Im2Col {
-        Im2Col {
+    fn patches(&self) -> Patches {
+        Patches {
             c: self.c,
-            n: self.n,
             h: self.h,
             w: self.w,
             stride: self.stride,
@@ -185,6 +191,15 @@ impl Geo {
     fn pooled(&self) -> (usize, usize) {
         (self.ho / 2, self.wo / 2)
     }
+    /// Output positions per image (after the pool, if any).
+    fn out_plane(&self) -> usize {
+        if self.pool {
+            let (hp, wp) = self.pooled();
+            hp * wp
+        } else {
+            self.plane()
+        }
+    }
     /// The chunks `(first image, images)`: about [`CHUNK_COLS`] positions
     /// each, but at least [`MIN_CHUNKS`] where there are enough images (small
     /// batches on small maps still use every core). A function of the
@@ -198,19 +213,71 @@ impl Geo {
             .map(|b0| (b0, per.min(self.n - b0)))
             .collect()
     }
+
+    /// The gradient with respect to the block's pre-pool activations at
+    /// output position `(i, j)` of image `b`, masked by the ReLU, into `g`
+    /// (one value per channel); `xr` is that position's xhat. Without the
+    /// pool it is `grad`'s row; with it, the pooled gradient where this
+    /// position is its window's arg-max, else 0 (also outside every
+    /// window: floor pooling drops a last odd row or column).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn routed<T: Num>(
+        &self,
+        grad: &[T],
+        argmax: &[u8],
+        (b, i, j): (usize, usize, usize),
+        xr: &[T],
+        gamma: &[T],
+        beta: &[T],
+        g: &mut [T],
+    ) {
+        let o = self.o;
+        let (gamma, beta, xr, g) = (&gamma[..o], &beta[..o], &xr[..o], &mut g[..o]);
+        let on = |c: usize, x: T| pre(gamma[c], beta[c], x) > T::zero();
+        if !self.pool {
+            let at = ((b * self.ho + i) * self.wo + j) * o;
+            for (c, ((d, &gv), &x)) in g.iter_mut().zip(&grad[at..at + o]).zip(xr).enumerate() {
+                *d = gv.passed(on(c, x));
+            }
+            return;
+        }
+        let (hp, wp) = self.pooled();
+        if i >= 2 * hp || j >= 2 * wp {
+            g.fill(T::zero());
+            return;
+        }
+        let at = ((b * hp + i / 2) * wp + j / 2) * o;
+        let me = ((i % 2) * 2 + j % 2) as u8;
+        let (gq, aq) = (&grad[at..at + o], &argmax[at..at + o]);
+        for (c, (((d, &gv), &a), &x)) in g.iter_mut().zip(gq).zip(aq).zip(xr).enumerate() {
+            *d = gv.passed(a == me && on(c, x));
+        }
+    }
 }
 
-/// Per-thread buffers of the kernels (patches; the backward's dy and
-/// gradient plane), kept from chunk to chunk and from call to call: fresh
-/// buffers per call cost a zeroing pass and page faults (6% and 6% of a
-/// mini-ImageNet learner profile). Every use writes the part it reads.
+/// Per-thread buffers of the kernels (patches; the backward's dy and one
+/// routed gradient row), kept from chunk to chunk and from call to call:
+/// fresh buffers per call cost a zeroing pass and page faults (6% and 6% of
+/// a mini-ImageNet learner profile). Every use writes the part it reads.
 #[derive(Default)]
 pub(crate) struct Scratch<T> {
     dy: Vec<T>,
     cols: Vec<T>,
-    gplane: Vec<T>,
-    /// Offsets of the input-gradient gather ([`Im2Col::gather_channel`]).
-    off: Vec<u32>,
+    grow: Vec<T>,
+}
+
+/// A vector of `n` values that are not initialised: the output buffers'
+/// zeroing was a tenth of a learner pass (memset and fresh pages), and
+/// every value is overwritten anyway (as candle's own CPU kernels do).
+///
+/// # Safety
+/// The caller writes every element before any is read.
+unsafe fn unwritten<T: Copy>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: capacity n; plain-old-data; the caller's promise covers reads.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// The first `n` elements of `v`, growing it (zeroed) if shorter.
@@ -245,12 +312,15 @@ fn per_chunk<T: Num, R: Send>(
         .collect()
 }
 
-/// Mean and sum of squared deviations of `v`, in two passes.
+/// `acc[c] += f(row)[c]` for every row of `rows` (`[_, C]`): per channel,
+/// a sum in row order, vectorised across channels.
 #[inline(always)]
-fn moments<T: Num>(v: &[T]) -> (T, T) {
-    let n = T::from(v.len()).unwrap_or_else(T::one);
-    let m = sum8(v.len(), |i| v[i]) / n;
-    (m, sum8(v.len(), |i| (v[i] - m) * (v[i] - m)))
+fn add_rows<T: Num>(acc: &mut [T], rows: &[T], f: impl Fn(usize, T) -> T) {
+    for row in rows.chunks_exact(acc.len()) {
+        for (c, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
+            *a += f(c, v);
+        }
+    }
 }
 
 impl ConvBnRelu {
@@ -264,9 +334,10 @@ impl ConvBnRelu {
         }
     }
 
-    /// Apply to `x` `[C, B, H, W]` with the block's parameters; returns the
-    /// output and the batch statistics (constants: this path is only taken
-    /// where nothing differentiates through them).
+    /// Apply to `x` `[B, H, W, C]` (channels-last) with the block's
+    /// parameters; returns the output `[B, Ho, Wo, O]` and the batch
+    /// statistics (constants: this path is only taken where nothing
+    /// differentiates through them).
     pub fn apply(
         &self,
         x: &Tensor,
@@ -299,7 +370,7 @@ impl ConvBnRelu {
     }
 
     fn geo(&self, shape: &Shape, len: usize) -> Result<Geo> {
-        let (c, n, h, w) = shape.dims4()?;
+        let (n, h, w, c) = shape.dims4()?;
         // len = o*c*9 + 3o
         let o = len / (c * 9 + 3);
         if o == 0 || o * (c * 9 + 3) != len {
@@ -307,7 +378,32 @@ impl ConvBnRelu {
                 "fused block: {len} packed parameters do not fit {c} input channels"
             );
         }
-        Ok(Geo::new(c, n, h, w, o, self.stride))
+        Ok(Geo {
+            c,
+            n,
+            h,
+            w,
+            o,
+            ho: (h - 1) / self.stride + 1,
+            wo: (w - 1) / self.stride + 1,
+            stride: self.stride,
+            pool: self.pool,
+        })
+    }
+
+    /// The weights as the patches' right factor `[K, O]`: row `(ky, kx, c)`
+    /// (the patch order), from PyTorch's `[O, C, 3, 3]`.
+    fn weights_kxo<T: Num>(g: Geo, w: &[T]) -> Vec<T> {
+        let (o, c) = (g.o, g.c);
+        let mut wt = vec![T::zero(); g.k() * o];
+        for oi in 0..o {
+            for ci in 0..c {
+                for tap in 0..9 {
+                    wt[(tap * c + ci) * o + oi] = w[(oi * c + ci) * 9 + tap];
+                }
+            }
+        }
+        wt
     }
 
     fn forward<T: Num>(&self, g: Geo, x: &[T], prm: &[T]) -> (Vec<T>, Saved<T>) {
@@ -315,49 +411,56 @@ impl ConvBnRelu {
         let (wt, rest) = prm.split_at(o * k);
         let (bias, rest) = rest.split_at(o);
         let (gamma, beta) = rest.split_at(o);
+        let (gamma, beta) = (&gamma[..o], &beta[..o]);
+        let wk = Self::weights_kxo(g, wt);
         let chunks = g.chunks();
-        let im = g.im2col();
-        let taps = im.table();
-        // y = w * patches, without the bias (batch norm removes it; it
-        // only shifts the mean reported below).
-        let mut y = vec![T::zero(); o * p];
+        let pt = g.patches();
+        let img = g.h * g.w * g.c;
+        // y = patches * w, without the bias (batch norm removes it; it
+        // only shifts the mean reported below). Rows: positions.
+        // SAFETY: every value is written (each chunk's GEMM, without
+        // accumulation) before anything reads it.
+        let mut y: Vec<T> = unsafe { unwritten(p * o) };
         let yp = Disjoint(y.as_mut_ptr());
-        let parts: Vec<Vec<(T, T)>> = per_chunk(
+        let parts: Vec<(Vec<T>, Vec<T>)> = per_chunk(
             &chunks,
             #[inline(always)]
             |scratch: &mut Scratch<T>, b0, nb| {
                 let pc = nb * plane;
-                // Fully written by fill_chunk.
-                let cols = take(&mut scratch.cols, k * pc);
-                im.fill_chunk(x, b0, cols, taps.as_deref());
+                // Fully written by fill.
+                let cols = take(&mut scratch.cols, pc * k);
+                pt.fill(&x[b0 * img..(b0 + nb) * img], cols);
                 let rm = |data, cols| Mat {
                     data,
                     rs: cols,
                     cs: 1,
                 };
-                // SAFETY: this chunk owns columns b0*plane..+pc of every row
-                // of y (chunks are disjoint).
+                // SAFETY: this chunk owns rows b0*plane..+pc of y (chunks
+                // are disjoint).
                 unsafe {
                     matmul_raw(
-                        o,
                         pc,
+                        o,
                         k,
-                        yp.0.add(b0 * plane),
-                        p,
+                        yp.0.add(b0 * plane * o),
+                        o,
                         false,
-                        rm(wt, k),
-                        rm(cols, pc),
+                        rm(cols, k),
+                        rm(&wk, o),
                         false,
                     )
                 };
-                // A loop, not an iterator chain: a `collect` would be a
-                // separate function, outside this AVX2 build.
-                let mut part = Vec::with_capacity(o);
-                for c in 0..o {
-                    // SAFETY: the same columns, now read back by their owner.
-                    part.push(moments(unsafe { yp.slice(c * p + b0 * plane, pc) }));
+                // SAFETY: the same rows, now read back by their owner.
+                let yc = unsafe { yp.slice(b0 * plane * o, pc * o) };
+                let n = T::from(pc).unwrap_or_else(T::one);
+                let mut mean = vec![T::zero(); o];
+                add_rows(&mut mean, yc, |_, v| v);
+                for m in mean.iter_mut() {
+                    *m = *m / n;
                 }
-                part
+                let mut m2 = vec![T::zero(); o];
+                add_rows(&mut m2, yc, |c, v| (v - mean[c]) * (v - mean[c]));
+                (mean, m2)
             },
         );
         // Combine the chunks' moments in chunk order (Chan et al.).
@@ -365,62 +468,85 @@ impl ConvBnRelu {
         let mut mean = vec![T::zero(); o];
         let mut m2 = vec![T::zero(); o];
         let mut count = T::zero();
-        for (&(_, nb), part) in chunks.iter().zip(&parts) {
+        for (&(_, nb), (mc, m2c)) in chunks.iter().zip(&parts) {
             let nc = T::from(nb * plane).unwrap_or_else(T::one);
             let total = count + nc;
-            for (c, &(mc, m2c)) in part.iter().enumerate() {
-                let delta = mc - mean[c];
+            for c in 0..o {
+                let delta = mc[c] - mean[c];
                 mean[c] += delta * nc / total;
-                m2[c] += m2c + delta * delta * count * nc / total;
+                m2[c] += m2c[c] + delta * delta * count * nc / total;
             }
             count = total;
         }
         let var: Vec<T> = m2.iter().map(|&v| v / count).collect();
         let rstd: Vec<T> = var.iter().map(|&v| T::one() / (v + eps).sqrt()).collect();
         let (hp, wp) = g.pooled();
-        let out_plane = if self.pool { hp * wp } else { plane };
-        let mut out = vec![T::zero(); o * g.n * out_plane];
-        // One arg-max plane per channel (a placeholder byte without pool).
-        let arg_plane = if self.pool { g.n * hp * wp } else { 0 }.max(1);
-        let mut argmax = vec![0u8; o * arg_plane];
-        y.par_chunks_mut(p)
-            .zip(out.par_chunks_mut(g.n * out_plane))
-            .zip(argmax.par_chunks_mut(arg_plane))
-            .enumerate()
-            .for_each(|(c, ((yr, or), ar))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let (m, r, gc, bc) = (mean[c], rstd[c], gamma[c], beta[c]);
-                        if !self.pool {
-                            // One pass: y becomes xhat, out the ReLU of the affine.
-                            for (a, v) in or.iter_mut().zip(yr.iter_mut()) {
-                                let xh = (*v - m) * r;
-                                *v = xh;
-                                let z = pre(gc, bc, xh);
-                                *a = if z > T::zero() { z } else { T::zero() };
-                            }
-                            return;
+        let out_plane = g.out_plane();
+        // SAFETY: the pass below writes every value of out (and of argmax
+        // where it pools) before anything reads them.
+        let mut out = unsafe { unwritten(g.n * out_plane * o) };
+        // The arg-max of each pooled output (a placeholder byte without pool).
+        let mut argmax = if self.pool {
+            unsafe { unwritten(out.len()) }
+        } else {
+            vec![0u8]
+        };
+        let (outp, argp) = (Disjoint(out.as_mut_ptr()), Disjoint(argmax.as_mut_ptr()));
+        let (mean_, rstd_) = (&mean[..o], &rstd[..o]);
+        let act = |c: usize, v: T| relu(pre(gamma[c], beta[c], v));
+        per_chunk(
+            &chunks,
+            #[inline(always)]
+            |_: &mut Scratch<T>, b0, nb| {
+                // SAFETY: this chunk owns images b0..b0+nb of y, out and
+                // argmax (chunks are disjoint).
+                let yc = unsafe { yp.slice(b0 * plane * o, nb * plane * o) };
+                let oc = unsafe { outp.slice(b0 * out_plane * o, nb * out_plane * o) };
+                if !self.pool {
+                    // One pass: y becomes xhat, out the ReLU of the affine.
+                    for (yr, or) in yc.chunks_exact_mut(o).zip(oc.chunks_exact_mut(o)) {
+                        // Iterators, not indices: indexed, LLVM reloads the
+                        // captured slices per value and stays scalar.
+                        let per_channel = mean_.iter().zip(rstd_).zip(gamma.iter().zip(beta));
+                        for ((v, a), ((&m, &r), (&gc, &bc))) in
+                            yr.iter_mut().zip(or.iter_mut()).zip(per_channel)
+                        {
+                            let xh = (*v - m) * r;
+                            *v = xh;
+                            *a = relu(pre(gc, bc, xh));
                         }
-                        for v in yr.iter_mut() {
-                            *v = (*v - m) * r; // now xhat
+                    }
+                    return;
+                }
+                for yr in yc.chunks_exact_mut(o) {
+                    for (v, (&m, &r)) in yr.iter_mut().zip(mean_.iter().zip(rstd_)) {
+                        *v = (*v - m) * r; // now xhat
+                    }
+                }
+                let ac = unsafe { argp.slice(b0 * out_plane * o, nb * out_plane * o) };
+                for bi in 0..nb {
+                    let yb = &yc[bi * plane * o..(bi + 1) * plane * o];
+                    for pi in 0..hp {
+                        for pj in 0..wp {
+                            let q = ((bi * hp + pi) * wp + pj) * o;
+                            let r0 = (2 * pi * g.wo + 2 * pj) * o;
+                            let r2 = r0 + g.wo * o;
+                            pool_row(
+                                [
+                                    &yb[r0..r0 + o],
+                                    &yb[r0 + o..r0 + 2 * o],
+                                    &yb[r2..r2 + o],
+                                    &yb[r2 + o..r2 + 2 * o],
+                                ],
+                                &mut oc[q..q + o],
+                                &mut ac[q..q + o],
+                                act,
+                            );
                         }
-                        for b in 0..g.n {
-                            let src = &yr[b * plane..(b + 1) * plane];
-                            let dst = &mut or[b * hp * wp..(b + 1) * hp * wp];
-                            let arg = &mut ar[b * hp * wp..(b + 1) * hp * wp];
-                            pool_plane(g, src, dst, arg, |v| {
-                                let z = pre(gc, bc, v);
-                                if z > T::zero() {
-                                    z
-                                } else {
-                                    T::zero()
-                                }
-                            });
-                        }
-                    },
-                )
-            });
+                    }
+                }
+            },
+        );
         if !self.pool {
             argmax = Vec::new();
         }
@@ -446,252 +572,161 @@ impl ConvBnRelu {
         let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
         let (wt, rest) = prm.split_at(o * k);
         let (gamma, beta) = (&rest[o..2 * o], &rest[2 * o..3 * o]);
-        let (hp, wp) = g.pooled();
+        let wk = Self::weights_kxo(g, wt);
         let pf = T::from(p).unwrap_or_else(T::one);
-        // g = dL/da masked by the ReLU; dbeta = sum g, dgamma = sum g xhat.
-        let sums: Vec<(T, T)> = (0..o)
-            .into_par_iter()
-            .map(|c| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let xr = &s.xhat[c * p..(c + 1) * p];
-                        let (gc, bc) = (gamma[c], beta[c]);
-                        let on = |v: T| pre(gc, bc, v) > T::zero();
-                        if self.pool {
-                            let q = g.n * hp * wp;
-                            let gr = &grad[c * q..(c + 1) * q];
-                            let ar = &s.argmax[c * q..(c + 1) * q];
-                            let (mut sg, mut sgx) = (T::zero(), T::zero());
-                            let pq = hp * wp;
-                            for b in 0..g.n {
-                                let xb = &xr[b * plane..(b + 1) * plane];
-                                let (gb, ab) =
-                                    (&gr[b * pq..(b + 1) * pq], &ar[b * pq..(b + 1) * pq]);
-                                pool_sources(g, ab, |i, src| {
-                                    let xv = xb[src];
-                                    let gm = gb[i].passed(on(xv));
-                                    sg += gm;
-                                    sgx += gm * xv;
-                                });
-                            }
-                            (sg, sgx)
-                        } else {
-                            masked_sums(&grad[c * p..(c + 1) * p], xr, gc, bc)
-                        }
-                    },
-                )
-            })
-            .collect();
-        // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
-        // then dw = dy cols^T, db = sum dy, dcols = w^T dy -> dx.
-        let scale: Vec<T> = (0..o).map(|c| gamma[c] * s.rstd[c] / pf).collect();
-        let mut dx = self.need_dx.then(|| vec![T::zero(); g.c * g.n * g.h * g.w]);
-        let dxp = dx.as_mut().map(|v| Disjoint(v.as_mut_ptr()));
         let chunks = g.chunks();
-        let im = g.im2col();
-        let taps = im.table();
-        // Small maps: the input gradient as a gather (see gather_channel).
-        let inv = taps.as_ref().map(|_| im.inverse());
+        // dbeta = sum g, dgamma = sum g xhat: per chunk, combined in order.
+        let parts: Vec<(Vec<T>, Vec<T>)> = per_chunk(
+            &chunks,
+            #[inline(always)]
+            |scratch: &mut Scratch<T>, b0, nb| {
+                let grow = take(&mut scratch.grow, o);
+                let (mut sg, mut sgx) = (vec![T::zero(); o], vec![T::zero(); o]);
+                let (sg_, sgx_) = (&mut sg[..o], &mut sgx[..o]);
+                for bi in 0..nb {
+                    for i in 0..g.ho {
+                        for j in 0..g.wo {
+                            let at = ((b0 + bi) * plane + i * g.wo + j) * o;
+                            let xr = &s.xhat[at..at + o];
+                            g.routed(grad, &s.argmax, (b0 + bi, i, j), xr, gamma, beta, grow);
+                            for ((a, b), (&gv, &xv)) in
+                                sg_.iter_mut().zip(sgx_.iter_mut()).zip(grow.iter().zip(xr))
+                            {
+                                *a += gv;
+                                *b += gv * xv;
+                            }
+                        }
+                    }
+                }
+                (sg, sgx)
+            },
+        );
+        let (mut sg, mut sgx) = (vec![T::zero(); o], vec![T::zero(); o]);
+        for (a, b) in &parts {
+            for c in 0..o {
+                sg[c] += a[c];
+                sgx[c] += b[c];
+            }
+        }
+        // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
+        // then dw = cols^T dy, db = sum dy, dcols = dy w^T -> dx.
+        let scale: Vec<T> = (0..o).map(|c| gamma[c] * s.rstd[c] / pf).collect();
+        let (scale, sg, sgx) = (&scale[..o], &sg[..o], &sgx[..o]);
+        // SAFETY: the chunks' adjoints write every value (each its images).
+        let mut dx = self
+            .need_dx
+            .then(|| unsafe { unwritten(g.n * g.h * g.w * g.c) });
+        let dxp = dx.as_mut().map(|v| Disjoint(v.as_mut_ptr()));
+        let pt = g.patches();
+        let img = g.h * g.w * g.c;
+        let inv = self.need_dx.then(|| pt.inverse());
         let parts: Vec<(Vec<T>, Vec<T>)> = per_chunk(
             &chunks,
             #[inline(always)]
             |scratch: &mut Scratch<T>, b0, nb| {
                 let pc = nb * plane;
                 // All three fully written below before they are read.
-                let Scratch {
-                    dy,
-                    cols,
-                    gplane,
-                    off,
-                } = scratch;
-                let dy = take(dy, o * pc);
-                let cols = take(cols, k * pc);
-                let gplane = take(gplane, plane);
+                let Scratch { dy, cols, grow } = scratch;
+                let dy = take(dy, pc * o);
+                let cols = take(cols, pc * k);
+                let grow = take(grow, o);
                 let mut db = vec![T::zero(); o];
-                for c in 0..o {
-                    let (gc, bc) = (gamma[c], beta[c]);
-                    let (sg, sgx) = sums[c];
-                    let sc = scale[c];
-                    for bi in 0..nb {
-                        let b = b0 + bi;
-                        let at = c * p + b * plane;
-                        let xr = &s.xhat[at..at + plane];
-                        let row = &mut dy[c * pc + bi * plane..c * pc + (bi + 1) * plane];
-                        let dy_of = |gv: T, xv: T| sc * (pf * gv - sg - xv * sgx);
-                        if !self.pool {
-                            // g and dy in one pass (no gradient plane).
-                            for ((d, &gv), &xv) in row.iter_mut().zip(&grad[at..at + plane]).zip(xr)
+                let db_ = &mut db[..o];
+                for bi in 0..nb {
+                    for i in 0..g.ho {
+                        for j in 0..g.wo {
+                            let r = (bi * g.ho + i) * g.wo + j;
+                            let at = (b0 * plane + r) * o;
+                            let xr = &s.xhat[at..at + o];
+                            g.routed(grad, &s.argmax, (b0 + bi, i, j), xr, gamma, beta, grow);
+                            let d = &mut dy[r * o..(r + 1) * o];
+                            let sums = sg.iter().zip(sgx);
+                            for (((d, a), (&gv, &xv)), (&sc, (&sgc, &sgxc))) in d
+                                .iter_mut()
+                                .zip(db_.iter_mut())
+                                .zip(grow.iter().zip(xr))
+                                .zip(scale.iter().zip(sums))
                             {
-                                *d = dy_of(gv.passed(pre(gc, bc, xv) > T::zero()), xv);
+                                *d = sc * (pf * gv - sgc - xv * sgxc);
+                                *a += *d;
                             }
-                            continue;
-                        }
-                        // The pooled gradient routed to its arg-max first.
-                        gplane.fill(T::zero());
-                        let q0 = (c * g.n + b) * hp * wp;
-                        let gq = &grad[q0..q0 + hp * wp];
-                        pool_sources(g, &s.argmax[q0..q0 + hp * wp], |i, src| {
-                            gplane[src] = gq[i].passed(pre(gc, bc, xr[src]) > T::zero());
-                        });
-                        for ((d, &gv), &xv) in row.iter_mut().zip(gplane.iter()).zip(xr) {
-                            *d = dy_of(gv, xv);
                         }
                     }
-                    let row = &dy[c * pc..(c + 1) * pc];
-                    db[c] = sum8(pc, |i| row[i]);
                 }
-                im.fill_chunk(x, b0, cols, taps.as_deref());
+                pt.fill(&x[b0 * img..(b0 + nb) * img], cols);
                 let dym = Mat {
                     data: &dy[..],
-                    rs: pc,
+                    rs: o,
                     cs: 1,
                 };
-                let mut dw = vec![T::zero(); o * k];
-                // dw = dy cols^T
+                // dw [K, O] = cols^T dy
+                // SAFETY: the GEMM writes every value (no accumulation).
+                let mut dw = unsafe { unwritten(k * o) };
                 let cols_t = Mat {
                     data: &cols[..],
                     rs: 1,
-                    cs: pc,
+                    cs: k,
                 };
-                matmul(o, k, pc, &mut dw, false, dym, cols_t, false);
-                if let Some(dxp) = dxp {
-                    // dcols = w^T dy, reusing the patch buffer.
+                matmul(k, o, pc, &mut dw, false, cols_t, dym, false);
+                if let (Some(dxp), Some(inv)) = (dxp, &inv) {
+                    // dcols = dy w^T, reusing the patch buffer.
                     let w_t = Mat {
-                        data: wt,
+                        data: &wk[..],
                         rs: 1,
-                        cs: k,
+                        cs: o,
                     };
-                    matmul(k, pc, o, cols, false, w_t, dym, false);
-                    let chw = g.n * g.h * g.w;
-                    if let Some(inv) = &inv {
-                        inv.offsets(pc, off);
-                    }
-                    for ci in 0..g.c {
-                        // SAFETY: this chunk owns images b0..b0+nb of every
-                        // channel of dx (chunks are disjoint).
-                        let img = unsafe { dxp.slice(ci * chw + b0 * g.h * g.w, nb * g.h * g.w) };
-                        match &inv {
-                            Some(inv) => im.gather_channel(cols, ci, inv, off, img),
-                            None => im.add_channel(cols, ci, None, img),
-                        }
-                    }
+                    matmul(pc, k, o, cols, false, dym, w_t, false);
+                    // SAFETY: this chunk owns images b0..b0+nb of dx
+                    // (chunks are disjoint).
+                    let dxc = unsafe { dxp.slice(b0 * img, nb * img) };
+                    pt.adjoint(cols, inv, dxc);
                 }
                 (dw, db)
             },
         );
-        // Reduce in chunk order.
+        // Reduce in chunk order, then back to PyTorch's weight order.
+        let mut dwk = vec![T::zero(); k * o];
         let mut dprm = vec![T::zero(); o * k + 3 * o];
         for (dw, db) in &parts {
-            for (a, &v) in dprm[..o * k].iter_mut().zip(dw) {
+            for (a, &v) in dwk.iter_mut().zip(dw) {
                 *a += v;
             }
             for (a, &v) in dprm[o * k..o * k + o].iter_mut().zip(db) {
                 *a += v;
             }
         }
-        for (c, &(sg, sgx)) in sums.iter().enumerate() {
-            dprm[o * k + o + c] = sgx;
-            dprm[o * k + 2 * o + c] = sg;
+        for oi in 0..o {
+            for ci in 0..g.c {
+                for tap in 0..9 {
+                    dprm[(oi * g.c + ci) * 9 + tap] = dwk[(tap * g.c + ci) * o + oi];
+                }
+            }
+        }
+        for c in 0..o {
+            dprm[o * k + o + c] = sgx[c];
+            dprm[o * k + 2 * o + c] = sg[c];
         }
         (dx, dprm)
     }
 }
 
-/// `(sum g, sum g xhat)` with `g` the gradient where the ReLU passed it,
-/// in eight lanes (the same order on every run; fixed-size lane arrays
-/// so that no bounds checks keep the loop scalar).
+/// One pooled row: per channel, the max of `act` over the window's four
+/// rows (row-major in the 2x2 window) into `dst`, its position into `arg`;
+/// the first maximum wins (as PyTorch). Selects, which vectorise.
 #[inline(always)]
-fn masked_sums<T: Num>(grad: &[T], xhat: &[T], gamma: T, beta: T) -> (T, T) {
-    let mut sg = [T::zero(); 8];
-    let mut sgx = [T::zero(); 8];
-    // The masked gradient of a block of 64 first, in a loop LLVM
-    // vectorises as a blend; then the sums, in eight lanes. (Both in one
-    // loop, LLVM turns the mask back into a branch per element.)
-    let mut gm = [T::zero(); 64];
-    let (gc, xc) = (grad.chunks_exact(64), xhat.chunks_exact(64));
-    let (gt, xt) = (gc.remainder(), xc.remainder());
-    for (g64, x64) in gc.zip(xc) {
-        for ((m, &g), &x) in gm.iter_mut().zip(g64).zip(x64) {
-            *m = g.passed(pre(gamma, beta, x) > T::zero());
+fn pool_row<T: Num>(src: [&[T]; 4], dst: &mut [T], arg: &mut [u8], act: impl Fn(usize, T) -> T) {
+    for (c, (d, a)) in dst.iter_mut().zip(arg.iter_mut()).enumerate() {
+        let mut best = act(c, src[0][c]);
+        let mut at = 0u8;
+        for (w, s) in src.iter().enumerate().skip(1) {
+            // A later value must be strictly greater.
+            let v = act(c, s[c]);
+            let gt = v > best;
+            best = if gt { v } else { best };
+            at = if gt { w as u8 } else { at };
         }
-        for (m8, x8) in gm.chunks_exact(8).zip(x64.chunks_exact(8)) {
-            let m8: &[T; 8] = m8.try_into().expect("8 lanes");
-            let x8: &[T; 8] = x8.try_into().expect("8 lanes");
-            for l in 0..8 {
-                sg[l] += m8[l];
-                sgx[l] += m8[l] * x8[l];
-            }
-        }
-    }
-    // The tail: whole lanes of eight, then one by one.
-    let (g8, x8) = (gt.chunks_exact(8), xt.chunks_exact(8));
-    let (gt, xt) = (g8.remainder(), x8.remainder());
-    for (g8, x8) in g8.zip(x8) {
-        for l in 0..8 {
-            let m = g8[l].passed(pre(gamma, beta, x8[l]) > T::zero());
-            sg[l] += m;
-            sgx[l] += m * x8[l];
-        }
-    }
-    let fold = |a: [T; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    let (mut g, mut gx) = (fold(sg), fold(sgx));
-    for (&gv, &xv) in gt.iter().zip(xt) {
-        if pre(gamma, beta, xv) > T::zero() {
-            g += gv;
-            gx += gv * xv;
-        }
-    }
-    (g, gx)
-}
-
-/// Call `f(i, src)` for each pooled output `i` of one `[Ho/2, Wo/2]`
-/// plane (row-major) with the position `src` in its `[Ho, Wo]` plane of
-/// the window's arg-max (`args[i]`, row-major in the 2x2 window).
-#[inline(always)]
-fn pool_sources(g: Geo, args: &[u8], mut f: impl FnMut(usize, usize)) {
-    let (hp, wp) = g.pooled();
-    for (pi, row) in args.chunks_exact(wp).take(hp).enumerate() {
-        for (pj, &a) in row.iter().enumerate() {
-            let a = a as usize;
-            f(pi * wp + pj, (2 * pi + a / 2) * g.wo + 2 * pj + a % 2);
-        }
-    }
-}
-
-/// 2x2 max pool, stride 2, floor, of `act(src)` for one `[Ho, Wo]` plane;
-/// the arg-max is the first maximum in row-major window order (as
-/// PyTorch). Written as selects over window pairs, which vectorise.
-#[inline(always)]
-fn pool_plane<T: Num>(g: Geo, src: &[T], dst: &mut [T], arg: &mut [u8], act: impl Fn(T) -> T) {
-    let (hp, wp) = g.pooled();
-    for i in 0..hp {
-        let r0 = &src[2 * i * g.wo..(2 * i + 1) * g.wo];
-        let r1 = &src[(2 * i + 1) * g.wo..(2 * i + 2) * g.wo];
-        let d = &mut dst[i * wp..(i + 1) * wp];
-        let a = &mut arg[i * wp..(i + 1) * wp];
-        for (((d, a), p0), p1) in d
-            .iter_mut()
-            .zip(a.iter_mut())
-            .zip(r0.chunks_exact(2))
-            .zip(r1.chunks_exact(2))
-        {
-            let (v1, v2, v3) = (act(p0[1]), act(p1[0]), act(p1[1]));
-            let mut best = act(p0[0]);
-            let mut at = 0u8;
-            // First maximum wins: a later value must be strictly greater.
-            let c = v1 > best;
-            best = if c { v1 } else { best };
-            at = if c { 1 } else { at };
-            let c = v2 > best;
-            best = if c { v2 } else { best };
-            at = if c { 2 } else { at };
-            let c = v3 > best;
-            best = if c { v3 } else { best };
-            at = if c { 3 } else { at };
-            *d = best;
-            *a = at;
-        }
+        *d = best;
+        *a = at;
     }
 }
 
@@ -728,7 +763,7 @@ impl CustomOp2 for ConvBnRelu {
         };
         *self.cache.lock().expect("block cache") = Some(cache);
         let (h, w) = if self.pool { g.pooled() } else { (g.ho, g.wo) };
-        Ok((out, Shape::from((g.o, g.n, h, w))))
+        Ok((out, Shape::from((g.n, h, w, g.o))))
     }
 
     fn bwd(
@@ -752,7 +787,7 @@ impl CustomOp2 for ConvBnRelu {
                 let gv = grad.flatten_all()?.to_vec1::<$t>()?;
                 let (dx, dp) = self.backward(g, slice($xv, xl)?, &pv, $s, &gv);
                 let dx = match dx {
-                    Some(v) => Some(Tensor::from_vec(v, (c, n, h, w), dev)?),
+                    Some(v) => Some(Tensor::from_vec(v, (n, h, w, c), dev)?),
                     None => None,
                 };
                 (dx, Some(Tensor::from_vec(dp, len, dev)?))

@@ -436,30 +436,14 @@ impl Learner {
     ) -> Result<(Tensor, Vec<BnStats>)> {
         let b = x.dim(0)?;
         let k = self.per_block();
+        if stats.is_none() && self.fusable() && x.device().is_cpu() {
+            return self.forward_fused(p, x);
+        }
         // [B, C, H, W] -> channel-major [C, B, H, W] (see ops.rs).
         let mut h = x.transpose(0, 1)?.contiguous()?;
         let mut used = Vec::with_capacity(self.blocks);
-        let fused = stats.is_none() && self.fusable() && x.device().is_cpu();
         for i in 0..self.blocks {
             let t = &p.tensors[k * i..k * i + k];
-            if fused {
-                // One op per block; no input gradient for the images.
-                let stride = if self.downsample == Downsample::Stride2 {
-                    2
-                } else {
-                    1
-                };
-                let op = crate::block::ConvBnRelu::new(
-                    stride,
-                    self.downsample == Downsample::MaxPool,
-                    self.bn_eps,
-                    i > 0,
-                );
-                let (y, st) = op.apply(&h, &t[0], &t[1], &t[2], &t[3])?;
-                used.push(st);
-                h = y;
-                continue;
-            }
             let (gamma, beta) = if self.bn_scale {
                 (Some(&t[2]), &t[3])
             } else {
@@ -491,10 +475,53 @@ impl Learner {
                 h.reshape((c, b, ()))?.mean(2)?.t()?
             }
         };
+        Ok((self.head(p, &feat)?, used))
+    }
+
+    /// [`Learner::forward_with`] with the batch's own statistics through
+    /// the fused blocks ([`crate::block`]), which work channels-last.
+    fn forward_fused(&self, p: &Params, x: &Tensor) -> Result<(Tensor, Vec<BnStats>)> {
+        let b = x.dim(0)?;
+        let k = self.per_block();
+        // [B, C, H, W] -> channels-last [B, H, W, C].
+        let mut h = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut used = Vec::with_capacity(self.blocks);
+        let stride = if self.downsample == Downsample::Stride2 {
+            2
+        } else {
+            1
+        };
+        for i in 0..self.blocks {
+            let t = &p.tensors[k * i..k * i + k];
+            // One op per block; no input gradient for the images.
+            let op = crate::block::ConvBnRelu::new(
+                stride,
+                self.downsample == Downsample::MaxPool,
+                self.bn_eps,
+                i > 0,
+            );
+            let (y, st) = op.apply(&h, &t[0], &t[1], &t[2], &t[3])?;
+            used.push(st);
+            h = y;
+        }
+        let feat = match self.head {
+            // [B, H, W, C] -> [B, C*H*W] in PyTorch's flatten order.
+            Head::Flatten => h.permute((0, 3, 1, 2))?.reshape((b, ()))?,
+            // mean over positions: [B, H*W, C] -> [B, C]
+            Head::MeanPool => {
+                let c = h.dim(3)?;
+                h.reshape((b, (), c))?.mean(1)?
+            }
+        };
+        Ok((self.head(p, &feat)?, used))
+    }
+
+    /// The linear head: logits `[B, ways]` of features `[B, F]`.
+    fn head(&self, p: &Params, feat: &Tensor) -> Result<Tensor> {
+        let k = self.per_block();
         let w = &p.tensors[k * self.blocks];
         let bias = &p.tensors[k * self.blocks + 1];
-        let logits = feat.matmul(&w.t()?)?.broadcast_add(bias)?;
-        Ok((logits, used))
+        Ok(feat.matmul(&w.t()?)?.broadcast_add(bias)?)
     }
 
     /// Mean cross-entropy at `p` on `(x, y)` with batch statistics, its

@@ -41,6 +41,7 @@ pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub(crate) mod patches;
 pub mod report;
 pub mod rng;
 pub mod rundir;

@@ -245,30 +245,6 @@ pub struct Im2Col {
     pub stride: usize,
 }
 
-/// [`Im2Col::inverse`]: pixel `q` of an image plane is read by the
-/// entries `start[q]..start[q + 1]` of `tap` and `op`.
-#[derive(Debug, Clone)]
-pub(crate) struct Inverse {
-    start: Vec<u32>,
-    tap: Vec<u32>,
-    op: Vec<u32>,
-}
-
-impl Inverse {
-    /// Each entry's offset in one channel's nine patch rows of length
-    /// `len` (`tap * len + op`), into `off`: once per chunk, for every
-    /// channel's [`Im2Col::gather_channel`].
-    pub(crate) fn offsets(&self, len: usize, off: &mut Vec<u32>) {
-        off.clear();
-        off.extend(
-            self.tap
-                .iter()
-                .zip(&self.op)
-                .map(|(&t, &o)| t * len as u32 + o),
-        );
-    }
-}
-
 /// The adjoint of [`Im2Col`]: scatters-adds `[C*9, B*Ho*Wo]` patches back
 /// into a `[C, B, H, W]` image.
 #[derive(Debug, Clone, Copy)]
@@ -415,25 +391,6 @@ impl Im2Col {
         self.small().then(|| self.taps())
     }
 
-    /// Patches `[C*9, nb*Ho*Wo]` of images `b0..b0 + nb` of `x`
-    /// (`[C, n, H, W]`), into `cols` (fully written); `taps` is
-    /// [`Im2Col::table`].
-    #[inline(always)]
-    pub(crate) fn fill_chunk<T: Copy + Default>(
-        &self,
-        x: &[T],
-        b0: usize,
-        cols: &mut [T],
-        taps: Option<&[u32]>,
-    ) {
-        let plane = self.n * self.h * self.w;
-        let len = cols.len() / (self.c * 9);
-        for (r, row) in cols.chunks_exact_mut(len).enumerate() {
-            let ci = r / 9;
-            self.patch_row(&x[ci * plane..(ci + 1) * plane], r % 9, b0, row, taps);
-        }
-    }
-
     /// One row of patches (as [`Im2Col::fill_row`]): small maps gather
     /// through `taps` ([`Im2Col::taps`], given where [`Im2Col::small`]),
     /// larger ones copy row by row. Both write the same values.
@@ -470,7 +427,8 @@ impl Im2Col {
         }
     }
 
-    /// The adjoint of [`Im2Col::fill_chunk`] for channel `ci`: add the
+    /// The adjoint of [`Im2Col::patch_row`] over all rows for channel
+    /// `ci`: add the
     /// patch-gradient rows `cols` (`[C*9, nb*Ho*Wo]`) of that channel's
     /// nine taps into `img` (`[nb, H, W]`, images `b0..b0 + nb` of it).
     #[inline(always)]
@@ -501,66 +459,6 @@ impl Im2Col {
                         *d += v;
                     }
                 }
-            }
-        }
-    }
-
-    /// The inverse of [`Im2Col::taps`]: for each input pixel of one image
-    /// plane, the `(tap, output position)` pairs that read it, in tap
-    /// order. A function of the geometry only.
-    pub(crate) fn inverse(&self) -> Inverse {
-        let (ho, wo) = self.out_hw();
-        let (po, pi) = (ho * wo, self.h * self.w);
-        let taps = self.taps();
-        let mut start = vec![0u32; pi + 1];
-        for &q in taps.iter().filter(|&&q| q != u32::MAX) {
-            start[q as usize + 1] += 1;
-        }
-        for q in 0..pi {
-            start[q + 1] += start[q];
-        }
-        let mut next = start.clone();
-        let total = start[pi] as usize;
-        let (mut tap, mut op) = (vec![0u32; total], vec![0u32; total]);
-        // Taps in ascending order, so each pixel's list is in tap order.
-        for (e, &q) in taps.iter().enumerate() {
-            if q != u32::MAX {
-                let at = next[q as usize] as usize;
-                next[q as usize] += 1;
-                tap[at] = (e / po) as u32;
-                op[at] = (e % po) as u32;
-            }
-        }
-        Inverse { start, tap, op }
-    }
-
-    /// [`Im2Col::add_channel`] into zeroed images, written as a gather: each
-    /// pixel of `img` (`[nb, H, W]`) is set to the sum, in tap order, of
-    /// the patch gradients that read it (the same values as the scatter,
-    /// which adds them to zero in the same order, without its
-    /// read-modify-write per patch element). `off` is [`Inverse::offsets`]
-    /// for this `cols`' row length.
-    #[inline(always)]
-    pub(crate) fn gather_channel<T: num_traits::Float>(
-        &self,
-        cols: &[T],
-        ci: usize,
-        inv: &Inverse,
-        off: &[u32],
-        img: &mut [T],
-    ) {
-        let len = cols.len() / (self.c * 9);
-        let (ho, wo) = self.out_hw();
-        let (po, pi) = (ho * wo, self.h * self.w);
-        let rows = &cols[ci * 9 * len..(ci + 1) * 9 * len];
-        for (bi, dst) in img.chunks_exact_mut(pi).enumerate() {
-            let src = &rows[bi * po..];
-            for (d, w) in dst.iter_mut().zip(inv.start.windows(2)) {
-                let mut acc = T::zero();
-                for &e in &off[w[0] as usize..w[1] as usize] {
-                    acc = acc + src[e as usize];
-                }
-                *d = acc;
             }
         }
     }
@@ -747,8 +645,12 @@ mod tests {
             let x: Vec<f64> = (0..c * n * h * w).map(|_| next()).collect();
             let (ho, wo) = g.out_hw();
             let len = nb * ho * wo;
-            let mut table = vec![f64::NAN; c * 9 * len];
-            g.fill_chunk(&x, b0, &mut table, g.table().as_deref());
+            let (mut table, taps) = (vec![f64::NAN; c * 9 * len], g.table());
+            for (r, row) in table.chunks_exact_mut(len).enumerate() {
+                let plane = n * h * w;
+                let x_c = &x[r / 9 * plane..(r / 9 + 1) * plane];
+                g.patch_row(x_c, r % 9, b0, row, taps.as_deref());
+            }
             let mut rows = vec![f64::NAN; c * 9 * len];
             for (r, row) in rows.chunks_exact_mut(len).enumerate() {
                 let plane = n * h * w;
@@ -764,14 +666,6 @@ mod tests {
                 g.add_channel(&cols, ci, Some(&taps), &mut a);
                 g.add_channel(&cols, ci, None, &mut b);
                 assert_eq!(a, b, "{h}x{w} stride {stride} channel {ci}");
-                // The gather writes what the scatter adds to zeroed images.
-                let mut zeroed = vec![0.0; nb * h * w];
-                g.add_channel(&cols, ci, Some(&taps), &mut zeroed);
-                let mut gathered = vec![f64::NAN; nb * h * w];
-                let (inv, mut off) = (g.inverse(), Vec::new());
-                inv.offsets(len, &mut off);
-                g.gather_channel(&cols, ci, &inv, &off, &mut gathered);
-                assert_eq!(gathered, zeroed, "{h}x{w} stride {stride} channel {ci}");
             }
         }
         // Large maps keep the row path.

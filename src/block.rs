@@ -65,6 +65,8 @@ struct Saved<T> {
     rstd: Vec<T>,
     mean: Vec<T>,
     var: Vec<T>,
+    /// The weights as the patches' right factor ([`ConvBnRelu::weights_kxo`]).
+    wk: Vec<T>,
     /// Pool arg-max per output `[B*Ho/2*Wo/2, O]` (0..4: row-major in the
     /// 2x2 window).
     argmax: Vec<u8>,
@@ -233,12 +235,16 @@ impl Geo {
         g: &mut [T],
     ) {
         let o = self.o;
-        let (gamma, beta, xr, g) = (&gamma[..o], &beta[..o], &xr[..o], &mut g[..o]);
-        let on = |c: usize, x: T| pre(gamma[c], beta[c], x) > T::zero();
+        let affine = gamma.iter().zip(beta);
+        let on = |(&gc, &bc): (&T, &T), x: T| pre(gc, bc, x) > T::zero();
         if !self.pool {
             let at = ((b * self.ho + i) * self.wo + j) * o;
-            for (c, ((d, &gv), &x)) in g.iter_mut().zip(&grad[at..at + o]).zip(xr).enumerate() {
-                *d = gv.passed(on(c, x));
+            for ((d, (&gv, &x)), gb) in g
+                .iter_mut()
+                .zip(grad[at..at + o].iter().zip(xr))
+                .zip(affine)
+            {
+                *d = gv.passed(on(gb, x));
             }
             return;
         }
@@ -250,8 +256,9 @@ impl Geo {
         let at = ((b * hp + i / 2) * wp + j / 2) * o;
         let me = ((i % 2) * 2 + j % 2) as u8;
         let (gq, aq) = (&grad[at..at + o], &argmax[at..at + o]);
-        for (c, (((d, &gv), &a), &x)) in g.iter_mut().zip(gq).zip(aq).zip(xr).enumerate() {
-            *d = gv.passed(a == me && on(c, x));
+        for ((d, ((&gv, &a), &x)), gb) in g.iter_mut().zip(gq.iter().zip(aq).zip(xr)).zip(affine) {
+            // `&`, not `&&`: no branch per value.
+            *d = gv.passed((a == me) & on(gb, x));
         }
     }
 }
@@ -493,7 +500,6 @@ impl ConvBnRelu {
         };
         let (outp, argp) = (Disjoint(out.as_mut_ptr()), Disjoint(argmax.as_mut_ptr()));
         let (mean_, rstd_) = (&mean[..o], &rstd[..o]);
-        let act = |c: usize, v: T| relu(pre(gamma[c], beta[c], v));
         per_chunk(
             &chunks,
             #[inline(always)]
@@ -540,7 +546,8 @@ impl ConvBnRelu {
                                 ],
                                 &mut oc[q..q + o],
                                 &mut ac[q..q + o],
-                                act,
+                                gamma,
+                                beta,
                             );
                         }
                     }
@@ -553,6 +560,7 @@ impl ConvBnRelu {
         let mean = mean.iter().zip(bias).map(|(&m, &b)| m + b).collect();
         let saved = Saved {
             xhat: y,
+            wk,
             rstd,
             mean,
             var,
@@ -570,9 +578,9 @@ impl ConvBnRelu {
         grad: &[T],
     ) -> (Option<Vec<T>>, Vec<T>) {
         let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
-        let (wt, rest) = prm.split_at(o * k);
+        let rest = &prm[o * k..];
         let (gamma, beta) = (&rest[o..2 * o], &rest[2 * o..3 * o]);
-        let wk = Self::weights_kxo(g, wt);
+        let wk = &s.wk;
         let pf = T::from(p).unwrap_or_else(T::one);
         let chunks = g.chunks();
         // dbeta = sum g, dgamma = sum g xhat: per chunk, combined in order.
@@ -710,20 +718,29 @@ impl ConvBnRelu {
     }
 }
 
-/// One pooled row: per channel, the max of `act` over the window's four
-/// rows (row-major in the 2x2 window) into `dst`, its position into `arg`;
-/// the first maximum wins (as PyTorch). Selects, which vectorise.
+/// One pooled row: per channel, the max of the activation (the ReLU of
+/// `gamma xhat + beta`) over the window's four rows of xhat (row-major in
+/// the 2x2 window) into `dst`, its position into `arg`; the first maximum
+/// wins (as PyTorch). Selects over iterators, which vectorise.
 #[inline(always)]
-fn pool_row<T: Num>(src: [&[T]; 4], dst: &mut [T], arg: &mut [u8], act: impl Fn(usize, T) -> T) {
-    for (c, (d, a)) in dst.iter_mut().zip(arg.iter_mut()).enumerate() {
-        let mut best = act(c, src[0][c]);
+fn pool_row<T: Num>(src: [&[T]; 4], dst: &mut [T], arg: &mut [u8], gamma: &[T], beta: &[T]) {
+    let [s0, s1, s2, s3] = src;
+    let windows = s0.iter().zip(s1).zip(s2.iter().zip(s3));
+    for (((d, a), ((&v0, &v1), (&v2, &v3))), (&gc, &bc)) in dst
+        .iter_mut()
+        .zip(arg.iter_mut())
+        .zip(windows)
+        .zip(gamma.iter().zip(beta))
+    {
+        let act = |v: T| relu(pre(gc, bc, v));
+        let mut best = act(v0);
         let mut at = 0u8;
-        for (w, s) in src.iter().enumerate().skip(1) {
+        for (w, v) in [(1u8, v1), (2, v2), (3, v3)] {
             // A later value must be strictly greater.
-            let v = act(c, s[c]);
+            let v = act(v);
             let gt = v > best;
             best = if gt { v } else { best };
-            at = if gt { w as u8 } else { at };
+            at = if gt { w } else { at };
         }
         *d = best;
         *a = at;
@@ -781,11 +798,20 @@ impl CustomOp2 for ConvBnRelu {
         let dev = x.device();
         // The input, read in place (the op was applied to a contiguous x).
         let (xs, xl) = x.storage_and_layout();
+        // The parameters and the incoming gradient, read in place too (a
+        // copy of the gradient was a serial pass over up to 4 MB).
+        let prm = prm.contiguous()?;
+        let (ps, pl) = prm.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
         macro_rules! run {
-            ($t:ty, $s:expr, $xv:expr) => {{
-                let pv = prm.flatten_all()?.to_vec1::<$t>()?;
-                let gv = grad.flatten_all()?.to_vec1::<$t>()?;
-                let (dx, dp) = self.backward(g, slice($xv, xl)?, &pv, $s, &gv);
+            ($t:ident, $s:expr, $xv:expr) => {{
+                let (Storage::Cpu(CpuStorage::$t(pv)), Storage::Cpu(CpuStorage::$t(gv))) =
+                    (&*ps, &*gs)
+                else {
+                    candle_core::bail!("fused block: backward inputs of mixed dtypes")
+                };
+                let (pv, gv) = (slice(pv, pl)?, slice(gv, gl)?);
+                let (dx, dp) = self.backward(g, slice($xv, xl)?, pv, $s, gv);
                 let dx = match dx {
                     Some(v) => Some(Tensor::from_vec(v, (n, h, w, c), dev)?),
                     None => None,
@@ -794,8 +820,8 @@ impl CustomOp2 for ConvBnRelu {
             }};
         }
         Ok(match (guard.as_ref(), &*xs) {
-            (Some(Cache::F32(s)), Storage::Cpu(CpuStorage::F32(xv))) => run!(f32, s, xv),
-            (Some(Cache::F64(s)), Storage::Cpu(CpuStorage::F64(xv))) => run!(f64, s, xv),
+            (Some(Cache::F32(s)), Storage::Cpu(CpuStorage::F32(xv))) => run!(F32, s, xv),
+            (Some(Cache::F64(s)), Storage::Cpu(CpuStorage::F64(xv))) => run!(F64, s, xv),
             (None, _) => candle_core::bail!("fused block: backward without a forward"),
             _ => candle_core::bail!(
                 "fused block: the input is not on the CPU in the forward's dtype"

@@ -72,20 +72,41 @@ struct Saved<T> {
     argmax: Vec<u8>,
 }
 
+/// What the stack keeps: each block's geometry, input (but the first's,
+/// which candle keeps) and [`Saved`].
 #[derive(Debug)]
-enum Cache {
-    F32(Saved<f32>),
-    F64(Saved<f64>),
+struct Kept<T> {
+    geos: Vec<Geo>,
+    inputs: Vec<Vec<T>>,
+    saved: Vec<Saved<T>>,
 }
 
-/// The fused block (see the module docs).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
+enum Cache {
+    F32(Kept<f32>),
+    F64(Kept<f64>),
+}
+
+/// One fused block's settings (see the module docs).
+#[derive(Debug, Clone, Copy)]
 pub struct ConvBnRelu {
     pub stride: usize,
     pub pool: bool,
     pub eps: f64,
+    /// Output channels.
+    pub out: usize,
     /// Compute dL/dx in the backward (false for the first block).
     pub need_dx: bool,
+}
+
+/// The learner's blocks, one after the other, as one candle op: the
+/// activations between blocks and their gradients never become candle
+/// tensors (candle's backward would zero a buffer for each gradient and
+/// add the block's into it, and every op boundary is a pause for the
+/// other core).
+#[derive(Debug, Clone)]
+pub struct Blocks {
+    blocks: Vec<ConvBnRelu>,
     cache: Arc<Mutex<Option<Cache>>>,
 }
 
@@ -330,72 +351,132 @@ fn add_rows<T: Num>(acc: &mut [T], rows: &[T], f: impl Fn(usize, T) -> T) {
     }
 }
 
-impl ConvBnRelu {
-    pub fn new(stride: usize, pool: bool, eps: f64, need_dx: bool) -> Self {
-        ConvBnRelu {
-            stride,
-            pool,
-            eps,
-            need_dx,
+impl Blocks {
+    pub fn new(blocks: Vec<ConvBnRelu>) -> Self {
+        Blocks {
+            blocks,
             cache: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Apply to `x` `[B, H, W, C]` (channels-last) with the block's
-    /// parameters; returns the output `[B, Ho, Wo, O]` and the batch
-    /// statistics (constants: this path is only taken where nothing
-    /// differentiates through them).
-    pub fn apply(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-    ) -> Result<(Tensor, BnStats)> {
-        let packed = Tensor::cat(&[&w.flatten_all()?, b, gamma, beta], 0)?;
-        let out = x
-            .contiguous()?
-            .apply_op2(&packed.contiguous()?, self.clone())?;
-        let o = w.dim(0)?;
-        let dev = x.device();
-        let guard = self.cache.lock().expect("block cache");
-        let (mean, var, count) = match guard.as_ref() {
-            Some(Cache::F32(s)) => (
-                Tensor::from_slice(&s.mean, (o, 1), dev)?,
-                Tensor::from_slice(&s.var, (o, 1), dev)?,
-                s.xhat.len() / o,
-            ),
-            Some(Cache::F64(s)) => (
-                Tensor::from_slice(&s.mean, (o, 1), dev)?,
-                Tensor::from_slice(&s.var, (o, 1), dev)?,
-                s.xhat.len() / o,
-            ),
-            None => candle_core::bail!("fused block: forward kept nothing"),
-        };
-        Ok((out, BnStats { mean, var, count }))
-    }
-
-    fn geo(&self, shape: &Shape, len: usize) -> Result<Geo> {
-        let (n, h, w, c) = shape.dims4()?;
-        // len = o*c*9 + 3o
-        let o = len / (c * 9 + 3);
-        if o == 0 || o * (c * 9 + 3) != len {
+    /// Apply to `x` `[B, H, W, C]` (channels-last) with the blocks'
+    /// parameters (`[w, b, gamma, beta]` per block); returns the last
+    /// block's output `[B, Ho, Wo, O]` and each block's batch statistics
+    /// (constants: this path is only taken where nothing differentiates
+    /// through them).
+    pub fn apply(&self, x: &Tensor, params: &[Tensor]) -> Result<(Tensor, Vec<BnStats>)> {
+        if params.len() != 4 * self.blocks.len() {
             candle_core::bail!(
-                "fused block: {len} packed parameters do not fit {c} input channels"
+                "fused blocks: {} parameter tensors for {} blocks",
+                params.len(),
+                self.blocks.len()
             );
         }
-        Ok(Geo {
+        let flat = params
+            .iter()
+            .map(|t| t.flatten_all())
+            .collect::<Result<Vec<_>>>()?;
+        let packed = Tensor::cat(&flat, 0)?;
+        let out = x.contiguous()?.apply_op2(&packed, self.clone())?;
+        let dev = x.device();
+        let guard = self.cache.lock().expect("blocks cache");
+        macro_rules! stats {
+            ($k:expr) => {
+                $k.saved
+                    .iter()
+                    .zip(&self.blocks)
+                    .map(|(s, b)| {
+                        Ok(BnStats {
+                            mean: Tensor::from_slice(&s.mean, (b.out, 1), dev)?,
+                            var: Tensor::from_slice(&s.var, (b.out, 1), dev)?,
+                            count: s.xhat.len() / b.out,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+        }
+        let stats = match guard.as_ref() {
+            Some(Cache::F32(k)) => stats!(k),
+            Some(Cache::F64(k)) => stats!(k),
+            None => candle_core::bail!("fused blocks: forward kept nothing"),
+        };
+        Ok((out, stats))
+    }
+
+    /// Each block's geometry for input dims `shape`, checked against the
+    /// packed parameters' length.
+    fn geos(&self, shape: &Shape, len: usize) -> Result<Vec<Geo>> {
+        let (n, mut h, mut w, mut c) = shape.dims4()?;
+        let mut geos = Vec::with_capacity(self.blocks.len());
+        let mut total = 0;
+        for b in &self.blocks {
+            let g = b.geo(n, h, w, c);
+            total += g.o * g.k() + 3 * g.o;
+            (h, w) = if b.pool { g.pooled() } else { (g.ho, g.wo) };
+            c = g.o;
+            geos.push(g);
+        }
+        if total != len {
+            candle_core::bail!("fused blocks: {len} packed parameters, the blocks take {total}");
+        }
+        Ok(geos)
+    }
+
+    fn forward<T: Num>(&self, geos: Vec<Geo>, x: &[T], prm: &[T]) -> (Vec<T>, Kept<T>) {
+        let mut inputs: Vec<Vec<T>> = Vec::with_capacity(self.blocks.len());
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        let mut at = 0;
+        for (b, g) in self.blocks.iter().zip(&geos) {
+            let len = g.o * g.k() + 3 * g.o;
+            let input = inputs.last().map_or(x, |v| &v[..]);
+            let (out, s) = b.forward(*g, input, &prm[at..at + len]);
+            saved.push(s);
+            inputs.push(out);
+            at += len;
+        }
+        let out = inputs.pop().expect("at least one block");
+        (
+            out,
+            Kept {
+                geos,
+                inputs,
+                saved,
+            },
+        )
+    }
+
+    fn backward<T: Num>(&self, x: &[T], prm: &[T], kept: &Kept<T>, grad: &[T]) -> Vec<T> {
+        let mut dprm = vec![T::zero(); prm.len()];
+        let mut at = prm.len();
+        let mut grad_here: Option<Vec<T>> = None;
+        for (i, b) in self.blocks.iter().enumerate().rev() {
+            let g = kept.geos[i];
+            let len = g.o * g.k() + 3 * g.o;
+            at -= len;
+            let input = if i == 0 { x } else { &kept.inputs[i - 1][..] };
+            let gr = grad_here.as_deref().unwrap_or(grad);
+            let (dx, dp) = b.backward(g, input, &prm[at..at + len], &kept.saved[i], gr);
+            dprm[at..at + len].copy_from_slice(&dp);
+            grad_here = dx;
+        }
+        dprm
+    }
+}
+
+impl ConvBnRelu {
+    /// The geometry of this block on an input `[n, h, w, c]`.
+    fn geo(&self, n: usize, h: usize, w: usize, c: usize) -> Geo {
+        Geo {
             c,
             n,
             h,
             w,
-            o,
+            o: self.out,
             ho: (h - 1) / self.stride + 1,
             wo: (w - 1) / self.stride + 1,
             stride: self.stride,
             pool: self.pool,
-        })
+        }
     }
 
     /// The weights as the patches' right factor `[K, O]`: row `(ky, kx, c)`
@@ -754,9 +835,9 @@ fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-impl CustomOp2 for ConvBnRelu {
+impl CustomOp2 for Blocks {
     fn name(&self) -> &'static str {
-        "conv-bn-relu"
+        "conv-bn-relu-blocks"
     }
 
     fn cpu_fwd(
@@ -766,21 +847,26 @@ impl CustomOp2 for ConvBnRelu {
         sp: &CpuStorage,
         lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geo(lx.shape(), lp.shape().elem_count())?;
+        let geos = self.geos(lx.shape(), lp.shape().elem_count())?;
+        let last = *geos.last().expect("at least one block");
         let (out, cache) = match (sx, sp) {
             (CpuStorage::F32(x), CpuStorage::F32(p)) => {
-                let (o, s) = self.forward(g, slice(x, lx)?, slice(p, lp)?);
-                (CpuStorage::F32(o), Cache::F32(s))
+                let (o, k) = self.forward(geos, slice(x, lx)?, slice(p, lp)?);
+                (CpuStorage::F32(o), Cache::F32(k))
             }
             (CpuStorage::F64(x), CpuStorage::F64(p)) => {
-                let (o, s) = self.forward(g, slice(x, lx)?, slice(p, lp)?);
-                (CpuStorage::F64(o), Cache::F64(s))
+                let (o, k) = self.forward(geos, slice(x, lx)?, slice(p, lp)?);
+                (CpuStorage::F64(o), Cache::F64(k))
             }
-            _ => candle_core::bail!("fused block: f32 or f64 inputs of one dtype"),
+            _ => candle_core::bail!("fused blocks: f32 or f64 inputs of one dtype"),
         };
-        *self.cache.lock().expect("block cache") = Some(cache);
-        let (h, w) = if self.pool { g.pooled() } else { (g.ho, g.wo) };
-        Ok((out, Shape::from((g.n, h, w, g.o))))
+        *self.cache.lock().expect("blocks cache") = Some(cache);
+        let (h, w) = if last.pool {
+            last.pooled()
+        } else {
+            (last.ho, last.wo)
+        };
+        Ok((out, Shape::from((last.n, h, w, last.o))))
     }
 
     fn bwd(
@@ -790,42 +876,35 @@ impl CustomOp2 for ConvBnRelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let len = prm.elem_count();
-        let g = self.geo(x.shape(), len)?;
-        let (c, n, h, w) = (g.c, g.n, g.h, g.w);
+        if self.blocks.first().is_some_and(|b| b.need_dx) {
+            candle_core::bail!("fused blocks: no gradient for the images");
+        }
         let grad = grad.contiguous()?;
-        let guard = self.cache.lock().expect("block cache");
-        let dev = x.device();
-        // The input, read in place (the op was applied to a contiguous x).
-        let (xs, xl) = x.storage_and_layout();
-        // The parameters and the incoming gradient, read in place too (a
-        // copy of the gradient was a serial pass over up to 4 MB).
         let prm = prm.contiguous()?;
+        let guard = self.cache.lock().expect("blocks cache");
+        // Everything read in place (the op was applied to a contiguous x).
+        let (xs, xl) = x.storage_and_layout();
         let (ps, pl) = prm.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         macro_rules! run {
-            ($t:ident, $s:expr, $xv:expr) => {{
-                let (Storage::Cpu(CpuStorage::$t(pv)), Storage::Cpu(CpuStorage::$t(gv))) =
-                    (&*ps, &*gs)
+            ($t:ident, $k:expr) => {{
+                let (
+                    Storage::Cpu(CpuStorage::$t(xv)),
+                    Storage::Cpu(CpuStorage::$t(pv)),
+                    Storage::Cpu(CpuStorage::$t(gv)),
+                ) = (&*xs, &*ps, &*gs)
                 else {
-                    candle_core::bail!("fused block: backward inputs of mixed dtypes")
+                    candle_core::bail!("fused blocks: backward inputs not on the CPU in one dtype")
                 };
-                let (pv, gv) = (slice(pv, pl)?, slice(gv, gl)?);
-                let (dx, dp) = self.backward(g, slice($xv, xl)?, pv, $s, gv);
-                let dx = match dx {
-                    Some(v) => Some(Tensor::from_vec(v, (n, h, w, c), dev)?),
-                    None => None,
-                };
-                (dx, Some(Tensor::from_vec(dp, len, dev)?))
+                let dp = self.backward(slice(xv, xl)?, slice(pv, pl)?, $k, slice(gv, gl)?);
+                Tensor::from_vec(dp, prm.elem_count(), prm.device())?
             }};
         }
-        Ok(match (guard.as_ref(), &*xs) {
-            (Some(Cache::F32(s)), Storage::Cpu(CpuStorage::F32(xv))) => run!(F32, s, xv),
-            (Some(Cache::F64(s)), Storage::Cpu(CpuStorage::F64(xv))) => run!(F64, s, xv),
-            (None, _) => candle_core::bail!("fused block: backward without a forward"),
-            _ => candle_core::bail!(
-                "fused block: the input is not on the CPU in the forward's dtype"
-            ),
-        })
+        let dp = match guard.as_ref() {
+            Some(Cache::F32(k)) => run!(F32, k),
+            Some(Cache::F64(k)) => run!(F64, k),
+            None => candle_core::bail!("fused blocks: backward without a forward"),
+        };
+        Ok((None, Some(dp)))
     }
 }

@@ -484,26 +484,24 @@ impl Learner {
         let b = x.dim(0)?;
         let k = self.per_block();
         // [B, C, H, W] -> channels-last [B, H, W, C].
-        let mut h = x.permute((0, 2, 3, 1))?.contiguous()?;
-        let mut used = Vec::with_capacity(self.blocks);
+        let h = x.permute((0, 2, 3, 1))?.contiguous()?;
         let stride = if self.downsample == Downsample::Stride2 {
             2
         } else {
             1
         };
-        for i in 0..self.blocks {
-            let t = &p.tensors[k * i..k * i + k];
-            // One op per block; no input gradient for the images.
-            let op = crate::block::ConvBnRelu::new(
+        // One op for all blocks; no input gradient for the images.
+        let blocks = (0..self.blocks)
+            .map(|i| crate::block::ConvBnRelu {
                 stride,
-                self.downsample == Downsample::MaxPool,
-                self.bn_eps,
-                i > 0,
-            );
-            let (y, st) = op.apply(&h, &t[0], &t[1], &t[2], &t[3])?;
-            used.push(st);
-            h = y;
-        }
+                pool: self.downsample == Downsample::MaxPool,
+                eps: self.bn_eps,
+                out: self.hidden,
+                need_dx: i > 0,
+            })
+            .collect();
+        let (h, used) =
+            crate::block::Blocks::new(blocks).apply(&h, &p.tensors[..k * self.blocks])?;
         let feat = match self.head {
             // [B, H, W, C] -> [B, C*H*W] in PyTorch's flatten order.
             Head::Flatten => h.permute((0, 3, 1, 2))?.reshape((b, ()))?,

@@ -340,17 +340,6 @@ fn per_chunk<T: Num, R: Send>(
         .collect()
 }
 
-/// `acc[c] += f(row)[c]` for every row of `rows` (`[_, C]`): per channel,
-/// a sum in row order, vectorised across channels.
-#[inline(always)]
-fn add_rows<T: Num>(acc: &mut [T], rows: &[T], f: impl Fn(usize, T) -> T) {
-    for row in rows.chunks_exact(acc.len()) {
-        for (c, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
-            *a += f(c, v);
-        }
-    }
-}
-
 impl Blocks {
     pub fn new(blocks: Vec<ConvBnRelu>) -> Self {
         Blocks {
@@ -499,7 +488,6 @@ impl ConvBnRelu {
         let (wt, rest) = prm.split_at(o * k);
         let (bias, rest) = rest.split_at(o);
         let (gamma, beta) = rest.split_at(o);
-        let (gamma, beta) = (&gamma[..o], &beta[..o]);
         let wk = Self::weights_kxo(g, wt);
         let chunks = g.chunks();
         let pt = g.patches();
@@ -541,13 +529,22 @@ impl ConvBnRelu {
                 // SAFETY: the same rows, now read back by their owner.
                 let yc = unsafe { yp.slice(b0 * plane * o, pc * o) };
                 let n = T::from(pc).unwrap_or_else(T::one);
+                // Per channel, sums in row order, vectorised across channels.
                 let mut mean = vec![T::zero(); o];
-                add_rows(&mut mean, yc, |_, v| v);
+                for row in yc.chunks_exact(o) {
+                    for (a, &v) in mean.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
                 for m in mean.iter_mut() {
                     *m = *m / n;
                 }
                 let mut m2 = vec![T::zero(); o];
-                add_rows(&mut m2, yc, |c, v| (v - mean[c]) * (v - mean[c]));
+                for row in yc.chunks_exact(o) {
+                    for ((a, &m), &v) in m2.iter_mut().zip(&mean).zip(row) {
+                        *a += (v - m) * (v - m);
+                    }
+                }
                 (mean, m2)
             },
         );
@@ -580,7 +577,6 @@ impl ConvBnRelu {
             vec![0u8]
         };
         let (outp, argp) = (Disjoint(out.as_mut_ptr()), Disjoint(argmax.as_mut_ptr()));
-        let (mean_, rstd_) = (&mean[..o], &rstd[..o]);
         per_chunk(
             &chunks,
             #[inline(always)]
@@ -594,7 +590,7 @@ impl ConvBnRelu {
                     for (yr, or) in yc.chunks_exact_mut(o).zip(oc.chunks_exact_mut(o)) {
                         // Iterators, not indices: indexed, LLVM reloads the
                         // captured slices per value and stays scalar.
-                        let per_channel = mean_.iter().zip(rstd_).zip(gamma.iter().zip(beta));
+                        let per_channel = mean.iter().zip(&rstd).zip(gamma.iter().zip(beta));
                         for ((v, a), ((&m, &r), (&gc, &bc))) in
                             yr.iter_mut().zip(or.iter_mut()).zip(per_channel)
                         {
@@ -606,7 +602,7 @@ impl ConvBnRelu {
                     return;
                 }
                 for yr in yc.chunks_exact_mut(o) {
-                    for (v, (&m, &r)) in yr.iter_mut().zip(mean_.iter().zip(rstd_)) {
+                    for (v, (&m, &r)) in yr.iter_mut().zip(mean.iter().zip(&rstd)) {
                         *v = (*v - m) * r; // now xhat
                     }
                 }
@@ -671,7 +667,6 @@ impl ConvBnRelu {
             |scratch: &mut Scratch<T>, b0, nb| {
                 let grow = take(&mut scratch.grow, o);
                 let (mut sg, mut sgx) = (vec![T::zero(); o], vec![T::zero(); o]);
-                let (sg_, sgx_) = (&mut sg[..o], &mut sgx[..o]);
                 for bi in 0..nb {
                     for i in 0..g.ho {
                         for j in 0..g.wo {
@@ -679,7 +674,7 @@ impl ConvBnRelu {
                             let xr = &s.xhat[at..at + o];
                             g.routed(grad, &s.argmax, (b0 + bi, i, j), xr, gamma, beta, grow);
                             for ((a, b), (&gv, &xv)) in
-                                sg_.iter_mut().zip(sgx_.iter_mut()).zip(grow.iter().zip(xr))
+                                sg.iter_mut().zip(sgx.iter_mut()).zip(grow.iter().zip(xr))
                             {
                                 *a += gv;
                                 *b += gv * xv;
@@ -720,7 +715,6 @@ impl ConvBnRelu {
                 let cols = take(cols, pc * k);
                 let grow = take(grow, o);
                 let mut db = vec![T::zero(); o];
-                let db_ = &mut db[..o];
                 for bi in 0..nb {
                     for i in 0..g.ho {
                         for j in 0..g.wo {
@@ -732,7 +726,7 @@ impl ConvBnRelu {
                             let sums = sg.iter().zip(sgx);
                             for (((d, a), (&gv, &xv)), (&sc, (&sgc, &sgxc))) in d
                                 .iter_mut()
-                                .zip(db_.iter_mut())
+                                .zip(db.iter_mut())
                                 .zip(grow.iter().zip(xr))
                                 .zip(scale.iter().zip(sums))
                             {

@@ -354,6 +354,9 @@ impl Blocks {
     /// (constants: this path is only taken where nothing differentiates
     /// through them).
     pub fn apply(&self, x: &Tensor, params: &[Tensor]) -> Result<(Tensor, Vec<BnStats>)> {
+        if self.blocks.is_empty() {
+            candle_core::bail!("fused blocks: no blocks");
+        }
         if params.len() != 4 * self.blocks.len() {
             candle_core::bail!(
                 "fused blocks: {} parameter tensors for {} blocks",

@@ -500,8 +500,12 @@ impl Learner {
                 need_dx: i > 0,
             })
             .collect();
-        let (h, used) =
-            crate::block::Blocks::new(blocks).apply(&h, &p.tensors[..k * self.blocks])?;
+        // (No blocks: a linear model on the pixels.)
+        let (h, used) = if self.blocks == 0 {
+            (h, Vec::new())
+        } else {
+            crate::block::Blocks::new(blocks).apply(&h, &p.tensors[..k * self.blocks])?
+        };
         let feat = match self.head {
             // [B, H, W, C] -> [B, C*H*W] in PyTorch's flatten order.
             Head::Flatten => h.permute((0, 3, 1, 2))?.reshape((b, ()))?,

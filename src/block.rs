@@ -112,7 +112,14 @@ pub struct Blocks {
 
 /// Scalars of the fused block.
 trait Num:
-    num_traits::Float + candle_core::WithDType + Default + Send + Sync + std::ops::AddAssign + 'static
+    num_traits::Float
+    + candle_core::WithDType
+    + Default
+    + Send
+    + Sync
+    + std::ops::AddAssign
+    + std::ops::DivAssign
+    + 'static
 {
     /// `self` where `on`, else +0 (the same bits as `if on { self } else
     /// { 0 }`), as a bit mask: LLVM keeps the `if` as a branch per element,
@@ -300,7 +307,9 @@ pub(crate) struct Scratch<T> {
 /// every value is overwritten anyway (as candle's own CPU kernels do).
 ///
 /// # Safety
-/// The caller writes every element before any is read.
+/// The caller writes every element before any is read. Only used for
+/// `f32`, `f64` and `u8`, for which every bit pattern is a value.
+#[allow(clippy::uninit_vec)] // as candle's sort.rs: written before read
 unsafe fn unwritten<T: Copy>(n: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: capacity n; plain-old-data; the caller's promise covers reads.
@@ -540,7 +549,7 @@ impl ConvBnRelu {
                     }
                 }
                 for m in mean.iter_mut() {
-                    *m = *m / n;
+                    *m /= n;
                 }
                 let mut m2 = vec![T::zero(); o];
                 for row in yc.chunks_exact(o) {

@@ -467,15 +467,17 @@ impl Blocks {
 impl ConvBnRelu {
     /// The geometry of this block on an input `[n, h, w, c]`.
     fn geo(&self, n: usize, h: usize, w: usize, c: usize) -> Geo {
+        let stride = self.stride;
+        let (ho, wo) = Patches { c, h, w, stride }.out_hw();
         Geo {
             c,
             n,
             h,
             w,
             o: self.out,
-            ho: (h - 1) / self.stride + 1,
-            wo: (w - 1) / self.stride + 1,
-            stride: self.stride,
+            ho,
+            wo,
+            stride,
             pool: self.pool,
         }
     }
@@ -704,7 +706,8 @@ impl ConvBnRelu {
                 sgx[c] += b[c];
             }
         }
-        // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk;
+        // dy = gamma * rstd / P * (P g - dbeta - xhat dgamma), by chunk
+        // (each position's routed g again: cheaper than keeping it);
         // then dw = cols^T dy, db = sum dy, dcols = dy w^T -> dx.
         let scale: Vec<T> = (0..o).map(|c| gamma[c] * s.rstd[c] / pf).collect();
         let (scale, sg, sgx) = (&scale[..o], &sg[..o], &sgx[..o]);

@@ -212,6 +212,20 @@ impl Geo {
     fn k(&self) -> usize {
         self.c * 9
     }
+    /// The block's packed parameters: `[w (O*K), b, gamma, beta]`.
+    fn params(&self) -> usize {
+        self.o * self.k() + 3 * self.o
+    }
+    /// `(PyTorch's, patch order's)` index of every weight: `[O, C, 3, 3]`
+    /// against `[K, O]` with rows `(ky, kx, c)`.
+    fn weight_pairs(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (o, c) = (self.o, self.c);
+        (0..o).flat_map(move |oi| {
+            (0..c).flat_map(move |ci| {
+                (0..9).map(move |tap| ((oi * c + ci) * 9 + tap, (tap * c + ci) * o + oi))
+            })
+        })
+    }
     fn plane(&self) -> usize {
         self.ho * self.wo
     }
@@ -412,7 +426,7 @@ impl Blocks {
         let mut total = 0;
         for b in &self.blocks {
             let g = b.geo(n, h, w, c);
-            total += g.o * g.k() + 3 * g.o;
+            total += g.params();
             (h, w) = if b.pool { g.pooled() } else { (g.ho, g.wo) };
             c = g.o;
             geos.push(g);
@@ -428,7 +442,7 @@ impl Blocks {
         let mut saved = Vec::with_capacity(self.blocks.len());
         let mut at = 0;
         for (b, g) in self.blocks.iter().zip(&geos) {
-            let len = g.o * g.k() + 3 * g.o;
+            let len = g.params();
             let input = inputs.last().map_or(x, |v| &v[..]);
             let (out, s) = b.forward(*g, input, &prm[at..at + len]);
             saved.push(s);
@@ -452,13 +466,12 @@ impl Blocks {
         let mut grad_here: Option<Vec<T>> = None;
         for (i, b) in self.blocks.iter().enumerate().rev() {
             let g = kept.geos[i];
-            let len = g.o * g.k() + 3 * g.o;
+            let len = g.params();
             at -= len;
             let input = if i == 0 { x } else { &kept.inputs[i - 1][..] };
             let gr = grad_here.as_deref().unwrap_or(grad);
-            let (dx, dp) = b.backward(g, input, &prm[at..at + len], &kept.saved[i], gr);
-            dprm[at..at + len].copy_from_slice(&dp);
-            grad_here = dx;
+            let dp = &mut dprm[at..at + len];
+            grad_here = b.backward(g, input, &prm[at..at + len], &kept.saved[i], gr, dp);
         }
         dprm
     }
@@ -485,14 +498,9 @@ impl ConvBnRelu {
     /// The weights as the patches' right factor `[K, O]`: row `(ky, kx, c)`
     /// (the patch order), from PyTorch's `[O, C, 3, 3]`.
     fn weights_kxo<T: Num>(g: Geo, w: &[T]) -> Vec<T> {
-        let (o, c) = (g.o, g.c);
-        let mut wt = vec![T::zero(); g.k() * o];
-        for oi in 0..o {
-            for ci in 0..c {
-                for tap in 0..9 {
-                    wt[(tap * c + ci) * o + oi] = w[(oi * c + ci) * 9 + tap];
-                }
-            }
+        let mut wt = vec![T::zero(); g.k() * g.o];
+        for (torch, kxo) in g.weight_pairs() {
+            wt[kxo] = w[torch];
         }
         wt
     }
@@ -667,7 +675,8 @@ impl ConvBnRelu {
         prm: &[T],
         s: &Saved<T>,
         grad: &[T],
-    ) -> (Option<Vec<T>>, Vec<T>) {
+        dprm: &mut [T],
+    ) -> Option<Vec<T>> {
         let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
         let rest = &prm[o * k..];
         let (gamma, beta) = (&rest[o..2 * o], &rest[2 * o..3 * o]);
@@ -782,9 +791,9 @@ impl ConvBnRelu {
                 (dw, db)
             },
         );
-        // Reduce in chunk order, then back to PyTorch's weight order.
+        // Reduce in chunk order into `dprm` (zeroed by the caller), then
+        // back to PyTorch's weight order.
         let mut dwk = vec![T::zero(); k * o];
-        let mut dprm = vec![T::zero(); o * k + 3 * o];
         for (dw, db) in &parts {
             for (a, &v) in dwk.iter_mut().zip(dw) {
                 *a += v;
@@ -793,18 +802,14 @@ impl ConvBnRelu {
                 *a += v;
             }
         }
-        for oi in 0..o {
-            for ci in 0..g.c {
-                for tap in 0..9 {
-                    dprm[(oi * g.c + ci) * 9 + tap] = dwk[(tap * g.c + ci) * o + oi];
-                }
-            }
+        for (torch, kxo) in g.weight_pairs() {
+            dprm[torch] = dwk[kxo];
         }
         for c in 0..o {
             dprm[o * k + o + c] = sgx[c];
             dprm[o * k + 2 * o + c] = sg[c];
         }
-        (dx, dprm)
+        dx
     }
 }
 

@@ -39,7 +39,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::{matmul, sum8, Act, Mat};
+use crate::ops::{matmul, matmul_raw, sum8, Act, Mat};
 
 /// Coordinates per block: the block's inputs, state and z (about 130
 /// values per coordinate) fit in L2.
@@ -48,6 +48,14 @@ pub const CHUNK: usize = 256;
 const Z: usize = 4 * H;
 /// Layer-1 inputs per coordinate.
 const IN: usize = 4;
+/// Coordinates per tile of the forward step: a tile's four gate rows of one
+/// hidden unit (4 x 16 values) stay in registers while the 22 inputs that
+/// differ by coordinate are multiplied in. Blocks are padded to a multiple
+/// of it (the padding lanes start at zero and get a zero gradient).
+const L: usize = 16;
+/// Layer-1 inputs that differ by coordinate: the preprocessed gradient
+/// (2) and h_{t-1} (20); the preprocessed loss (2) is the same for all.
+const KIN: usize = 2 + H;
 
 /// Scalar types of the kernel: f32 (training) and f64 (gradient checks).
 pub trait Float:
@@ -125,8 +133,12 @@ struct Tape<T> {
     /// `[20][len]`: c_t and tanh(c_t).
     c: Vec<T>,
     tc: Vec<T>,
-    /// `[4][len]`: the preprocessed inputs.
+    /// `[2][pad]`: the preprocessed gradient (the two layer-1 inputs that
+    /// differ by coordinate).
     x: Vec<T>,
+    /// The preprocessed loss (the other two inputs, the same for all).
+    la: T,
+    lb: T,
     /// `[len]` each.
     theta_prev: Vec<T>,
     grad: Vec<T>,
@@ -149,11 +161,15 @@ struct Mark<T> {
     theta: Vec<T>,
 }
 
-/// One block of coordinates: its recurrent state and tape.
+/// One block of coordinates: its recurrent state and tape. Every buffer
+/// has `pad` columns (`len` rounded up to a whole tile).
 #[derive(Debug)]
 struct Block<T> {
     len: usize,
+    pad: usize,
     h: Vec<T>,
+    /// h_t while a step computes it (h_{t-1} is still read); then swapped.
+    hn: Vec<T>,
     c: Vec<T>,
     f_prev: Vec<T>,
     i_prev: Vec<T>,
@@ -168,12 +184,15 @@ struct Block<T> {
 
 impl<T: Float> Block<T> {
     fn new(len: usize) -> Self {
+        let pad = len.div_ceil(L) * L;
         Block {
             len,
-            h: vec![T::zero(); H * len],
-            c: vec![T::zero(); H * len],
-            f_prev: vec![T::zero(); len],
-            i_prev: vec![T::zero(); len],
+            pad,
+            h: vec![T::zero(); H * pad],
+            hn: vec![T::zero(); H * pad],
+            c: vec![T::zero(); H * pad],
+            f_prev: vec![T::zero(); pad],
+            i_prev: vec![T::zero(); pad],
             tape: vec![],
             spare: vec![],
             marks: vec![],
@@ -311,6 +330,7 @@ impl<T: Float> Unroll<T> {
         let checkpointed = self.checkpointed();
         let mark = checkpointed && self.inputs.len().is_multiple_of(self.segment.max(1));
         self.inputs.push(StepIn { la, lb, p, keep });
+        let pk = Packed::new(w, la, lb);
         self.blocks
             .par_iter_mut()
             .zip(self.theta.par_chunks_mut(CHUNK))
@@ -329,9 +349,9 @@ impl<T: Float> Unroll<T> {
                             p,
                             keep: false,
                         };
-                        block_step(blk, w, theta, g, s)
+                        block_step(blk, w, &pk, theta, g, s)
                     }
-                    Gates::Learned => block_step(blk, w, theta, g, StepIn { la, lb, p, keep }),
+                    Gates::Learned => block_step(blk, w, &pk, theta, g, StepIn { la, lb, p, keep }),
                     Gates::Fixed { forget, input } => {
                         let (fo, inp) = (T::of(forget), T::of(input));
                         let tape = keep.then(|| Tape {
@@ -339,6 +359,8 @@ impl<T: Float> Unroll<T> {
                             c: vec![],
                             tc: vec![],
                             x: vec![],
+                            la,
+                            lb,
                             theta_prev: theta.to_vec(),
                             grad: g.to_vec(),
                             big_f: vec![fo; theta.len()],
@@ -363,8 +385,8 @@ impl<T: Float> Unroll<T> {
             for blk in &self.blocks {
                 match (gates, blk.tape.last()) {
                     (_, Some(t)) if keep => {
-                        f.extend_from_slice(&t.big_f);
-                        i.extend_from_slice(&t.big_i);
+                        f.extend_from_slice(&t.big_f[..blk.len]);
+                        i.extend_from_slice(&t.big_i[..blk.len]);
                     }
                     (Gates::Fixed { forget, input }, _) => {
                         f.extend(std::iter::repeat_n(T::of(forget), blk.len));
@@ -372,8 +394,8 @@ impl<T: Float> Unroll<T> {
                     }
                     // f_prev / i_prev now hold this step's pre-sigmoid values.
                     (Gates::Learned, _) => {
-                        f.extend(blk.f_prev.iter().map(|v| v.sig()));
-                        i.extend(blk.i_prev.iter().map(|v| v.sig()));
+                        f.extend(blk.f_prev[..blk.len].iter().map(|v| v.sig()));
+                        i.extend(blk.i_prev[..blk.len].iter().map(|v| v.sig()));
                     }
                 }
             }
@@ -426,6 +448,7 @@ struct StepIn<T> {
 fn block_step<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
+    pk: &Packed<T>,
     theta: &mut [T],
     grad: &[T],
     s: StepIn<T>,
@@ -433,9 +456,9 @@ fn block_step<T: Float>(
     #[cfg(target_arch = "x86_64")]
     if crate::ops::use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { block_step_avx2(blk, w, theta, grad, s) };
+        return unsafe { block_step_avx2(blk, w, pk, theta, grad, s) };
     }
-    block_step_body(blk, w, theta, grad, s)
+    block_step_body(blk, w, pk, theta, grad, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -443,11 +466,12 @@ fn block_step<T: Float>(
 unsafe fn block_step_avx2<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
+    pk: &Packed<T>,
     theta: &mut [T],
     grad: &[T],
     s: StepIn<T>,
 ) -> Option<Tape<T>> {
-    block_step_body(blk, w, theta, grad, s)
+    block_step_body(blk, w, pk, theta, grad, s)
 }
 
 /// With gradient checkpointing: the segment length and every step's
@@ -486,127 +510,203 @@ unsafe fn block_backward_avx2<T: Float>(
     block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw)
 }
 
+/// The layer-1 weights regrouped for the tiles of [`block_step_body`]:
+/// for hidden unit m and input k, the weights of its four gate rows
+/// (i, f, g, o) side by side, and per m the four biases with the loss
+/// inputs (the same for every coordinate) folded in.
+struct Packed<T> {
+    /// `[H][KIN]`: `w[m * KIN + k][q] = W[q H + m][k]`, k over the two
+    /// gradient inputs (columns 0 and 1 of W_ih), then the 20 of W_hh.
+    w: Vec<[T; 4]>,
+    /// `[H]`: `b[q H + m] + W_ih[q H + m][2] la + W_ih[q H + m][3] lb`.
+    bias: Vec<[T; 4]>,
+}
+
+impl<T: Float> Packed<T> {
+    fn new(w: &Weights<T>, la: T, lb: T) -> Self {
+        let mut pw = vec![[T::zero(); 4]; H * KIN];
+        let mut bias = vec![[T::zero(); 4]; H];
+        for m in 0..H {
+            for q in 0..4 {
+                let j = q * H + m;
+                let wi = &w.w_ih[j * IN..][..IN];
+                bias[m][q] = w.b[j] + wi[2] * la + wi[3] * lb;
+                pw[m * KIN][q] = wi[0];
+                pw[m * KIN + 1][q] = wi[1];
+                for k in 0..H {
+                    pw[m * KIN + 2 + k][q] = w.w_hh[j * H + k];
+                }
+            }
+        }
+        Packed { w: pw, bias }
+    }
+}
+
+/// Tile `at..at + L` of a row.
+#[inline(always)]
+fn ld<T: Copy>(v: &[T], at: usize) -> [T; L] {
+    v[at..at + L].try_into().expect("a whole tile")
+}
+
+#[inline(always)]
+fn st<T: Copy>(v: &mut [T], at: usize, a: &[T; L]) {
+    v[at..at + L].copy_from_slice(a);
+}
+
+/// a[q] += w[q] x for the four gate rows of a tile.
+#[inline(always)]
+fn mac<T: Float>(a: &mut [[T; L]; 4], w: &[T; 4], x: &[T; L]) {
+    for (aq, &wq) in a.iter_mut().zip(w) {
+        for (v, &xl) in aq.iter_mut().zip(x) {
+            *v += wq * xl;
+        }
+    }
+}
+
+#[inline(always)]
+fn map<T: Copy>(a: &mut [T; L], f: impl Fn(T) -> T) {
+    for v in a.iter_mut() {
+        *v = f(*v);
+    }
+}
+
 /// Forward of one step on one block (learned gates). Updates θ in place
 /// and the block's recurrent state; returns the tape entry if kept.
+///
+/// The work goes tile by tile (L coordinates), and within a tile hidden
+/// unit by hidden unit: the unit's four gate pre-activations are summed in
+/// registers over the 22 per-coordinate inputs (onto the bias with the
+/// loss inputs folded in), go through their nonlinearities, update c and
+/// h, and add h's share to the meta-gates; then the tile's meta-gates and
+/// θ. Only what the tape keeps is written out. Sums run in a fixed order
+/// with separate multiplies and adds, so the AVX2 and baseline builds
+/// agree bit for bit.
 #[inline(always)]
 fn block_step_body<T: Float>(
     blk: &mut Block<T>,
     w: &Weights<T>,
+    pk: &Packed<T>,
     theta: &mut [T],
     grad: &[T],
     s: StepIn<T>,
 ) -> Option<Tape<T>> {
     let StepIn { la, lb, p, keep } = s;
-    let len = blk.len;
+    let (len, pad) = (blk.len, blk.pad);
     // The tape entry's buffers are recycled (no allocation, no page
     // faults) and refilled. Every `sized` buffer is overwritten in full
     // below, so it is not zeroed first (only growth is): zeroing cost a
     // pass over the whole tape per step.
     let mut t = blk.spare.pop().unwrap_or_default();
     let sized = |v: &mut Vec<T>, n: usize| v.resize(n, T::zero());
-    let copied = |v: &mut Vec<T>, src: &[T]| {
+    // Per-coordinate inputs, zero in the padding.
+    let padded = |v: &mut Vec<T>, src: &[T]| {
         v.clear();
         v.extend_from_slice(src);
+        v.resize(pad, T::zero());
     };
-    // Inputs: preprocessed gradient and loss.
-    sized(&mut t.x, IN * len);
-    let x = &mut t.x;
-    for k in 0..len {
-        let (a, b) = preprocess(grad[k].f64(), p);
-        x[k] = T::of(a);
-        x[len + k] = T::of(b);
-    }
-    x[2 * len..3 * len].fill(la);
-    x[3 * len..].fill(lb);
-    // z = W_ih x + W_hh h_{t-1} + b, computed where the tape keeps the gates.
-    sized(&mut t.gates, Z * len);
-    let z = &mut t.gates;
-    for j in 0..Z {
-        z[j * len..(j + 1) * len].fill(w.b[j]);
-    }
-    let rm = |data, cols| Mat {
-        data,
-        rs: cols,
-        cs: 1,
-    };
-    matmul(
-        Z,
-        len,
-        IN,
-        z,
-        true,
-        rm(&w.w_ih[..], IN),
-        rm(&t.x[..], len),
-        false,
-    );
-    matmul(
-        Z,
-        len,
-        H,
-        z,
-        true,
-        rm(&w.w_hh[..], H),
-        rm(&blk.h[..], len),
-        false,
-    );
-    // Gates in place: [σ, σ, tanh, σ] on rows [i, f, g, o].
-    let (ifg, o) = z.split_at_mut(3 * H * len);
-    let (i_f, g) = ifg.split_at_mut(2 * H * len);
-    // (Separate loops: a chained iterator does not vectorise.)
-    for v in i_f.iter_mut() {
-        *v = v.sig();
-    }
-    for v in o.iter_mut() {
-        *v = v.sig();
-    }
-    for v in g.iter_mut() {
-        *v = v.th();
-    }
-    // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
-    sized(&mut t.tc, H * len);
-    for m in 0..H {
-        let (i, f, g, o) = (
-            &z[m * len..(m + 1) * len],
-            &z[(H + m) * len..(H + m + 1) * len],
-            &z[(2 * H + m) * len..(2 * H + m + 1) * len],
-            &z[(3 * H + m) * len..(3 * H + m + 1) * len],
-        );
-        let c = &mut blk.c[m * len..(m + 1) * len];
-        let h = &mut blk.h[m * len..(m + 1) * len];
-        let tc = &mut t.tc[m * len..(m + 1) * len];
+    t.la = la;
+    t.lb = lb;
+    sized(&mut t.x, 2 * pad);
+    {
+        let (x0, x1) = t.x.split_at_mut(pad);
         for k in 0..len {
-            let ck = f[k] * c[k] + i[k] * g[k];
-            c[k] = ck;
-            tc[k] = ck.th();
-            h[k] = o[k] * tc[k];
+            let (a, b) = preprocess(grad[k].f64(), p);
+            x0[k] = T::of(a);
+            x1[k] = T::of(b);
         }
+        x0[len..].fill(T::zero());
+        x1[len..].fill(T::zero());
     }
-    copied(&mut t.c, &blk.c);
-    // Meta-gates: f̃ = w_f·[h, θ, f̃_prev] + b_f, ĩ likewise (the fed-back
-    // values this step saw go to the tape; the new ones replace them).
-    copied(&mut t.f_in, &blk.f_prev);
-    copied(&mut t.i_in, &blk.i_prev);
-    copied(&mut t.theta_prev, theta);
-    copied(&mut t.grad, grad);
-    blk.f_prev.fill(w.b_f);
-    blk.i_prev.fill(w.b_i);
-    for m in 0..H {
-        let hm = &blk.h[m * len..(m + 1) * len];
-        axpy(w.w_f[m], hm, &mut blk.f_prev);
-        axpy(w.w_i[m], hm, &mut blk.i_prev);
+    padded(&mut t.theta_prev, theta);
+    padded(&mut t.grad, grad);
+    // The fed-back f̃_{t-1}, ĩ_{t-1} this step sees go to the tape.
+    padded(&mut t.f_in, &blk.f_prev);
+    padded(&mut t.i_in, &blk.i_prev);
+    if keep {
+        sized(&mut t.gates, Z * pad);
+        sized(&mut t.c, H * pad);
+        sized(&mut t.tc, H * pad);
     }
-    sized(&mut t.big_f, len);
-    sized(&mut t.big_i, len);
-    for k in 0..len {
-        let fp = blk.f_prev[k] + w.w_f[H] * theta[k] + w.w_f[H + 1] * t.f_in[k];
-        let ip = blk.i_prev[k] + w.w_i[H] * theta[k] + w.w_i[H + 1] * t.i_in[k];
-        blk.f_prev[k] = fp;
-        blk.i_prev[k] = ip;
-        t.big_f[k] = fp.sig();
-        t.big_i[k] = ip.sig();
-        // θ_t = F_t θ_{t-1} - I_t grad_t
-        theta[k] = t.big_f[k] * theta[k] - t.big_i[k] * grad[k];
+    sized(&mut t.big_f, pad);
+    sized(&mut t.big_i, pad);
+    let one = T::one();
+    let mut hp = [[T::zero(); L]; H];
+    for c0 in (0..pad).step_by(L) {
+        let xs = [ld(&t.x, c0), ld(&t.x, pad + c0)];
+        for (k, r) in hp.iter_mut().enumerate() {
+            *r = ld(&blk.h, k * pad + c0);
+        }
+        // f̃ = w_f·[h, θ, f̃_prev] + b_f, ĩ likewise, summed over m below.
+        let mut fa = [w.b_f; L];
+        let mut ia = [w.b_i; L];
+        for m in 0..H {
+            // z = W_ih x + W_hh h_{t-1} + b for rows m of [i, f, g, o].
+            let wm = &pk.w[m * KIN..][..KIN];
+            let mut a = pk.bias[m].map(|b| [b; L]);
+            for (wk, xk) in wm[..2].iter().zip(&xs) {
+                mac(&mut a, wk, xk);
+            }
+            for (wk, hk) in wm[2..].iter().zip(&hp) {
+                mac(&mut a, wk, hk);
+            }
+            // [i, f, g, o] = [σ, σ, tanh, σ](z)
+            let [mut i, mut f, mut g, mut o] = a;
+            map(&mut i, |v| v.sig());
+            map(&mut f, |v| v.sig());
+            map(&mut g, |v| v.th());
+            map(&mut o, |v| v.sig());
+            // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+            let at = m * pad + c0;
+            let mut c = ld(&blk.c, at);
+            let mut tc = [T::zero(); L];
+            let mut h = [T::zero(); L];
+            for l in 0..L {
+                c[l] = f[l] * c[l] + i[l] * g[l];
+            }
+            for l in 0..L {
+                tc[l] = c[l].th();
+            }
+            for l in 0..L {
+                h[l] = o[l] * tc[l];
+            }
+            let (wf, wi) = (w.w_f[m], w.w_i[m]);
+            for l in 0..L {
+                fa[l] += wf * h[l];
+                ia[l] += wi * h[l];
+            }
+            st(&mut blk.c, at, &c);
+            st(&mut blk.hn, at, &h);
+            if keep {
+                for (q, r) in [i, f, g, o].iter().enumerate() {
+                    st(&mut t.gates, (q * H + m) * pad + c0, r);
+                }
+                st(&mut t.c, at, &c);
+                st(&mut t.tc, at, &tc);
+            }
+        }
+        // F_t = σ(f̃_t), I_t = σ(ĩ_t);  θ_t = F_t θ_{t-1} - I_t grad_t
+        let (th, gr) = (ld(&t.theta_prev, c0), ld(&t.grad, c0));
+        let (fin, iin) = (ld(&t.f_in, c0), ld(&t.i_in, c0));
+        let (mut big_f, mut big_i, mut next) = ([one; L], [one; L], [one; L]);
+        for l in 0..L {
+            fa[l] = fa[l] + w.w_f[H] * th[l] + w.w_f[H + 1] * fin[l];
+            ia[l] = ia[l] + w.w_i[H] * th[l] + w.w_i[H + 1] * iin[l];
+        }
+        for l in 0..L {
+            big_f[l] = fa[l].sig();
+            big_i[l] = ia[l].sig();
+        }
+        for l in 0..L {
+            next[l] = big_f[l] * th[l] - big_i[l] * gr[l];
+        }
+        st(&mut blk.f_prev, c0, &fa);
+        st(&mut blk.i_prev, c0, &ia);
+        st(&mut t.big_f, c0, &big_f);
+        st(&mut t.big_i, c0, &big_i);
+        let n = L.min(len - c0);
+        theta[c0..c0 + n].copy_from_slice(&next[..n]);
     }
+    std::mem::swap(&mut blk.h, &mut blk.hn);
     if keep {
         Some(t)
     } else {
@@ -628,19 +728,19 @@ fn block_backward_body<T: Float>(
     d0: &mut [T],
     gw: &mut Weights<T>,
 ) {
-    let len = blk.len;
-    let mut carry = Carry::new(len, d_theta_t);
+    let (len, pad) = (blk.len, blk.pad);
+    let mut carry = Carry::new(pad, d_theta_t);
     if let Gates::Fixed { forget, .. } = gates {
         let fo = T::of(forget);
         for _ in &blk.tape {
             carry.dth.iter_mut().for_each(|d| *d *= fo);
         }
-        d0.copy_from_slice(&carry.dth);
+        d0.copy_from_slice(&carry.dth[..len]);
         return;
     }
     match seg {
         None => {
-            let zeros = vec![T::zero(); H * len];
+            let zeros = vec![T::zero(); H * pad];
             backward_steps(&blk.tape, &zeros, &zeros, w, &mut carry, gw);
         }
         Some((k, inputs)) => {
@@ -652,7 +752,8 @@ fn block_backward_body<T: Float>(
                 let mut theta = m.theta.clone();
                 for (s, inp) in inputs.iter().enumerate().take(b).skip(a) {
                     let inp = StepIn { keep: true, ..*inp };
-                    let t = block_step_body(&mut scratch, w, &mut theta, &blk.grads[s], inp);
+                    let pk = Packed::new(w, inp.la, inp.lb);
+                    let t = block_step_body(&mut scratch, w, &pk, &mut theta, &blk.grads[s], inp);
                     tapes.push(t.expect("a kept tape entry"));
                 }
                 backward_steps(&tapes, &m.c, &m.h, w, &mut carry, gw);
@@ -660,7 +761,7 @@ fn block_backward_body<T: Float>(
             }
         }
     }
-    d0.copy_from_slice(&carry.dth);
+    d0.copy_from_slice(&carry.dth[..len]);
 }
 
 /// The backward's running state: dL/dθ and what flows from step t+1 back
@@ -680,10 +781,14 @@ struct Carry<T> {
 }
 
 impl<T: Float> Carry<T> {
-    fn new(len: usize, d_theta_t: &[T]) -> Self {
+    /// For a block of `pad` columns (dL/dθ_T is zero in the padding).
+    fn new(pad: usize, d_theta_t: &[T]) -> Self {
         let z = |n: usize| vec![T::zero(); n];
+        let mut dth = d_theta_t.to_vec();
+        dth.resize(pad, T::zero());
+        let len = pad;
         Carry {
-            dth: d_theta_t.to_vec(),
+            dth,
             dh_next: z(H * len),
             dc_next: z(H * len),
             dfp_next: z(len),
@@ -829,10 +934,21 @@ fn backward_steps<T: Float>(
             rs: 1,
             cs: len,
         };
-        matmul(Z, IN, len, &mut gw.w_ih, true, dzm, tr(&t.x[..]), false);
+        // (Columns 0 and 1 of W_ih: the gradient inputs; columns 2 and 3,
+        // the loss inputs, are the same for every coordinate: la and lb
+        // times db.)
+        // SAFETY: gw.w_ih holds Z rows of IN >= 2 columns, borrowed mutably.
+        unsafe {
+            let dst = gw.w_ih.as_mut_ptr();
+            assert_eq!(gw.w_ih.len(), Z * IN);
+            matmul_raw(Z, 2, len, dst, IN, true, dzm, tr(&t.x[..]), false);
+        }
         matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]), false);
         for j in 0..Z {
-            gw.b[j] += sum(&dz[j * len..(j + 1) * len]);
+            let db = sum(&dz[j * len..(j + 1) * len]);
+            gw.b[j] += db;
+            gw.w_ih[j * IN + 2] += t.la * db;
+            gw.w_ih[j * IN + 3] += t.lb * db;
         }
         // dL/dh_{t-1} = W_hh^T dz
         let w_hh_t = Mat {

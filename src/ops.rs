@@ -151,26 +151,6 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Sum of f(i) over 0..len with eight partial sums: vectorisable (a single
-/// running sum is a serial chain), and the same order on every run.
-#[inline(always)]
-pub(crate) fn sum8<T: num_traits::Float>(len: usize, f: impl Fn(usize) -> T) -> T {
-    let mut acc = [T::zero(); 8];
-    let n8 = len / 8 * 8;
-    let mut i = 0;
-    while i < n8 {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a = *a + f(i + l);
-        }
-        i += 8;
-    }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for j in n8..len {
-        s = s + f(j);
-    }
-    s
-}
-
 /// 3x3 convolution with padding 1 and stride 1 or 2 on `[C, B, H, W]`.
 ///
 /// `w`: `[O, C, 3, 3]`, `b`: `[O]`; returns `[O, B, Ho, Wo]` with

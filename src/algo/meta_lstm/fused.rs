@@ -39,7 +39,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::{matmul, matmul_raw, sum8, Act, Mat};
+use crate::ops::{matmul, matmul_raw, Act, Mat};
 
 /// Coordinates per block: the block's inputs, state and z (about 130
 /// values per coordinate) fit in L2.
@@ -128,11 +128,12 @@ impl<T: Float> Weights<T> {
 /// What the backward needs from one step of one block.
 #[derive(Debug, Default)]
 struct Tape<T> {
-    /// `[80][len]`: i, f, g, o after their nonlinearities.
-    gates: Vec<T>,
-    /// `[20][len]`: c_t and tanh(c_t).
-    c: Vec<T>,
-    tc: Vec<T>,
+    /// `[pad / L][H][CELL][L]`: per tile and hidden unit, the gates i,
+    /// f, g, o after their nonlinearities, c_t and tanh(c_t) ([`cell`]).
+    /// Tile-major, in the order the forward writes and the backward reads:
+    /// both stream through it (row-major, the two dozen rows a tile
+    /// touches defeated the hardware prefetchers).
+    cell: Vec<T>,
     /// `[2][pad]`: the preprocessed gradient (the two layer-1 inputs that
     /// differ by coordinate).
     x: Vec<T>,
@@ -216,25 +217,6 @@ impl<T: Float> Block<T> {
         self.f_prev.copy_from_slice(&m.f_prev);
         self.i_prev.copy_from_slice(&m.i_prev);
     }
-}
-
-/// y += a * x.
-#[inline(always)]
-fn axpy<T: Float>(a: T, x: &[T], y: &mut [T]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * *xi;
-    }
-}
-
-/// Sum of a_k * b_k ([`sum8`]: eight partial sums, fixed order).
-#[inline(always)]
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    sum8(a.len(), |k| a[k] * b[k])
-}
-
-#[inline(always)]
-fn sum<T: Float>(a: &[T]) -> T {
-    sum8(a.len(), |k| a[k])
 }
 
 /// An unroll of the meta-learner over all coordinates.
@@ -355,9 +337,7 @@ impl<T: Float> Unroll<T> {
                     Gates::Fixed { forget, input } => {
                         let (fo, inp) = (T::of(forget), T::of(input));
                         let tape = keep.then(|| Tape {
-                            gates: vec![],
-                            c: vec![],
-                            tc: vec![],
+                            cell: vec![],
                             x: vec![],
                             la,
                             lb,
@@ -542,6 +522,32 @@ impl<T: Float> Packed<T> {
     }
 }
 
+/// Values per tile and hidden unit in a tape's `cell`: i, f, g, o, c, tanh c.
+const CELL: usize = 6;
+/// How many records ahead the backward prefetches the previous step's tape.
+const AHEAD: usize = 8;
+/// Where the record of the tile at column `c0` and hidden unit `m` starts
+/// in a tape's `cell`.
+#[inline(always)]
+fn cell(c0: usize, m: usize) -> usize {
+    (c0 / L * H + m) * CELL * L
+}
+
+/// Ask for the cache lines of `v[at..at + n]` (any part may lie outside
+/// `v`: a prefetch reads nothing and never faults).
+#[inline(always)]
+fn prefetch<T>(v: &[T], at: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = v.as_ptr().wrapping_add(at) as *const i8;
+        for b in (0..n * std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: a prefetch is a hint; it does not access memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b)) };
+        }
+    }
+}
+
 /// Tile `at..at + L` of a row.
 #[inline(always)]
 fn ld<T: Copy>(v: &[T], at: usize) -> [T; L] {
@@ -623,9 +629,7 @@ fn block_step_body<T: Float>(
     padded(&mut t.f_in, &blk.f_prev);
     padded(&mut t.i_in, &blk.i_prev);
     if keep {
-        sized(&mut t.gates, Z * pad);
-        sized(&mut t.c, H * pad);
-        sized(&mut t.tc, H * pad);
+        sized(&mut t.cell, CELL * H * pad);
     }
     sized(&mut t.big_f, pad);
     sized(&mut t.big_i, pad);
@@ -677,11 +681,10 @@ fn block_step_body<T: Float>(
             st(&mut blk.c, at, &c);
             st(&mut blk.hn, at, &h);
             if keep {
-                for (q, r) in [i, f, g, o].iter().enumerate() {
-                    st(&mut t.gates, (q * H + m) * pad + c0, r);
+                let rec = cell(c0, m);
+                for (k, r) in [i, f, g, o, c, tc].iter().enumerate() {
+                    st(&mut t.cell, rec + k * L, r);
                 }
-                st(&mut t.c, at, &c);
-                st(&mut t.tc, at, &tc);
             }
         }
         // F_t = σ(f̃_t), I_t = σ(ĩ_t);  θ_t = F_t θ_{t-1} - I_t grad_t
@@ -761,191 +764,244 @@ fn block_backward_body<T: Float>(
             }
         }
     }
+    carry.reduce_into(gw);
     d0.copy_from_slice(&carry.dth[..len]);
 }
 
 /// The backward's running state: dL/dθ and what flows from step t+1 back
-/// to step t, plus scratch buffers.
+/// to step t, per-lane partial sums of the weight gradients, and scratch
+/// buffers.
 struct Carry<T> {
     dth: Vec<T>,
     dh_next: Vec<T>,
     dc_next: Vec<T>,
     dfp_next: Vec<T>,
     dip_next: Vec<T>,
-    dfpre: Vec<T>,
-    dipre: Vec<T>,
-    dh: Vec<T>,
     dz: Vec<T>,
+    /// h_t and h_{t-1} of the step being differentiated, `[H][pad]`.
     h: Vec<T>,
     h_prev: Vec<T>,
+    /// Per-lane sums over tiles and steps: w_f's and w_i's gradients
+    /// (`[H + 2]`) and b_f's, b_i's; per step, db's (`[Z]`).
+    wf: Vec<[T; L]>,
+    wi: Vec<[T; L]>,
+    bf: [T; L],
+    bi: [T; L],
+    db: Vec<[T; L]>,
 }
 
 impl<T: Float> Carry<T> {
     /// For a block of `pad` columns (dL/dθ_T is zero in the padding).
     fn new(pad: usize, d_theta_t: &[T]) -> Self {
         let z = |n: usize| vec![T::zero(); n];
+        let lanes = |n: usize| vec![[T::zero(); L]; n];
         let mut dth = d_theta_t.to_vec();
         dth.resize(pad, T::zero());
-        let len = pad;
         Carry {
             dth,
-            dh_next: z(H * len),
-            dc_next: z(H * len),
-            dfp_next: z(len),
-            dip_next: z(len),
-            dfpre: z(len),
-            dipre: z(len),
-            dh: z(H * len),
-            dz: z(Z * len),
-            h: z(H * len),
-            h_prev: z(H * len),
+            dh_next: z(H * pad),
+            dc_next: z(H * pad),
+            dfp_next: z(pad),
+            dip_next: z(pad),
+            dz: z(Z * pad),
+            h: z(H * pad),
+            h_prev: z(H * pad),
+            wf: lanes(H + 2),
+            wi: lanes(H + 2),
+            bf: [T::zero(); L],
+            bi: [T::zero(); L],
+            db: lanes(Z),
+        }
+    }
+
+    /// Adds the per-lane sums of the meta-gates' weight gradients to `gw`
+    /// (lanes in order).
+    fn reduce_into(&self, gw: &mut Weights<T>) {
+        let total = |a: &[T; L]| a.iter().fold(T::zero(), |s, &v| s + v);
+        for (g, a) in gw.w_f.iter_mut().zip(&self.wf) {
+            *g += total(a);
+        }
+        for (g, a) in gw.w_i.iter_mut().zip(&self.wi) {
+            *g += total(a);
+        }
+        gw.b_f += total(&self.bf);
+        gw.b_i += total(&self.bi);
+    }
+}
+
+/// h = o * tanh(c) of a tape entry's tile at `c0`, hidden unit `m`.
+#[inline(always)]
+fn tape_h<T: Float>(t: &Tape<T>, c0: usize, m: usize) -> [T; L] {
+    let rec = cell(c0, m);
+    let (o, tc) = (ld(&t.cell, rec + 3 * L), ld(&t.cell, rec + 5 * L));
+    let mut h = [T::zero(); L];
+    for l in 0..L {
+        h[l] = o[l] * tc[l];
+    }
+    h
+}
+
+/// h = o * tanh(c) of one tape entry, into `[H][pad]` rows.
+#[inline(always)]
+fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], pad: usize) {
+    for c0 in (0..pad).step_by(L) {
+        for m in 0..H {
+            st(h, m * pad + c0, &tape_h(t, c0, m));
         }
     }
 }
 
-/// h = o * tanh(c) of one tape entry, row by row.
+/// a[l] += x[l] y[l] (through a copy: in place, the loop stayed scalar).
 #[inline(always)]
-fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], len: usize) {
-    for m in 0..H {
-        let o = &t.gates[(3 * H + m) * len..][..len];
-        let tc = &t.tc[m * len..][..len];
-        let hm = &mut h[m * len..][..len];
-        for k in 0..len {
-            hm[k] = o[k] * tc[k];
-        }
+fn acc_mul<T: Float>(a: &mut [T; L], x: &[T; L], y: &[T; L]) {
+    let mut v = *a;
+    for l in 0..L {
+        v[l] += x[l] * y[l];
     }
+    *a = v;
+}
+
+#[inline(always)]
+fn acc<T: Float>(a: &mut [T; L], x: &[T; L]) {
+    let mut v = *a;
+    for l in 0..L {
+        v[l] += x[l];
+    }
+    *a = v;
 }
 
 /// Backward over consecutive steps `tape` (last first), whose first step
-/// was fed `c0`, `h0` (c and h after the step before it).
+/// was fed `c0s`, `h0` (c and h after the step before it, `[H][pad]`).
+///
+/// Per step, one pass over the block tile by tile (L coordinates) does
+/// the element-wise chain rule through the meta-gates, the cell update and
+/// the layer-1 nonlinearities, writes dz and the carried gradients, and
+/// adds the meta-gates' weight gradients into per-lane sums; then three
+/// products: dW_ih and dW_hh (dz against the inputs) and dL/dh_{t-1}.
 #[inline(always)]
 fn backward_steps<T: Float>(
     tape: &[Tape<T>],
-    c0: &[T],
+    c0s: &[T],
     h0: &[T],
     w: &Weights<T>,
     carry: &mut Carry<T>,
     gw: &mut Weights<T>,
 ) {
-    let len = carry.dth.len();
+    let pad = carry.dth.len();
     let one = T::one();
-    let Carry {
-        dth,
-        dh_next,
-        dc_next,
-        dfp_next,
-        dip_next,
-        dfpre,
-        dipre,
-        dh,
-        dz,
-        h,
-        h_prev,
-    } = carry;
+    let Some(last) = tape.last() else {
+        return;
+    };
+    // h_t of the last step; each step then hands its h_{t-1} down.
+    recompute_h(last, &mut carry.h, pad);
+    let (wf, wi) = (w.w_f[H], w.w_i[H]);
+    let (wf1, wi1) = (w.w_f[H + 1], w.w_i[H + 1]);
     for s in (0..tape.len()).rev() {
         let t = &tape[s];
-        let c_prev = if s > 0 { &tape[s - 1].c } else { c0 };
-        // h_t = o_t tanh(c_t); h_{t-1} likewise from the previous step.
-        // (Loops over re-sliced rows of exactly `len`: bounds checks go
-        // and the loops vectorise; indexing by m * len + k kept them
-        // scalar.)
-        recompute_h(t, h, len);
-        if s > 0 {
-            recompute_h(&tape[s - 1], h_prev, len);
-        } else {
-            h_prev.copy_from_slice(h0);
+        let prev = s.checked_sub(1).map(|p| &tape[p]);
+        for db in carry.db.iter_mut() {
+            *db = [T::zero(); L];
         }
-        // Cell update and meta-gates.
-        {
-            let (tp, gr) = (&t.theta_prev[..len], &t.grad[..len]);
-            let (bf, bi) = (&t.big_f[..len], &t.big_i[..len]);
-            let (dfn, din) = (&dfp_next[..len], &dip_next[..len]);
-            let (dfp, dip) = (&mut dfpre[..len], &mut dipre[..len]);
-            let dth = &mut dth[..len];
-            let (wf, wi) = (w.w_f[H], w.w_i[H]);
-            for k in 0..len {
-                let (f, i) = (bf[k], bi[k]);
-                let d_f = dth[k] * tp[k];
-                let d_i = -dth[k] * gr[k];
-                dfp[k] = d_f * f * (one - f) + dfn[k];
-                dip[k] = d_i * i * (one - i) + din[k];
-                dth[k] = dth[k] * f + dfp[k] * wf + dip[k] * wi;
+        for c0 in (0..pad).step_by(L) {
+            // Meta-gates: θ_t = F θ_{t-1} - I grad, F = σ(f̃), I = σ(ĩ), and
+            // f̃_{t+1}, ĩ_{t+1} read f̃_t, ĩ_t back.
+            let mut dth = ld(&carry.dth, c0);
+            let (tp, gr) = (ld(&t.theta_prev, c0), ld(&t.grad, c0));
+            let (bf, bi) = (ld(&t.big_f, c0), ld(&t.big_i, c0));
+            let (dfn, din) = (ld(&carry.dfp_next, c0), ld(&carry.dip_next, c0));
+            let (mut dfp, mut dip) = ([one; L], [one; L]);
+            for l in 0..L {
+                let (f, i) = (bf[l], bi[l]);
+                let d_f = dth[l] * tp[l];
+                let d_i = -dth[l] * gr[l];
+                dfp[l] = d_f * f * (one - f) + dfn[l];
+                dip[l] = d_i * i * (one - i) + din[l];
+                dth[l] = dth[l] * f + dfp[l] * wf + dip[l] * wi;
             }
-        }
-        for m in 0..H {
-            let hm = &h[m * len..(m + 1) * len];
-            gw.w_f[m] += dot(&dfpre[..], hm);
-            gw.w_i[m] += dot(&dipre[..], hm);
-        }
-        gw.w_f[H] += dot(&dfpre[..], &t.theta_prev);
-        gw.w_i[H] += dot(&dipre[..], &t.theta_prev);
-        gw.w_f[H + 1] += dot(&dfpre[..], &t.f_in);
-        gw.w_i[H + 1] += dot(&dipre[..], &t.i_in);
-        gw.b_f += sum(&dfpre[..]);
-        gw.b_i += sum(&dipre[..]);
-        let (wf1, wi1) = (w.w_f[H + 1], w.w_i[H + 1]);
-        for (n, &d) in dfp_next.iter_mut().zip(dfpre.iter()) {
-            *n = d * wf1;
-        }
-        for (n, &d) in dip_next.iter_mut().zip(dipre.iter()) {
-            *n = d * wi1;
-        }
-        // dL/dh_t: from the meta-gates and from step t+1's z.
-        dh.copy_from_slice(dh_next);
-        for m in 0..H {
-            let row = &mut dh[m * len..(m + 1) * len];
-            axpy(w.w_f[m], &dfpre[..], row);
-            axpy(w.w_i[m], &dipre[..], row);
-        }
-        // Layer 1.
-        {
-            let (dz_i, rest) = dz.split_at_mut(H * len);
-            let (dz_f, rest) = rest.split_at_mut(H * len);
-            let (dz_g, dz_o) = rest.split_at_mut(H * len);
+            st(&mut carry.dth, c0, &dth);
+            acc_mul(&mut carry.wf[H], &dfp, &tp);
+            acc_mul(&mut carry.wi[H], &dip, &tp);
+            acc_mul(&mut carry.wf[H + 1], &dfp, &ld(&t.f_in, c0));
+            acc_mul(&mut carry.wi[H + 1], &dip, &ld(&t.i_in, c0));
+            acc(&mut carry.bf, &dfp);
+            acc(&mut carry.bi, &dip);
+            st(&mut carry.dfp_next, c0, &dfp.map(|d| d * wf1));
+            st(&mut carry.dip_next, c0, &dip.map(|d| d * wi1));
             for m in 0..H {
-                let row = |q: usize| &t.gates[(q * H + m) * len..][..len];
-                let (i, f, g, o) = (row(0), row(1), row(2), row(3));
-                let at = m * len;
-                let tc = &t.tc[at..][..len];
-                let cp = &c_prev[at..][..len];
-                let dhm = &dh[at..][..len];
-                let dcn = &mut dc_next[at..][..len];
-                let (zi, zf) = (&mut dz_i[at..][..len], &mut dz_f[at..][..len]);
-                let (zg, zo) = (&mut dz_g[at..][..len], &mut dz_o[at..][..len]);
-                for k in 0..len {
-                    let dc = dcn[k] + dhm[k] * o[k] * (one - tc[k] * tc[k]);
-                    let d_o = dhm[k] * tc[k];
-                    dcn[k] = dc * f[k];
-                    zi[k] = dc * g[k] * i[k] * (one - i[k]);
-                    zf[k] = dc * cp[k] * f[k] * (one - f[k]);
-                    zg[k] = dc * i[k] * (one - g[k] * g[k]);
-                    zo[k] = d_o * o[k] * (one - o[k]);
+                let at = m * pad + c0;
+                // dL/dh_t: from the meta-gates and from step t+1's z.
+                let h = ld(&carry.h, at);
+                acc_mul(&mut carry.wf[m], &dfp, &h);
+                acc_mul(&mut carry.wi[m], &dip, &h);
+                let mut dh = ld(&carry.dh_next, at);
+                let (wfm, wim) = (w.w_f[m], w.w_i[m]);
+                for l in 0..L {
+                    dh[l] = dh[l] + wfm * dfp[l] + wim * dip[l];
+                }
+                // h_{t-1}, for dW_hh below and as the next step's h_t.
+                let (hp, cp) = match prev {
+                    Some(p) => {
+                        // The previous step's tape comes from memory.
+                        prefetch(&p.cell, cell(c0, m) + AHEAD * CELL * L, CELL * L);
+                        (tape_h(p, c0, m), ld(&p.cell, cell(c0, m) + 4 * L))
+                    }
+                    None => (ld(h0, at), ld(c0s, at)),
+                };
+                st(&mut carry.h_prev, at, &hp);
+                // Layer 1: c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
+                let rec = cell(c0, m);
+                let row = |k: usize| ld(&t.cell, rec + k * L);
+                let (i, f, g, o, tc) = (row(0), row(1), row(2), row(3), row(5));
+                let mut dcn = ld(&carry.dc_next, at);
+                let mut z = [[one; L]; 4];
+                for l in 0..L {
+                    let dc = dcn[l] + dh[l] * o[l] * (one - tc[l] * tc[l]);
+                    let d_o = dh[l] * tc[l];
+                    dcn[l] = dc * f[l];
+                    z[0][l] = dc * g[l] * i[l] * (one - i[l]);
+                    z[1][l] = dc * cp[l] * f[l] * (one - f[l]);
+                    z[2][l] = dc * i[l] * (one - g[l] * g[l]);
+                    z[3][l] = d_o * o[l] * (one - o[l]);
+                }
+                st(&mut carry.dc_next, at, &dcn);
+                for (q, zq) in z.iter().enumerate() {
+                    st(&mut carry.dz, (q * H + m) * pad + c0, zq);
+                    acc(&mut carry.db[q * H + m], zq);
                 }
             }
         }
-        // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1
+        // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1. (Columns 0
+        // and 1 of W_ih: the gradient inputs; columns 2 and 3, the loss
+        // inputs, are the same for every coordinate: la and lb times db.)
         let dzm = Mat {
-            data: &dz[..],
-            rs: len,
+            data: &carry.dz[..],
+            rs: pad,
             cs: 1,
         };
         let tr = |data| Mat {
             data,
             rs: 1,
-            cs: len,
+            cs: pad,
         };
-        // (Columns 0 and 1 of W_ih: the gradient inputs; columns 2 and 3,
-        // the loss inputs, are the same for every coordinate: la and lb
-        // times db.)
-        // SAFETY: gw.w_ih holds Z rows of IN >= 2 columns, borrowed mutably.
+        assert_eq!(gw.w_ih.len(), Z * IN);
+        // SAFETY: gw.w_ih holds Z rows of IN >= 2 columns (asserted), and
+        // is borrowed mutably.
         unsafe {
             let dst = gw.w_ih.as_mut_ptr();
-            assert_eq!(gw.w_ih.len(), Z * IN);
-            matmul_raw(Z, 2, len, dst, IN, true, dzm, tr(&t.x[..]), false);
+            matmul_raw(Z, 2, pad, dst, IN, true, dzm, tr(&t.x[..]), false);
         }
-        matmul(Z, H, len, &mut gw.w_hh, true, dzm, tr(&h_prev[..]), false);
-        for j in 0..Z {
-            let db = sum(&dz[j * len..(j + 1) * len]);
+        matmul(
+            Z,
+            H,
+            pad,
+            &mut gw.w_hh,
+            true,
+            dzm,
+            tr(&carry.h_prev[..]),
+            false,
+        );
+        for (j, lanes) in carry.db.iter().enumerate() {
+            let db = lanes.iter().fold(T::zero(), |s, &v| s + v);
             gw.b[j] += db;
             gw.w_ih[j * IN + 2] += t.la * db;
             gw.w_ih[j * IN + 3] += t.lb * db;
@@ -956,6 +1012,7 @@ fn backward_steps<T: Float>(
             rs: 1,
             cs: H,
         };
-        matmul(H, len, Z, dh_next, false, w_hh_t, dzm, false);
+        matmul(H, pad, Z, &mut carry.dh_next, false, w_hh_t, dzm, false);
+        std::mem::swap(&mut carry.h, &mut carry.h_prev);
     }
 }

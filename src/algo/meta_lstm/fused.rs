@@ -39,7 +39,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::{matmul, matmul_raw, Act, Mat};
+use crate::ops::{matmul, Act, Mat};
 
 /// Coordinates per block: the block's inputs, state and z (about 130
 /// values per coordinate) fit in L2.
@@ -773,14 +773,18 @@ fn block_backward_body<T: Float>(
 /// buffers.
 struct Carry<T> {
     dth: Vec<T>,
-    dh_next: Vec<T>,
     dc_next: Vec<T>,
     dfp_next: Vec<T>,
     dip_next: Vec<T>,
     dz: Vec<T>,
-    /// h_t and h_{t-1} of the step being differentiated, `[H][pad]`.
+    /// `[KIN][pad]` each: the step's per-coordinate layer-1 inputs, the
+    /// preprocessed gradient (2 rows, in `h_prev` when its product runs)
+    /// and h (20 rows): h_t and h_{t-1} of the step being differentiated.
     h: Vec<T>,
     h_prev: Vec<T>,
+    /// `[Z][KIN]`: dL/d[W_ih[:, 0..2] | W_hh], summed over steps.
+    gxh: Vec<T>,
+    dh_next: Vec<T>,
     /// Per-lane sums over tiles and steps: w_f's and w_i's gradients
     /// (`[H + 2]`) and b_f's, b_i's; per step, db's (`[Z]`).
     wf: Vec<[T; L]>,
@@ -799,13 +803,14 @@ impl<T: Float> Carry<T> {
         dth.resize(pad, T::zero());
         Carry {
             dth,
-            dh_next: z(H * pad),
             dc_next: z(H * pad),
             dfp_next: z(pad),
             dip_next: z(pad),
             dz: z(Z * pad),
-            h: z(H * pad),
-            h_prev: z(H * pad),
+            h: z(KIN * pad),
+            h_prev: z(KIN * pad),
+            gxh: z(Z * KIN),
+            dh_next: z(H * pad),
             wf: lanes(H + 2),
             wi: lanes(H + 2),
             bf: [T::zero(); L],
@@ -826,6 +831,14 @@ impl<T: Float> Carry<T> {
         }
         gw.b_f += total(&self.bf);
         gw.b_i += total(&self.bi);
+        for j in 0..Z {
+            let row = &self.gxh[j * KIN..][..KIN];
+            gw.w_ih[j * IN] += row[0];
+            gw.w_ih[j * IN + 1] += row[1];
+            for (g, &v) in gw.w_hh[j * H..][..H].iter_mut().zip(&row[2..]) {
+                *g += v;
+            }
+        }
     }
 }
 
@@ -893,7 +906,7 @@ fn backward_steps<T: Float>(
         return;
     };
     // h_t of the last step; each step then hands its h_{t-1} down.
-    recompute_h(last, &mut carry.h, pad);
+    recompute_h(last, &mut carry.h[2 * pad..], pad);
     let (wf, wi) = (w.w_f[H], w.w_i[H]);
     let (wf1, wi1) = (w.w_f[H + 1], w.w_i[H + 1]);
     for s in (0..tape.len()).rev() {
@@ -930,7 +943,7 @@ fn backward_steps<T: Float>(
             for m in 0..H {
                 let at = m * pad + c0;
                 // dL/dh_t: from the meta-gates and from step t+1's z.
-                let h = ld(&carry.h, at);
+                let h = ld(&carry.h, 2 * pad + at);
                 acc_mul(&mut carry.wf[m], &dfp, &h);
                 acc_mul(&mut carry.wi[m], &dip, &h);
                 let mut dh = ld(&carry.dh_next, at);
@@ -947,7 +960,7 @@ fn backward_steps<T: Float>(
                     }
                     None => (ld(h0, at), ld(c0s, at)),
                 };
-                st(&mut carry.h_prev, at, &hp);
+                st(&mut carry.h_prev, 2 * pad + at, &hp);
                 // Layer 1: c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
                 let rec = cell(c0, m);
                 let row = |k: usize| ld(&t.cell, rec + k * L);
@@ -970,36 +983,21 @@ fn backward_steps<T: Float>(
                 }
             }
         }
-        // dW_ih += dz x^T, dW_hh += dz h_{t-1}^T, db += dz 1. (Columns 0
-        // and 1 of W_ih: the gradient inputs; columns 2 and 3, the loss
-        // inputs, are the same for every coordinate: la and lb times db.)
+        // [dW_ih[:, 0..2] | dW_hh] += dz [x; h_{t-1}]^T, db += dz 1. (Columns
+        // 2 and 3 of W_ih, the loss inputs, are the same for every
+        // coordinate: la and lb times db.)
+        carry.h_prev[..2 * pad].copy_from_slice(&t.x);
         let dzm = Mat {
             data: &carry.dz[..],
             rs: pad,
             cs: 1,
         };
-        let tr = |data| Mat {
-            data,
+        let xh = Mat {
+            data: &carry.h_prev[..],
             rs: 1,
             cs: pad,
         };
-        assert_eq!(gw.w_ih.len(), Z * IN);
-        // SAFETY: gw.w_ih holds Z rows of IN >= 2 columns (asserted), and
-        // is borrowed mutably.
-        unsafe {
-            let dst = gw.w_ih.as_mut_ptr();
-            matmul_raw(Z, 2, pad, dst, IN, true, dzm, tr(&t.x[..]), false);
-        }
-        matmul(
-            Z,
-            H,
-            pad,
-            &mut gw.w_hh,
-            true,
-            dzm,
-            tr(&carry.h_prev[..]),
-            false,
-        );
+        matmul(Z, KIN, pad, &mut carry.gxh, true, dzm, xh, false);
         for (j, lanes) in carry.db.iter().enumerate() {
             let db = lanes.iter().fold(T::zero(), |s, &v| s + v);
             gw.b[j] += db;

@@ -216,15 +216,24 @@ impl Geo {
     fn params(&self) -> usize {
         self.o * self.k() + 3 * self.o
     }
-    /// `(PyTorch's, patch order's)` index of every weight: `[O, C, 3, 3]`
-    /// against `[K, O]` with rows `(ky, kx, c)`.
-    fn weight_pairs(&self) -> impl Iterator<Item = (usize, usize)> {
+    /// Calls `f(PyTorch's index, patch order's index)` for every weight:
+    /// `[O, C, 3, 3]` against `[K, O]` with rows `(ky, kx, c)`. The order
+    /// keeps both sides in cache: per input channel, eight output
+    /// channels' nine taps (an iterator over (o, c, tap) that strode
+    /// through `[K, O]` was 13% of a 5-image learner pass).
+    #[inline(always)]
+    fn weight_pairs(&self, mut f: impl FnMut(usize, usize)) {
         let (o, c) = (self.o, self.c);
-        (0..o).flat_map(move |oi| {
-            (0..c).flat_map(move |ci| {
-                (0..9).map(move |tap| ((oi * c + ci) * 9 + tap, (tap * c + ci) * o + oi))
-            })
-        })
+        for ci in 0..c {
+            for ob in (0..o).step_by(8) {
+                for tap in 0..9 {
+                    let row = (tap * c + ci) * o;
+                    for oi in ob..(ob + 8).min(o) {
+                        f((oi * c + ci) * 9 + tap, row + oi);
+                    }
+                }
+            }
+        }
     }
     fn plane(&self) -> usize {
         self.ho * self.wo
@@ -499,9 +508,7 @@ impl ConvBnRelu {
     /// (the patch order), from PyTorch's `[O, C, 3, 3]`.
     fn weights_kxo<T: Num>(g: Geo, w: &[T]) -> Vec<T> {
         let mut wt = vec![T::zero(); g.k() * g.o];
-        for (torch, kxo) in g.weight_pairs() {
-            wt[kxo] = w[torch];
-        }
+        g.weight_pairs(|torch, kxo| wt[kxo] = w[torch]);
         wt
     }
 
@@ -802,9 +809,7 @@ impl ConvBnRelu {
                 *a += v;
             }
         }
-        for (torch, kxo) in g.weight_pairs() {
-            dprm[torch] = dwk[kxo];
-        }
+        g.weight_pairs(|torch, kxo| dprm[torch] = dwk[kxo]);
         for c in 0..o {
             dprm[o * k + o + c] = sgx[c];
             dprm[o * k + 2 * o + c] = sg[c];

@@ -4,16 +4,29 @@
 //! The composed path ([`super::MetaLstm::unroll`]) builds a candle graph of
 //! about twenty `[80, n]`-sized tensors per step and lets autograd walk it;
 //! here every coordinate's whole step (both layers and the cell update) is
-//! one pass over a block of [`CHUNK`] coordinates that stays in cache, the
-//! blocks run in parallel (rayon), and the backward is the chain rule
-//! written out below. Per step and coordinate the tape keeps what the
-//! backward needs and is expensive to recompute: the four layer-1 gates
-//! after their nonlinearities, c_t and tanh(c_t), the four preprocessed
-//! inputs, theta_{t-1}, the gradient, the meta-gates F_t, I_t and the
-//! pre-sigmoid values fed back from the previous step (130 values:
-//! memory linear in T, about 59 MB per step for the 113k-coordinate
-//! Omniglot learner in float32); h_t is recomputed as o_t * tanh(c_t).
-//! Evaluation keeps no tape.
+//! one pass over a block of [`CHUNK`] coordinates, the blocks run in
+//! parallel (rayon), and the backward is the chain rule written out below.
+//!
+//! Within a block the forward goes tile by tile (16 coordinates, [`L`])
+//! and hidden unit by hidden unit: the unit's four gate pre-activations
+//! are summed in registers over the 22 inputs that differ by coordinate
+//! (the loss inputs, equal for all, are folded into the bias), pass
+//! through their nonlinearities, and update c, h and the meta-gates, all
+//! before the next unit; no `[80, n]` intermediate is written except what
+//! the tape keeps. The backward makes one such pass per step (the chain
+//! rule through the meta-gates, the cell and the nonlinearities, writing
+//! dz), then forms the weight gradient and dL/dh_{t-1} as two products
+//! (`gemm`).
+//!
+//! Per step and coordinate the tape keeps what the backward needs and is
+//! expensive to recompute: the four layer-1 gates after their
+//! nonlinearities, c_t and tanh(c_t) (tile-major records, in the order
+//! both passes walk them), the two preprocessed gradient inputs,
+//! theta_{t-1}, the gradient, the meta-gates F_t, I_t and the pre-sigmoid
+//! values fed back from the previous step (128 values: memory linear in T,
+//! about 58 MB per step for the 113k-coordinate Omniglot learner in
+//! float32); h_t is recomputed as o_t * tanh(c_t). Evaluation keeps no
+//! tape.
 //!
 //! Gradient checkpointing over steps ([`Unroll::set_segment`], the
 //! `grad_checkpoint_steps` option): instead of the tape, keep per step only
@@ -21,7 +34,7 @@
 //! and, every k steps, the block's recurrent state (h, c, the fed-back
 //! f̃, ĩ and θ: 43 values per coordinate). The backward recomputes each
 //! segment's tape from its saved state, block by block (a segment's tape is
-//! k x 130 values for 256 coordinates, in cache), and runs the same
+//! k x 128 values for 256 coordinates, in cache), and runs the same
 //! backward over it: the gradient is bit for bit the full tape's, for one
 //! more forward pass of the meta-learner (the learner is not re-run).
 //!
@@ -33,16 +46,19 @@
 //! - ĩ_t = w_i · [h_t, θ_{t-1}, ĩ_{t-1}] + b_i;  I_t = σ(ĩ_t)
 //! - θ_t = F_t * θ_{t-1} - I_t * grad_t
 //!
-//! Weight gradients are summed per block and then over blocks in block
-//! order, so the result does not depend on the number of threads.
+//! Weight gradients are summed per block (in per-lane partial sums and
+//! products of fixed shape) and then over blocks in block order, so the
+//! result does not depend on the number of threads; sums use separate
+//! multiplies and adds in a fixed order, so the AVX2 and baseline builds
+//! agree bit for bit.
 
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
 use crate::ops::{matmul, Act, Mat};
 
-/// Coordinates per block: the block's inputs, state and z (about 130
-/// values per coordinate) fit in L2.
+/// Coordinates per block: the block's state and the backward's dz and
+/// carried gradients (about 150 values per coordinate) fit in L2.
 pub const CHUNK: usize = 256;
 /// Layer-1 pre-activations per coordinate.
 const Z: usize = 4 * H;

@@ -62,13 +62,13 @@ impl Patches {
                         // Input columns s j - 1 ..= s j + 1.
                         let left = s * j;
                         if left >= 1 && left + 2 <= w {
-                            dst.copy_from_slice(&xr[(left - 1) * c..(left + 2) * c]);
+                            copy_run(dst, &xr[(left - 1) * c..(left + 2) * c]);
                             continue;
                         }
                         for (kx, d) in dst.chunks_exact_mut(c).enumerate() {
                             let col = (left + kx).wrapping_sub(1);
                             if col < w {
-                                d.copy_from_slice(&xr[col * c..(col + 1) * c]);
+                                copy_run(d, &xr[col * c..(col + 1) * c]);
                             } else {
                                 d.fill(zero);
                             }
@@ -151,6 +151,24 @@ impl Patches {
 pub(crate) struct Inverse {
     start: Vec<u32>,
     off: Vec<u32>,
+}
+
+/// `dst = src`, with fixed-size moves for the first layers' short runs (1,
+/// 3 or 9 values: one or three input channels): a `memcpy` call per run
+/// was 8% of a 10-image mini-ImageNet learner pass.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+        let d: &mut [T; N] = dst.try_into().expect("a run of N values");
+        *d = *<&[T; N]>::try_from(src).expect("a run of N values");
+    }
+    match dst.len() {
+        1 => fixed::<T, 1>(dst, src),
+        3 => fixed::<T, 3>(dst, src),
+        9 => fixed::<T, 9>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }
 
 #[cfg(test)]

@@ -800,6 +800,7 @@ struct Carry<T> {
     h_prev: Vec<T>,
     /// `[Z][KIN]`: dL/d[W_ih[:, 0..2] | W_hh], summed over steps.
     gxh: Vec<T>,
+    /// `[H][pad]`: dL/dh_t through step t+1's z (W_hh^T dz_{t+1}).
     dh_next: Vec<T>,
     /// Per-lane sums over tiles and steps: w_f's and w_i's gradients
     /// (`[H + 2]`) and b_f's, b_i's; per step, db's (`[Z]`).

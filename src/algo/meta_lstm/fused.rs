@@ -407,9 +407,17 @@ impl<T: Float> Unroll<T> {
         let n = self.theta.len();
         let mut d_theta0 = vec![T::zero(); n];
         let gates = self.gates;
+        // With checkpointing, every step's packed weights, once for all
+        // blocks' recomputed forwards.
+        let packs: Vec<Packed<T>> = if self.checkpointed() {
+            let pack = |i: &StepIn<T>| Packed::new(w, i.la, i.lb);
+            self.inputs.iter().map(pack).collect()
+        } else {
+            vec![]
+        };
         let seg = self
             .checkpointed()
-            .then_some((self.segment, &self.inputs[..]));
+            .then_some((self.segment, &self.inputs[..], &packs[..]));
         let partial: Vec<Weights<T>> = self
             .blocks
             .par_iter()
@@ -470,9 +478,9 @@ unsafe fn block_step_avx2<T: Float>(
     block_step_body(blk, w, pk, theta, grad, s)
 }
 
-/// With gradient checkpointing: the segment length and every step's
-/// shared inputs.
-type Segments<'a, T> = Option<(usize, &'a [StepIn<T>])>;
+/// With gradient checkpointing: the segment length, and every step's
+/// shared inputs and packed weights.
+type Segments<'a, T> = Option<(usize, &'a [StepIn<T>], &'a [Packed<T>])>;
 
 /// [`block_backward_body`], compiled for AVX2 when the CPU has it.
 fn block_backward<T: Float>(
@@ -762,7 +770,7 @@ fn block_backward_body<T: Float>(
             let zeros = vec![T::zero(); H * pad];
             backward_steps(&blk.tape, &zeros, &zeros, w, &mut carry, gw);
         }
-        Some((k, inputs)) => {
+        Some((k, inputs, packs)) => {
             let mut scratch = Block::new(len);
             let mut tapes = Vec::with_capacity(k);
             for (j, m) in blk.marks.iter().enumerate().rev() {
@@ -771,8 +779,8 @@ fn block_backward_body<T: Float>(
                 let mut theta = m.theta.clone();
                 for (s, inp) in inputs.iter().enumerate().take(b).skip(a) {
                     let inp = StepIn { keep: true, ..*inp };
-                    let pk = Packed::new(w, inp.la, inp.lb);
-                    let t = block_step_body(&mut scratch, w, &pk, &mut theta, &blk.grads[s], inp);
+                    let pk = &packs[s];
+                    let t = block_step_body(&mut scratch, w, pk, &mut theta, &blk.grads[s], inp);
                     tapes.push(t.expect("a kept tape entry"));
                 }
                 backward_steps(&tapes, &m.c, &m.h, w, &mut carry, gw);
@@ -839,7 +847,7 @@ impl<T: Float> Carry<T> {
     /// Adds the per-lane sums of the meta-gates' weight gradients to `gw`
     /// (lanes in order).
     fn reduce_into(&self, gw: &mut Weights<T>) {
-        let total = |a: &[T; L]| a.iter().fold(T::zero(), |s, &v| s + v);
+        let total = lane_sum::<T>;
         for (g, a) in gw.w_f.iter_mut().zip(&self.wf) {
             *g += total(a);
         }
@@ -879,6 +887,12 @@ fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], pad: usize) {
             st(h, m * pad + c0, &tape_h(t, c0, m));
         }
     }
+}
+
+/// The sum of a tile's lanes, in lane order.
+#[inline(always)]
+fn lane_sum<T: Float>(a: &[T; L]) -> T {
+    a.iter().fold(T::zero(), |s, &v| s + v)
 }
 
 /// a[l] += x[l] y[l] (through a copy: in place, the loop stayed scalar).
@@ -1016,7 +1030,7 @@ fn backward_steps<T: Float>(
         };
         matmul(Z, KIN, pad, &mut carry.gxh, true, dzm, xh, false);
         for (j, lanes) in carry.db.iter().enumerate() {
-            let db = lanes.iter().fold(T::zero(), |s, &v| s + v);
+            let db = lane_sum(lanes);
             gw.b[j] += db;
             gw.w_ih[j * IN + 2] += t.la * db;
             gw.w_ih[j * IN + 3] += t.lb * db;

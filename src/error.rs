@@ -72,6 +72,10 @@ pub enum Error {
     },
 
     /// A benchmark or run configuration is invalid.
+    /// A results file (`results.json`) that cannot be read or written.
+    #[error("{path}: {reason}")]
+    Results { path: PathBuf, reason: String },
+
     #[error("config {source_name}: {reason}")]
     Config { source_name: String, reason: String },
 

@@ -29,31 +29,15 @@
 //!   Figure-2-style plot.
 
 pub mod algo;
-pub mod block;
-pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
-pub mod eval;
-pub mod learner;
-pub mod logfile;
-pub mod norm;
-pub mod ops;
-pub mod optim;
-pub mod params;
-pub(crate) mod patches;
+pub mod layout;
+pub mod model;
 pub mod report;
 pub mod rng;
-pub mod rundir;
-pub mod runner;
-pub mod sampler;
-pub mod seeds;
-pub mod selftest;
+pub mod run;
 pub mod spec;
-pub mod stats;
-pub mod trace;
-pub mod train;
-pub mod transfer;
 pub mod util;
 pub mod yaml;
 

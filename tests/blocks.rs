@@ -10,9 +10,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use fewshot::learner::{cross_entropy, Downsample, Learner};
-use fewshot::ops::Kernels;
-use fewshot::params::Params;
+use fewshot::model::kernels::ops::Kernels;
+use fewshot::model::learner::{cross_entropy, Downsample, Learner};
+use fewshot::model::params::Params;
 use fewshot::rng::Rng;
 
 fn learner(down: Downsample, size: usize, hidden: usize, kernels: Kernels) -> Learner {
@@ -230,10 +230,10 @@ fn avx2_and_baseline_builds_give_the_same_bits() {
         };
         let (x, y) = data(&l, n, 4, dtype);
         let run = |simd: bool| {
-            fewshot::ops::set_simd(simd);
+            fewshot::model::kernels::ops::set_simd(simd);
             let (logits, _) = l.forward_with(&p, &x, None).unwrap();
             let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
-            fewshot::ops::set_simd(true);
+            fewshot::model::kernels::ops::set_simd(true);
             let mut all = common::bits(&logits);
             for t in &g.tensors {
                 all.extend(common::bits(t));

@@ -58,7 +58,7 @@ fn write_run(benchmark: &str, rows: &[(&str, Vec<f64>)]) -> tempfile::TempDir {
 
 /// A results.json in `dir` (created).
 fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)]) {
-    use fewshot::runner::{AlgoResult, RunResults};
+    use fewshot::report::results::{AlgoResult, RunResults};
     std::fs::create_dir_all(dir).unwrap();
     let results = rows
         .iter()
@@ -73,7 +73,7 @@ fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)
     let r = RunResults {
         benchmark: benchmark.into(),
         dataset: "omniglot".into(),
-        episode: fewshot::sampler::EpisodeSpec {
+        episode: fewshot::data::sampler::EpisodeSpec {
             ways: 5,
             shots: 1,
             queries: 15,

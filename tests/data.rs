@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use common::*;
+use fewshot::data::sampler::{episode_batch, Batch, Episode, EpisodeSpec, Sampler};
 use fewshot::data::{self, fetch, omniglot, DataOptions, Dataset, EpisodeClass, Split};
-use fewshot::sampler::{episode_batch, Batch, Episode, EpisodeSpec, Sampler};
 use fewshot::Error;
 use rayon::prelude::*;
 

@@ -8,10 +8,10 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use fewshot::algo::maml::{Maml, MamlConfig};
 use fewshot::algo::{sgd_adapt, Adapted, Algorithm, Context};
-use fewshot::learner::{Head, Init, Learner, Padding, PoolPadding};
-use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
+use fewshot::data::sampler::{Batch, EpisodeSpec};
+use fewshot::model::learner::{Head, Init, Learner, Padding, PoolPadding};
+use fewshot::model::norm::{EvalStats, NormProtocol, TrainStats};
 use fewshot::rng::Rng;
-use fewshot::sampler::{Batch, EpisodeSpec};
 use fewshot::spec::{Benchmark, Select};
 
 fn parse(yaml: &str) -> fewshot::Result<Benchmark> {
@@ -181,7 +181,7 @@ fn ctx(l: Learner, norm: NormProtocol) -> Context {
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::ops::Kernels::default(),
     }
 }
 
@@ -283,7 +283,7 @@ fn running_statistics_come_from_the_adaptation_passes() {
     let p1 = sgd_adapt(&l, &m.theta, &b.support_x, &b.support_y, &step, 1, None).unwrap();
     let (_, _, s2) = l.loss_and_grad(&p1, &b.support_x, &b.support_y).unwrap();
     for layer in 0..4 {
-        let v = |s: &fewshot::ops::BnStats, var: bool| -> Vec<f32> {
+        let v = |s: &fewshot::model::kernels::ops::BnStats, var: bool| -> Vec<f32> {
             let t = if var { &s.var } else { &s.mean };
             t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };

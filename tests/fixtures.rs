@@ -16,10 +16,10 @@ use fewshot::algo::maml::{LossScale, Maml, MamlConfig};
 use fewshot::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig};
 use fewshot::algo::reptile::{InnerLoss, Reptile, ReptileConfig};
 use fewshot::algo::{sgd_adapt, Adapted, Algorithm, Context, Progress};
-use fewshot::learner::{cross_entropy, Downsample, Head, Learner, Padding, PoolPadding};
-use fewshot::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
-use fewshot::params::Params;
-use fewshot::sampler::{Batch, EpisodeSpec};
+use fewshot::data::sampler::{Batch, EpisodeSpec};
+use fewshot::model::learner::{cross_entropy, Downsample, Head, Learner, Padding, PoolPadding};
+use fewshot::model::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
+use fewshot::model::params::Params;
 
 /// Float64 runs: PyTorch's results are stored as float32, so 1e-6 is the
 /// rounding of the stored values with margin.
@@ -228,7 +228,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, queries: usize, norm: NormPr
         run_seed: 0,
         episode_seed: 0,
         device: Device::Cpu,
-        kernels: fewshot::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::ops::Kernels::default(),
     }
 }
 

@@ -160,7 +160,7 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .max()
             .unwrap();
-        let c = fewshot::checkpoint::read(&newest).unwrap();
+        let c = fewshot::run::checkpoint::read(&newest).unwrap();
         out.push((
             format!("{l} newest checkpoint"),
             newest.file_name().unwrap().to_string_lossy().into(),

@@ -9,10 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use fewshot::algo::maml::{Maml, MamlConfig};
 use fewshot::algo::reptile::{Reptile, ReptileConfig};
 use fewshot::algo::{sgd_adapt, Algorithm, Context, EpisodeScore, InnerSgd, Progress};
-use fewshot::learner::{cross_entropy, Downsample, Learner};
-use fewshot::params::Params;
+use fewshot::data::sampler::{Batch, EpisodeSpec};
+use fewshot::model::learner::{cross_entropy, Downsample, Learner};
+use fewshot::model::params::Params;
 use fewshot::rng::Rng;
-use fewshot::sampler::{Batch, EpisodeSpec};
 
 fn cpu() -> Device {
     Device::Cpu
@@ -44,7 +44,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
         run_seed: 7,
         episode_seed: 7,
         device: cpu(),
-        kernels: fewshot::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::ops::Kernels::default(),
     }
 }
 
@@ -163,7 +163,8 @@ fn candles_max_pool2d_gradient_is_wrong_which_is_why_we_do_not_use_it() {
     let x = Tensor::randn(0f64, 1., (1, 1, 4, 4), &cpu()).unwrap();
     let r = Tensor::randn(0f64, 1., (1, 1, 2, 2), &cpu()).unwrap();
     let v = candle_core::Var::from_tensor(&x).unwrap();
-    let ours = fewshot::ops::max_pool2x2(&v.as_tensor().transpose(0, 1).unwrap()).unwrap();
+    let ours =
+        fewshot::model::kernels::ops::max_pool2x2(&v.as_tensor().transpose(0, 1).unwrap()).unwrap();
     let g_ours = (ours.transpose(0, 1).unwrap() * &r)
         .unwrap()
         .sum_all()

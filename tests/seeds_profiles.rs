@@ -171,9 +171,9 @@ fn the_run_seed_changes_initialisation_but_never_the_test_episodes() {
     assert_eq!(init(&c1, &b1), init(&ctx(1).0, &b1));
     // Runs with seed 0 keep their old fingerprint (and so resume); other
     // run seeds are part of it.
-    let f0 = fewshot::rundir::run_fingerprint(&b0).to_string();
+    let f0 = fewshot::run::rundir::run_fingerprint(&b0).to_string();
     assert!(!f0.contains("run_seed"));
-    assert!(fewshot::rundir::run_fingerprint(&b1)
+    assert!(fewshot::run::rundir::run_fingerprint(&b1)
         .to_string()
         .contains("\"run_seed\":1"));
 }
@@ -257,7 +257,7 @@ fn job_array_units_as_separate_processes_give_the_table_of_one_run() {
         table_without_times(&array)[1..]
     );
     // Two run seeds are two different trainings on the same test episodes.
-    let r = fewshot::runner::load_results(&array).unwrap();
+    let r = fewshot::run::catalogue::load(&array).unwrap();
     for row in &r.results {
         assert_eq!(row.seeds, vec![0, 1]);
         assert_eq!(row.episode_accuracy.len(), 12);

@@ -1,4 +1,4 @@
-//! Integration tests of gate traces (`fewshot::trace`) on synthetic gates:
+//! Integration tests of gate traces (`fewshot::report::trace`) on synthetic gates:
 //! the per-layer statistics against a hand computation, the JSON-lines
 //! round trip and its version check, the CSV, and the Figure-2-style plot
 //! (SVG structure, PNG size and content).
@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
 
-use fewshot::trace::{self, GateRecord, TRACE_VERSION};
+use fewshot::report::trace::{self, GateRecord, TRACE_VERSION};
 use fewshot::Error;
 
 // ---------------------------------------------------------------- helpers

@@ -7,11 +7,11 @@ use std::path::Path;
 
 use candle_core::Device;
 use fewshot::algo::{self, Context};
+use fewshot::data::sampler::EpisodeSpec;
 use fewshot::data::{self, DataOptions};
-use fewshot::learner::Learner;
-use fewshot::sampler::EpisodeSpec;
+use fewshot::model::learner::Learner;
+use fewshot::run::train::{self, TrainOptions};
 use fewshot::spec::{Benchmark, Budget};
-use fewshot::train::{self, TrainOptions};
 use fewshot::Error;
 
 fn omniglot_ctx() -> Context {
@@ -23,11 +23,11 @@ fn omniglot_ctx() -> Context {
             queries: 5,
         },
         learner: Learner::omniglot(5, 28),
-        norm: fewshot::norm::NormProtocol::default(),
+        norm: fewshot::model::norm::NormProtocol::default(),
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::ops::Kernels::default(),
     }
 }
 
@@ -56,7 +56,7 @@ fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainO
 
 /// The newest checkpoint's algorithm state in `dir`, as sorted bit patterns.
 fn tensors(dir: &Path) -> Vec<(String, Vec<u64>)> {
-    let found = fewshot::checkpoint::latest(dir)
+    let found = fewshot::run::checkpoint::latest(dir)
         .unwrap()
         .expect("a checkpoint");
     let mut v: Vec<(String, Vec<u64>)> = found
@@ -123,7 +123,7 @@ fn killed_and_resumed_runs_end_with_identical_parameters() {
             .map(|p| (p.step, p.val_accuracy, p.train_loss))
             .collect();
         assert_eq!(va, vb, "{e}: learning curves differ");
-        let newest = fewshot::checkpoint::latest(&a).unwrap().unwrap();
+        let newest = fewshot::run::checkpoint::latest(&a).unwrap().unwrap();
         assert!(a.join("curve.csv").is_file() && newest.checkpoint.best.is_some());
         assert_eq!(newest.checkpoint.train, sa);
     }
@@ -331,7 +331,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         assert_eq!(r["test_episodes"].as_u64(), Some(20));
         assert_eq!(r["meta_steps"].as_u64(), Some(10));
         assert!(run.join(label).join("curve.csv").is_file());
-        assert!(fewshot::checkpoint::latest(&run.join(label))
+        assert!(fewshot::run::checkpoint::latest(&run.join(label))
             .unwrap()
             .is_some());
         assert_eq!(
@@ -371,7 +371,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         "{shown}"
     );
     let e = run.join("eval").join("fewshot-5way1shot-transductive");
-    let r = fewshot::runner::load_results(&e).unwrap();
+    let r = fewshot::run::catalogue::load(&e).unwrap();
     let labels: Vec<&str> = r.results.iter().map(|x| x.label.as_str()).collect();
     assert_eq!(labels, ["fomaml", "meta-lstm"]);
     assert!(r
@@ -427,7 +427,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     };
     let shown = common::assert_bench_ok(&eval_file());
     assert!(shown.contains("tested on fixed"), "{shown}");
-    let r = fewshot::runner::load_results(&run.join("eval").join("fixed")).unwrap();
+    let r = fewshot::run::catalogue::load(&run.join("eval").join("fixed")).unwrap();
     assert_eq!(r.results[0].episode_accuracy.len(), 2);
     assert_eq!(
         (r.episode.ways, r.episode.shots, r.episode.queries),
@@ -454,7 +454,8 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
         resolved.contains("inner_lr") && resolved.contains("clip_norm"),
         "{resolved}"
     );
-    let gates = fewshot::trace::read_jsonl(&run.join("meta-lstm").join("gates.jsonl")).unwrap();
+    let gates =
+        fewshot::report::trace::read_jsonl(&run.join("meta-lstm").join("gates.jsonl")).unwrap();
     assert_eq!(gates.len(), 2 * 10 * 5);
     let png = image::open(run.join("meta-lstm").join("gates.png")).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
@@ -532,7 +533,7 @@ algorithms:
         assert!(w[1][5].is_finite(), "validation accuracy missing:\n{curve}");
     }
     assert_eq!(points.last().unwrap()[0] as u64, steps);
-    let newest = fewshot::checkpoint::latest(&run.join("reptile"))
+    let newest = fewshot::run::checkpoint::latest(&run.join("reptile"))
         .unwrap()
         .unwrap();
     assert!(newest.checkpoint.train.finished && newest.checkpoint.train.step == steps);
@@ -567,7 +568,7 @@ algorithms:
         let acc = row["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{label}: {acc}");
         // Every step left a finite loss in the checkpointed curve.
-        let c = fewshot::checkpoint::latest(&run.join(label))
+        let c = fewshot::run::checkpoint::latest(&run.join(label))
             .unwrap()
             .unwrap()
             .checkpoint;

@@ -51,12 +51,12 @@ use super::{
     at_least_one, parse_entry, positive, sgd_adapt, sum_params, Adapted, Algorithm, Context, Entry,
     EpisodeScore, InnerSgd, Progress,
 };
+use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::error::{Error, Result};
-use crate::learner::{cross_entropy, Learner};
-use crate::optim::{Adam, AdamConfig};
-use crate::params::Params;
+use crate::model::learner::{cross_entropy, Learner};
+use crate::model::optim::{Adam, AdamConfig};
+use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {

@@ -21,11 +21,11 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::error::{Error, Result};
-use crate::learner::{accuracy, cross_entropy, Learner};
-use crate::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
-use crate::params::Params;
-use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::model::learner::{accuracy, cross_entropy, Learner};
+use crate::model::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
+use crate::model::params::Params;
 use crate::yaml::Value;
 
 /// What an algorithm is built for: the benchmark's shape.
@@ -37,7 +37,7 @@ pub struct Context {
     pub spec: EpisodeSpec,
     pub learner: Learner,
     /// Which batch normalises the query pass in meta-training and in
-    /// evaluation ([`crate::norm`]).
+    /// evaluation ([`crate::model::norm`]).
     pub norm: NormProtocol,
     /// The run seed: initialisation, training episodes and the algorithm's
     /// own random choices.
@@ -46,8 +46,8 @@ pub struct Context {
     /// run seed).
     pub episode_seed: u64,
     pub device: Device,
-    /// Fused kernels or the composed candle path ([`crate::ops::Kernels`]).
-    pub kernels: crate::ops::Kernels,
+    /// Fused kernels or the composed candle path ([`crate::model::kernels::ops::Kernels`]).
+    pub kernels: crate::model::kernels::ops::Kernels,
 }
 
 /// Adapted learner parameters, with the running batch-norm statistics of
@@ -135,7 +135,7 @@ impl Context {
 
     /// Running statistics for an adaptation, when the protocol uses them.
     pub fn recorder(&self) -> Option<RunningStats> {
-        crate::norm::recorder(&self.norm)
+        crate::model::norm::recorder(&self.norm)
     }
 
     /// Query loss and accuracy of adapted parameters (evaluation).
@@ -232,7 +232,7 @@ pub trait Algorithm: Send + Sync {
     }
 }
 
-/// Gate values of one adaptation, for [`crate::trace`].
+/// Gate values of one adaptation, for [`crate::report::trace`].
 #[derive(Debug, Clone)]
 pub struct GateTrace {
     /// Learner layers and their coordinate ranges in the flat parameter

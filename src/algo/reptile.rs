@@ -38,12 +38,12 @@ use serde::{Deserialize, Serialize};
 use super::{
     at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Progress,
 };
+use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::error::{Error, Result};
-use crate::norm::RunningStats;
-use crate::optim::{Adam, AdamConfig};
-use crate::params::Params;
+use crate::model::norm::RunningStats;
+use crate::model::optim::{Adam, AdamConfig};
+use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {

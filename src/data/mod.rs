@@ -11,10 +11,12 @@
 //! generic class-per-folder [`folder`]. See `docs/data.md` for layouts and
 //! splits.
 
+pub mod episode_file;
 pub mod fetch;
 pub mod folder;
 pub mod mini_imagenet;
 pub mod omniglot;
+pub mod sampler;
 pub mod store;
 
 use std::path::{Path, PathBuf};

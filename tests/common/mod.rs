@@ -261,8 +261,8 @@ pub fn load_benchmarks(dir: &Path) -> Vec<fewshot::spec::Benchmark> {
 
 /// Test protocol: meta-training and evaluation both with the query batch's
 /// statistics (transductive) or both with the support set's.
-pub fn both_stats(transductive: bool) -> fewshot::norm::NormProtocol {
-    use fewshot::norm::{EvalStats, NormProtocol, TrainStats};
+pub fn both_stats(transductive: bool) -> fewshot::model::norm::NormProtocol {
+    use fewshot::model::norm::{EvalStats, NormProtocol, TrainStats};
     let (meta_train, eval) = if transductive {
         (TrainStats::Query, EvalStats::Query)
     } else {
@@ -286,10 +286,10 @@ pub fn bits(t: &candle_core::Tensor) -> Vec<u64> {
 /// coordinates of every tensor; `what` prefixes failure messages. Returns
 /// how many coordinates were checked.
 pub fn check_gradient_fd(
-    p: &fewshot::params::Params,
-    g: &fewshot::params::Params,
+    p: &fewshot::model::params::Params,
+    g: &fewshot::model::params::Params,
     per_tensor: usize,
-    f: impl Fn(&fewshot::params::Params) -> f64,
+    f: impl Fn(&fewshot::model::params::Params) -> f64,
     what: &str,
 ) -> usize {
     let h = 1e-6;

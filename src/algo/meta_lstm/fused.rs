@@ -55,7 +55,7 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::ops::{matmul, Act, Mat};
+use crate::model::kernels::ops::{matmul, Act, Mat};
 
 /// Coordinates per block: the block's state and the backward's dz and
 /// carried gradients (about 150 values per coordinate) fit in L2.
@@ -458,7 +458,7 @@ fn block_step<T: Float>(
     s: StepIn<T>,
 ) -> Option<Tape<T>> {
     #[cfg(target_arch = "x86_64")]
-    if crate::ops::use_avx2() {
+    if crate::model::kernels::ops::use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
         return unsafe { block_step_avx2(blk, w, pk, theta, grad, s) };
     }
@@ -493,7 +493,7 @@ fn block_backward<T: Float>(
     gw: &mut Weights<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if crate::ops::use_avx2() {
+    if crate::model::kernels::ops::use_avx2() {
         // SAFETY: the CPU supports AVX2 (checked above).
         return unsafe { block_backward_avx2(blk, w, gates, seg, d_theta_t, d0, gw) };
     }

@@ -47,7 +47,7 @@
 //!   gradient-norm clip 0.25, one episode per meta-update
 //!   (`model/lstm/train-lstm.lua:65-81`, `meta-learner-lstm.lua:207-226`).
 //!
-//! Batch norm (see [`crate::norm`]): while meta-training, the reference
+//! Batch norm (see [`crate::model::norm`]): while meta-training, the reference
 //! normalises the query pass with the query batch's own statistics (its
 //! learner is in training mode); at validation and test it calls
 //! `learner.set('evaluate')` after the T support passes, so the query is
@@ -79,14 +79,14 @@ use super::{
     at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore,
     GateTrace, Progress,
 };
+use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::error::{Error, Result};
-use crate::learner::{cross_entropy, Learner};
-use crate::norm::RunningStats;
-use crate::ops::Kernels;
-use crate::optim::{clip_global_norm, Adam, AdamConfig};
-use crate::params::Params;
+use crate::model::kernels::ops::Kernels;
+use crate::model::learner::{cross_entropy, Learner};
+use crate::model::norm::RunningStats;
+use crate::model::optim::{clip_global_norm, Adam, AdamConfig};
+use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeId, EpisodeSpec};
 
 /// Registry entry.
 pub const ENTRY: Entry = Entry {
@@ -423,7 +423,7 @@ impl MetaLstm {
                         .matmul(&xin)?
                         .add(&w_hh.matmul(&h)?)?
                         .broadcast_add(b)?;
-                    (h, c) = crate::ops::lstm_cell(&z, &c)?;
+                    (h, c) = crate::model::kernels::ops::lstm_cell(&z, &c)?;
                     // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
                     let f_pre = wf_h
                         .matmul(&h)?

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use fewshot::report;
-use fewshot::runner::load_results;
+use fewshot::run::catalogue::load as load_results;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

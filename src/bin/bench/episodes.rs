@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
+use fewshot::data::sampler::{EpisodeSpec, Sampler};
 use fewshot::data::{self, DataOptions, Split};
-use fewshot::sampler::{EpisodeSpec, Sampler};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

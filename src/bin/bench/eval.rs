@@ -39,9 +39,9 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
     let file = a
         .episodes
         .as_deref()
-        .map(fewshot::transfer::EpisodeFile::read)
+        .map(fewshot::data::episode_file::EpisodeFile::read)
         .transpose()?;
-    let r = fewshot::transfer::evaluate_on(
+    let r = fewshot::run::transfer::evaluate_on(
         &a.run,
         &target,
         file.as_ref(),

@@ -107,10 +107,10 @@ fn main() {
     // FEWSHOT_SIMD=0 runs the baseline builds of the CPU kernels instead of
     // their AVX2 builds (the same numbers; for A/B timing, docs/perf.md).
     if std::env::var("FEWSHOT_SIMD").is_ok_and(|v| v == "0") {
-        fewshot::ops::set_simd(false);
+        fewshot::model::kernels::ops::set_simd(false);
     }
     // Log lines go to stderr and, during a run, to <run-dir>/run.log
-    // (plain text; fewshot::logfile).
+    // (plain text; fewshot::run::logfile).
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::registry()
@@ -126,7 +126,7 @@ fn main() {
         )
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(|| fewshot::logfile::Sink)
+                .with_writer(|| fewshot::run::logfile::Sink)
                 .with_target(false)
                 .with_ansi(false),
         )

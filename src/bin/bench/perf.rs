@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use fewshot::data::sampler::{EpisodeSpec, Sampler};
 use fewshot::data::{self, DataOptions, Split};
-use fewshot::sampler::{EpisodeSpec, Sampler};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PerfCommand {
@@ -141,8 +141,8 @@ pub fn perf_learner(
     dev: &candle_core::Device,
 ) -> Result<()> {
     use candle_core::{DType, Tensor};
-    use fewshot::learner::{cross_entropy, Learner};
-    use fewshot::params::Params;
+    use fewshot::model::learner::{cross_entropy, Learner};
+    use fewshot::model::params::Params;
     let l = if dataset == "omniglot" {
         Learner::omniglot(5, 28)
     } else {
@@ -300,7 +300,7 @@ pub fn perf_algorithms(
         }
         device.synchronize()?;
         let step_ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
-        let ev = fewshot::eval::evaluate(
+        let ev = fewshot::run::eval::evaluate(
             &*a,
             &ds,
             Split::Test,

@@ -62,7 +62,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     let run_dir = absolute(
         &a.run_dir
             .clone()
-            .unwrap_or_else(|| fewshot::runner::default_run_dir(&bench)),
+            .unwrap_or_else(|| fewshot::run::runner::default_run_dir(&bench)),
     )?;
     // Units run from any folder: every path in their command is absolute.
     let mut plan = a.spec.plan(&bench)?;
@@ -144,7 +144,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         units.len(),
         plan.benchmark,
         run_dir.display(),
-        fewshot::seeds::PLAN_FILE
+        fewshot::layout::PLAN
     );
     Ok(())
 }

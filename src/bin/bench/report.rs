@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use fewshot::report;
-use fewshot::runner::load_results;
+use fewshot::run::catalogue::load as load_results;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let mut runs = if a.runs.is_empty() {
-        report::latest_runs(&a.root)?
+        fewshot::run::catalogue::latest_runs(&a.root)?
     } else {
         a.runs
             .iter()

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use fewshot::device::DeviceSpec;
-use fewshot::rundir::Mode;
-use fewshot::runner::{self, RunOptions};
-use fewshot::seeds::{self, SeedPlan};
+use fewshot::run::rundir::Mode;
+use fewshot::run::runner::{self, RunOptions};
+use fewshot::run::seeds::{self, SeedOptions, SeedPlan};
 use fewshot::spec::{Benchmark, Budget, Overrides};
 
 /// What is run: the benchmark and everything that changes it. Shared by
@@ -186,49 +186,19 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         return Ok(());
     }
     let plan = a.spec.plan(&bench)?;
-    if mode == Mode::New && a.unit.is_none() && seeds::is_multi_seed(&run_dir) {
-        anyhow::bail!(
-            "run folder {} already holds a multi-seed run; continue it with --resume, or discard it and start over with --force",
-            run_dir.display()
-        );
-    }
-    plan.write_or_check(&run_dir)?;
-    let units = match a.unit {
-        Some(i) => vec![plan.unit(i)?],
-        None => plan.units(),
-    };
-    // A unit of a job array continues whatever an earlier attempt left; a
-    // resumed multi-seed run starts the units it never reached.
-    let unit_mode = match (a.unit, mode) {
-        (Some(_), _) | (None, Mode::Resume) => Mode::Continue,
-        (None, m) => m,
-    };
-    let mut last = None;
-    for u in &units {
-        let mut b = bench.clone();
-        b.run_seed = u.seed;
-        tracing::info!("unit: run seed {}, {}", u.seed, u.label);
-        last = Some(runner::run(
-            &b,
-            data_dir,
-            &RunOptions {
-                run_dir: u.dir(&run_dir),
-                mode: unit_mode,
-                only: vec![u.label.clone()],
-                show_progress: true,
-                trace_episodes: a.trace,
-                device,
-            },
-        )?);
-    }
-    if a.unit.is_some() {
-        if let Some(r) = last {
-            print!("{}", fewshot::report::terminal(&r));
-        }
-        return Ok(());
-    }
-    let merged = seeds::merge(&run_dir)?;
-    fewshot::report::write_files(&merged, &run_dir)?;
-    print!("{}", fewshot::report::terminal(&merged));
+    let results = seeds::run(
+        &bench,
+        &plan,
+        data_dir,
+        &SeedOptions {
+            run_dir,
+            mode,
+            unit: a.unit,
+            show_progress: true,
+            trace_episodes: a.trace,
+            device,
+        },
+    )?;
+    print!("{}", fewshot::report::terminal(&results));
     Ok(())
 }

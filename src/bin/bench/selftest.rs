@@ -1,4 +1,4 @@
-//! `bench selftest`: the gradient checks on a device (fewshot::selftest).
+//! `bench selftest`: the gradient checks on a device (fewshot::run::selftest).
 
 use anyhow::Result;
 use fewshot::device::DeviceSpec;
@@ -6,7 +6,7 @@ use fewshot::device::DeviceSpec;
 pub fn run(device: DeviceSpec) -> Result<()> {
     let dev = device.open()?;
     let t = std::time::Instant::now();
-    let checks = fewshot::selftest::run_all(&dev)?;
+    let checks = fewshot::run::selftest::run_all(&dev)?;
     println!(
         "{:<72} {:>10} {:>10} {:>9}  result",
         "check", "worst", "tolerance", "compared"

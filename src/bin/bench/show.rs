@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut r = fewshot::runner::load_results(&a.run)?;
+    let mut r = fewshot::run::catalogue::load(&a.run)?;
     report::fill_published(&mut r);
     let out = match a.format.as_str() {
         "md" => report::markdown(&r),

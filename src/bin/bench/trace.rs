@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use fewshot::run::{runner, train};
 use fewshot::spec::Benchmark;
-use fewshot::{algo, data, runner, train};
+use fewshot::{algo, data};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,9 +17,10 @@ pub struct Args {
     /// Number of fixed test episodes (0..K) to trace
     #[arg(long, default_value_t = 20)]
     episodes: usize,
-    /// Run folder whose trained meta-learner to trace (the best validated
-    /// state of <run-dir>/<label>'s newest checkpoint, else its latest
-    /// state); files are written beside it
+    /// Run folder whose trained meta-learner to trace, at the parameters
+    /// the run tests (the benchmark's `select`: the best validated state of
+    /// <run-dir>/<label>'s newest checkpoint, or its final state); files
+    /// are written beside it
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Trace a freshly initialised meta-learner instead (writes to --out)
@@ -46,10 +48,8 @@ pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, a: Args) -> Res
     );
     let dir = if let Some(run_dir) = &a.run_dir {
         let dir = run_dir.join(&a.label);
-        if !train::load_best(&mut *algorithm, &dir)? {
-            train::load_checkpoint(&mut *algorithm, &dir)
-                .with_context(|| format!("no trained {} in {}", a.label, dir.display()))?;
-        }
+        train::load_selected(&mut *algorithm, &dir, bench.select)
+            .with_context(|| format!("no trained {} in {}", a.label, dir.display()))?;
         dir
     } else if a.untrained {
         a.out.clone().unwrap_or_else(|| {
@@ -70,10 +70,10 @@ pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, a: Args) -> Res
         dir.display()
     );
     for f in [
-        fewshot::trace::JSONL_FILE,
-        fewshot::trace::CSV_FILE,
-        fewshot::trace::SVG_FILE,
-        fewshot::trace::PNG_FILE,
+        fewshot::layout::GATES_JSONL,
+        fewshot::layout::GATES_CSV,
+        fewshot::layout::GATES_SVG,
+        fewshot::layout::GATES_PNG,
     ] {
         println!("  {}", dir.join(f).display());
     }

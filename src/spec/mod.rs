@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::algo::{self, Context};
+use crate::data::sampler::EpisodeSpec;
 use crate::data::DataOptions;
 use crate::error::{Error, Result};
-use crate::learner::{Learner, LearnerOptions};
-use crate::norm::{EvalStats, NormProtocol, TrainStats};
-use crate::sampler::EpisodeSpec;
+use crate::model::learner::{Learner, LearnerOptions};
+use crate::model::norm::{EvalStats, NormProtocol, TrainStats};
 pub use crate::yaml::{from_str, from_value, to_string, variant_name};
 
 /// Meta-training budget per algorithm. Any limit may be absent; at least
@@ -62,7 +62,7 @@ pub struct BenchmarkFile {
     /// `batch_norm.eval: query | support`.
     #[serde(default)]
     pub transductive: Option<bool>,
-    /// Where batch norm takes its statistics (see `fewshot::norm`).
+    /// Where batch norm takes its statistics (see `fewshot::model::norm`).
     #[serde(default)]
     pub batch_norm: Option<BatchNormFile>,
     /// Overrides of the dataset's standard learner (reference networks).
@@ -86,9 +86,9 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
     /// `fused` kernels or the `composed` candle path they replace
-    /// [default: fused] (`fewshot::ops::Kernels`).
+    /// [default: fused] (`fewshot::model::kernels::ops::Kernels`).
     #[serde(default)]
-    pub kernels: Option<crate::ops::Kernels>,
+    pub kernels: Option<crate::model::kernels::ops::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<crate::yaml::Value>,
     /// Published results to show beside ours, by algorithm label.
@@ -232,7 +232,7 @@ pub struct Benchmark {
     pub checkpoint_every: u64,
     /// Fused kernels or the composed path.
     #[serde(default)]
-    pub kernels: crate::ops::Kernels,
+    pub kernels: crate::model::kernels::ops::Kernels,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
     /// Published results by algorithm label (shown, never computed).
@@ -270,6 +270,23 @@ impl Benchmark {
             Benchmark::parse_with(&text, &path.display().to_string(), o)?,
             path,
         ))
+    }
+
+    /// The benchmark a run was started with, from the `resolved.yaml` in
+    /// its folder `run`.
+    pub fn of_run(run: &Path) -> Result<Benchmark> {
+        let path = run.join(crate::layout::RESOLVED);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        from_str(&text, &path.display().to_string()).map_err(|e| match e {
+            Error::Config {
+                source_name,
+                reason,
+            } => Error::Config {
+                source_name,
+                reason: format!("not a fewshot resolved benchmark: {reason}"),
+            },
+            other => other,
+        })
     }
 
     /// The profiles of the benchmark file at `path`: the default first, then
@@ -327,7 +344,7 @@ impl Benchmark {
         let kernels = if device.is_cpu() {
             self.kernels
         } else {
-            crate::ops::Kernels::Composed
+            crate::model::kernels::ops::Kernels::Composed
         };
         Context {
             dataset: self.dataset.clone(),
@@ -483,11 +500,7 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     // Names the run folder itself uses.
-    let reserved = crate::rundir::RUN_FILES
-        .iter()
-        .chain([&crate::rundir::EVAL_DIR])
-        .any(|r| r.eq_ignore_ascii_case(label));
-    if reserved {
+    if crate::layout::is_reserved(label) {
         Err(format!(
             "`{label}` is reserved: the run folder has a file of that name"
         ))

@@ -23,15 +23,16 @@
 //! evaluation-only fields (`test_episodes`, `select`) and
 //! `checkpoint_every` may change. Each checkpoint stores its algorithm's
 //! [`fingerprint`] as well, so that a checkpoint copied into another run
-//! is refused too ([`crate::train::meta_train`]).
+//! is refused too ([`crate::run::train::meta_train`]).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::runner::RunResults;
+use crate::layout;
+use crate::report::results::RunResults;
+use crate::run::checkpoint;
 use crate::spec::{self, AlgorithmSpec, Benchmark};
 use crate::util::{is_temp_name, write_atomic};
 
@@ -46,7 +47,7 @@ pub enum Mode {
     /// Discard the run in the folder (saying what) and start over.
     Force,
     /// Resume the run in the folder if it holds one, else start it: a unit
-    /// of a job array, restarted after preemption ([`crate::seeds`]).
+    /// of a job array, restarted after preemption ([`crate::run::seeds`]).
     Continue,
 }
 
@@ -97,23 +98,6 @@ pub fn run_fingerprint(b: &Benchmark) -> serde_json::Value {
     })
 }
 
-/// The lock file of a run folder.
-pub const LOCK: &str = ".lock";
-
-/// The files a run writes at the top of its folder (algorithm labels may
-/// not take these names).
-pub const RUN_FILES: [&str; 5] = [
-    "resolved.yaml",
-    "results.json",
-    "leaderboard.md",
-    "leaderboard.csv",
-    crate::logfile::FILE,
-];
-
-/// The folder of a run's cross-dataset evaluations (`bench eval`,
-/// [`crate::transfer`]), discarded with the run by `--force`.
-pub const EVAL_DIR: &str = "eval";
-
 /// Entries of a folder other than fewshot's temporary files and lock
 /// (sorted).
 fn entries(dir: &Path) -> Vec<String> {
@@ -123,7 +107,7 @@ fn entries(dir: &Path) -> Vec<String> {
                 .filter(|e| {
                     let n = e.file_name().to_string_lossy().into_owned();
                     let file = e.file_type().is_ok_and(|t| t.is_file());
-                    !(file && (is_temp_name(&n) || n == LOCK))
+                    !(file && (is_temp_name(&n) || n == layout::LOCK))
                 })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
@@ -134,36 +118,26 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// Whether an entry of a run folder is something a run writes: one of
-/// [`RUN_FILES`], or an algorithm folder (it has `checkpoints/`,
+/// [`layout::RUN_FILES`], or an algorithm folder (it has `checkpoints/`,
 /// `curve.csv` or `test_episodes.csv`).
 fn run_part(dir: &Path, name: &str) -> bool {
     let p = dir.join(name);
-    if RUN_FILES.contains(&name) {
+    if layout::RUN_FILES.contains(&name) {
         return p.is_file();
     }
-    if name == EVAL_DIR {
+    if name == layout::EVAL_DIR {
         return p.is_dir();
     }
-    p.is_dir()
-        && ["checkpoints", "curve.csv", "test_episodes.csv"]
-            .iter()
-            .any(|f| p.join(f).exists())
+    p.is_dir() && layout::ALGORITHM_FILES.iter().any(|f| p.join(f).exists())
 }
 
 /// The results of the run in `dir`, if it has any.
-pub fn load_results(dir: &Path) -> Result<Option<RunResults>> {
-    let p = dir.join("results.json");
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&p, e)),
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Config {
-            source_name: p.display().to_string(),
-            reason: e.to_string(),
-        })
+fn load_results(dir: &Path) -> Result<Option<RunResults>> {
+    if dir.join(layout::RESULTS).is_file() {
+        RunResults::read(dir).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// A checked plan for a run folder: nothing is written until
@@ -190,7 +164,7 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
         path: dir.to_path_buf(),
         reason,
     };
-    let resolved = dir.join("resolved.yaml");
+    let resolved = dir.join(layout::RESOLVED);
     if dir.exists() && !dir.is_dir() {
         return Err(err(
             "is a file, not a folder; give a folder for --run-dir".into()
@@ -273,7 +247,7 @@ pub fn plan(dir: &Path, mode: Mode, bench: &Benchmark) -> Result<Plan> {
                 }
                 // And whatever algorithm folders a run left.
                 labels.extend(others.iter().filter(|n| run_part(dir, n)).cloned());
-                labels.retain(|l| l != "results.json" && l != "resolved.yaml");
+                labels.retain(|l| l != layout::RESULTS && l != layout::RESOLVED);
                 labels.sort();
                 labels.dedup();
                 out.discard = contents(dir, &labels);
@@ -292,26 +266,26 @@ fn run_contents(dir: &Path, bench: &Benchmark) -> Vec<(PathBuf, String)> {
 /// and the algorithm folders, each with a short description.
 fn contents(dir: &Path, labels: &[String]) -> Vec<(PathBuf, String)> {
     let mut v = Vec::new();
-    if dir.join("resolved.yaml").is_file() {
-        v.push((dir.join("resolved.yaml"), "resolved.yaml".to_string()));
+    if dir.join(layout::RESOLVED).is_file() {
+        v.push((dir.join(layout::RESOLVED), layout::RESOLVED.to_string()));
     }
     if let Ok(Some(r)) = load_results(dir) {
         v.push((
-            dir.join("results.json"),
+            dir.join(layout::RESULTS),
             format!("results.json with {} row(s)", r.results.len()),
         ));
-    } else if dir.join("results.json").exists() {
-        v.push((dir.join("results.json"), "results.json".into()));
+    } else if dir.join(layout::RESULTS).exists() {
+        v.push((dir.join(layout::RESULTS), layout::RESULTS.into()));
     }
-    for f in &RUN_FILES[2..] {
+    for f in &layout::RUN_FILES[2..] {
         if dir.join(f).is_file() {
             v.push((dir.join(f), f.to_string()));
         }
     }
-    if dir.join(EVAL_DIR).is_dir() {
+    if dir.join(layout::EVAL_DIR).is_dir() {
         v.push((
-            dir.join(EVAL_DIR),
-            format!("{EVAL_DIR}/ (bench eval results)"),
+            dir.join(layout::EVAL_DIR),
+            format!("{}/ (bench eval results)", layout::EVAL_DIR),
         ));
     }
     for l in labels {
@@ -347,7 +321,7 @@ pub struct Lock {
 
 /// Lock `dir` for this process, or say that another run holds it.
 pub fn lock(dir: &Path) -> Result<Lock> {
-    let p = dir.join(LOCK);
+    let p = dir.join(layout::LOCK);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -385,7 +359,7 @@ impl Plan {
             for (p, _) in self
                 .discard
                 .iter()
-                .filter(|(p, _)| !p.ends_with("resolved.yaml"))
+                .filter(|(p, _)| !p.ends_with(layout::RESOLVED))
             {
                 let r = if p.is_dir() {
                     std::fs::remove_dir_all(p)
@@ -402,7 +376,7 @@ impl Plan {
         }
         checkpoint::remove_stale_temps(&self.dir)?;
         write_atomic(
-            &self.dir.join("resolved.yaml"),
+            &self.dir.join(layout::RESOLVED),
             spec::to_string(bench)?.as_bytes(),
         )?;
         Ok(lock)

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{CpuStorage, Storage, Tensor};
 
 use crate::error::Result;
-use crate::params::Params;
+use crate::model::params::Params;
 
 /// Adam hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]

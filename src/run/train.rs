@@ -11,7 +11,7 @@
 //!
 //! Files in an algorithm's run folder, all written atomically:
 //! - `checkpoints/step-<n>.safetensors`: the newest two checkpoints, each
-//!   one self-contained file ([`crate::checkpoint`]);
+//!   one self-contained file ([`crate::run::checkpoint`]);
 //! - `curve.csv`: the learning curve (validation accuracy against
 //!   meta-training episodes and seconds), rewritten with every checkpoint.
 //!
@@ -24,15 +24,13 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use serde::{Deserialize, Serialize};
-
 use crate::algo::{Algorithm, Progress};
-use crate::checkpoint::{self, Checkpoint};
+use crate::data::sampler::Sampler;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::eval;
-use crate::sampler::Sampler;
-use crate::spec::Budget;
+use crate::run::checkpoint::{self, Checkpoint, CurvePoint, TrainState};
+use crate::run::eval;
+use crate::spec::{Budget, Select};
 use crate::util::write_atomic;
 
 /// How to meta-train one algorithm.
@@ -51,7 +49,7 @@ pub struct TrainOptions {
     /// (otherwise an existing checkpoint is an error).
     pub resume: bool,
     /// The configuration that determines this training run (see
-    /// [`crate::rundir::fingerprint`]); stored in every checkpoint, and a
+    /// [`crate::run::rundir::fingerprint`]); stored in every checkpoint, and a
     /// resumed checkpoint must have been written under the same one.
     pub config: serde_json::Value,
     pub show_progress: bool,
@@ -59,68 +57,6 @@ pub struct TrainOptions {
     /// been killed (checkpoint written, budget not finished), e.g. for
     /// preemptible machines or to test resumption. `None`: run to the end.
     pub stop_after_steps: Option<u64>,
-}
-
-/// One point of the learning curve.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CurvePoint {
-    pub step: u64,
-    pub train_episodes: u64,
-    pub train_seconds: f64,
-    /// Mean training loss over the steps since the previous point.
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_accuracy: Option<f64>,
-    pub val_ci95: Option<f64>,
-}
-
-/// Bookkeeping saved with every checkpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TrainState {
-    pub algorithm: String,
-    /// Meta-steps done.
-    pub step: u64,
-    pub train_episodes: u64,
-    /// Seconds spent in meta-training steps (validation excluded).
-    pub train_seconds: f64,
-    pub curve: Vec<CurvePoint>,
-    /// Step and validation accuracy of the best validated state (kept in
-    /// every checkpoint).
-    pub best_step: Option<u64>,
-    pub best_val_accuracy: Option<f64>,
-    pub finished: bool,
-    /// Sums over the steps since the last curve point (so that a resumed
-    /// run's curve is identical to an uninterrupted one's).
-    #[serde(default)]
-    pub pending_loss: f64,
-    #[serde(default)]
-    pub pending_accuracy: f64,
-    #[serde(default)]
-    pub pending_steps: u64,
-}
-
-impl TrainState {
-    fn fraction(&self, b: &Budget) -> f64 {
-        let by_steps = b
-            .meta_steps
-            .map(|m| self.step as f64 / m as f64)
-            .unwrap_or(0.0);
-        let by_time = b
-            .minutes
-            .map(|m| self.train_seconds / (60.0 * m))
-            .unwrap_or(0.0);
-        let by_episodes = b
-            .episodes
-            .map(|e| self.train_episodes as f64 / e as f64)
-            .unwrap_or(0.0);
-        by_steps.max(by_time).max(by_episodes).clamp(0.0, 1.0)
-    }
-    /// Whether the budget `b` is spent.
-    pub fn done(&self, b: &Budget) -> bool {
-        b.meta_steps.is_some_and(|m| self.step >= m)
-            || b.minutes.is_some_and(|m| self.train_seconds >= 60.0 * m)
-            || b.episodes.is_some_and(|e| self.train_episodes >= e)
-    }
 }
 
 fn save_checkpoint(
@@ -138,7 +74,7 @@ fn save_checkpoint(
             config: opts.config.clone(),
         },
     )?;
-    write_curve(&state.curve, &opts.dir.join("curve.csv"))
+    write_curve(&state.curve, &opts.dir.join(crate::layout::CURVE))
 }
 
 /// Restore the newest readable checkpoint of `dir` into `algo` (a torn or
@@ -163,25 +99,44 @@ pub fn load_checkpoint(algo: &mut dyn Algorithm, dir: &Path) -> Result<TrainStat
     Ok(c.train)
 }
 
-/// Load the best validated state of the newest checkpoint in `dir` (if
-/// validation ran) into `algo`.
-pub fn load_best(algo: &mut dyn Algorithm, dir: &Path) -> Result<bool> {
+/// Restore a trained algorithm at the parameters its run tests: the
+/// newest readable checkpoint of `dir`, then, when `select` is `best` and
+/// validation kept a best state, that state. Returns the checkpoint's
+/// bookkeeping and the row's `selected` label (`best@<step>` or `final`).
+/// Every reader of a trained algorithm (the runner after training, `bench
+/// eval`, `bench trace`) goes through here.
+pub fn load_selected(
+    algo: &mut dyn Algorithm,
+    dir: &Path,
+    select: Select,
+) -> Result<(TrainState, String)> {
     let Some(checkpoint::Found {
         path,
         checkpoint: c,
         ..
     }) = checkpoint::latest(dir)?
     else {
-        return Ok(false);
+        return Err(Error::MissingData {
+            what: format!("trained {}", algo.label()),
+            path: checkpoint::folder(dir),
+            hint: "no checkpoint: was this algorithm trained in this run folder?".into(),
+        });
     };
-    let Some(best) = c.best else {
-        return Ok(false);
+    let load = |algo: &mut dyn Algorithm, state| {
+        algo.load_state(state).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
     };
-    algo.load_state(&best).map_err(|e| Error::Checkpoint {
-        path,
-        reason: e.to_string(),
-    })?;
-    Ok(true)
+    load(algo, &c.state)?;
+    let selected = match (&c.best, select) {
+        (Some(best), Select::Best) => {
+            load(algo, best)?;
+            format!("best@{}", c.train.best_step.unwrap_or(0))
+        }
+        _ => "final".to_string(),
+    };
+    Ok((c.train, selected))
 }
 
 fn write_curve(curve: &[CurvePoint], path: &Path) -> Result<()> {
@@ -262,7 +217,7 @@ pub fn meta_train(
     // from the checkpoint (found by tests/kill.rs: killed after the final
     // checkpoint's rename, the resumed run lacked the curve's last point).
     if state.step > 0 {
-        write_curve(&state.curve, &opts.dir.join("curve.csv"))?;
+        write_curve(&state.curve, &opts.dir.join(crate::layout::CURVE))?;
     }
     // A resumed run continues until the (possibly larger) budget is spent.
     if state.done(&opts.budget) {

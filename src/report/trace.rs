@@ -49,15 +49,6 @@ pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// of the figure: 10-90 and 25-75, and the median).
 pub const PERCENTILES: [f64; 5] = [10.0, 25.0, 50.0, 75.0, 90.0];
 
-/// File names inside a run's `<label>/` folder.
-pub const JSONL_FILE: &str = "gates.jsonl";
-/// See [`JSONL_FILE`].
-pub const CSV_FILE: &str = "gates.csv";
-/// See [`JSONL_FILE`].
-pub const SVG_FILE: &str = "gates.svg";
-/// See [`JSONL_FILE`].
-pub const PNG_FILE: &str = "gates.png";
-
 /// Environment variable naming a TrueType/OpenType font file for PNG text.
 pub const FONT_ENV: &str = "FEWSHOT_FONT";
 
@@ -378,10 +369,16 @@ pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
     Ok(())
 }
 
-/// Write all four trace files ([`JSONL_FILE`], [`CSV_FILE`], [`SVG_FILE`],
-/// [`PNG_FILE`]) into `dir`; returns their paths in that order.
+/// Write all four trace files ([`crate::layout::GATES_JSONL`], [`crate::layout::GATES_CSV`], [`crate::layout::GATES_SVG`],
+/// [`crate::layout::GATES_PNG`]) into `dir`; returns their paths in that order.
 pub fn write_all(dir: &Path, records: &[GateRecord], title: &str) -> Result<[PathBuf; 4]> {
-    let paths = [JSONL_FILE, CSV_FILE, SVG_FILE, PNG_FILE].map(|f| dir.join(f));
+    let paths = [
+        crate::layout::GATES_JSONL,
+        crate::layout::GATES_CSV,
+        crate::layout::GATES_SVG,
+        crate::layout::GATES_PNG,
+    ]
+    .map(|f| dir.join(f));
     write_jsonl(&paths[0], records)?;
     write_csv(&paths[1], records)?;
     plot(records, title, &paths[2], &paths[3])?;

@@ -2,12 +2,12 @@
 //! or 2) + batch norm with the batch's own statistics + ReLU (+ 2x2 max
 //! pool), with its hand-written backward.
 //!
-//! The composed path ([`crate::ops`]) runs about ten candle ops per block,
+//! The composed path ([`crate::model::kernels::ops`]) runs about ten candle ops per block,
 //! each a pass over memory with a fresh allocation, and candle's autograd
 //! keeps every intermediate. Here the work goes in chunks of whole images
 //! (about [`CHUNK_COLS`] output positions, so a chunk's patches stay in
 //! cache), in parallel over chunks: per chunk one im2col
-//! ([`crate::patches`]) and one GEMM (the `gemm` crate) and the chunk's
+//! ([`crate::model::kernels::patches`]) and one GEMM (the `gemm` crate) and the chunk's
 //! batch-norm moments; then one pass normalises, applies the ReLU and
 //! pools. The backward is the chain rule written out below, chunk by chunk
 //! again: it recomputes the chunk's patches instead of keeping them, forms
@@ -31,7 +31,7 @@
 //! scale, floor pooling. Passes with given statistics (support-set or
 //! running statistics), the reference variants and second-order MAML (which
 //! differentiates the backward itself) use the composed path;
-//! [`crate::learner::Learner::fusable`] decides.
+//! [`crate::model::learner::Learner::fusable`] decides.
 //!
 //! Equations per channel o over the P = B*Ho*Wo positions p:
 //! - y_p = b + sum_k w_k cols_{p,k};  mu = mean(y);  var = mean((y - mu)^2)
@@ -48,8 +48,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{matmul, matmul_raw, simd, BnStats, Mat};
-use crate::patches::Patches;
+use crate::model::kernels::ops::{matmul, matmul_raw, simd, BnStats, Mat};
+use crate::model::kernels::patches::Patches;
 
 /// Output positions per chunk of whole images (at least one image).
 pub const CHUNK_COLS: usize = 512;

@@ -26,7 +26,7 @@
 //! passes statistics ([`Learner::forward_with`]): the support set's
 //! (non-transductive prediction), or running statistics accumulated over
 //! the adaptation (the meta-LSTM reference's `evaluate` mode, see
-//! [`crate::norm`]). No state is kept across episodes.
+//! [`crate::model::norm`]). No state is kept across episodes.
 //!
 //! Initialisation follows PyTorch's defaults unless `init` says otherwise:
 //! weights and biases of conv and linear layers U(-1/sqrt(fan_in),
@@ -36,8 +36,8 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ops::{self, BnStats};
-use crate::params::Params;
+use crate::model::kernels::ops::{self, BnStats};
+use crate::model::params::Params;
 use crate::rng::Rng;
 
 /// Largest `learner.hidden` accepted (conv-4 with 1024 channels is
@@ -134,7 +134,7 @@ pub struct Learner {
     /// or the composed candle path [default: fused; the benchmark's
     /// `kernels`].
     #[serde(default)]
-    pub kernels: crate::ops::Kernels,
+    pub kernels: crate::model::kernels::ops::Kernels,
 }
 
 /// Max-pool treatment of an odd last row/column.
@@ -197,7 +197,7 @@ impl Learner {
             padding: Padding::Torch,
             init: Init::Torch,
             pool_padding: PoolPadding::Valid,
-            kernels: crate::ops::Kernels::Fused,
+            kernels: crate::model::kernels::ops::Kernels::Fused,
         }
     }
 
@@ -223,11 +223,11 @@ impl Learner {
     }
 
     /// Whether passes with the batch's own statistics run as fused blocks
-    /// ([`crate::block`]): the `fused` kernels and the shared learner's
+    /// ([`crate::model::kernels::block`]): the `fused` kernels and the shared learner's
     /// options (PyTorch padding, a batch-norm scale, floor pooling); the
     /// reference variants use the composed path.
     pub fn fusable(&self) -> bool {
-        self.kernels == crate::ops::Kernels::Fused
+        self.kernels == crate::model::kernels::ops::Kernels::Fused
             && self.padding == Padding::Torch
             && self.bn_scale
             && self.pool_padding == PoolPadding::Valid
@@ -237,7 +237,7 @@ impl Learner {
     /// itself differentiated, or whose statistics are).
     pub fn composed(&self) -> Learner {
         Learner {
-            kernels: crate::ops::Kernels::Composed,
+            kernels: crate::model::kernels::ops::Kernels::Composed,
             ..self.clone()
         }
     }
@@ -479,7 +479,7 @@ impl Learner {
     }
 
     /// [`Learner::forward_with`] with the batch's own statistics through
-    /// the fused blocks ([`crate::block`]), which work channels-last.
+    /// the fused blocks ([`crate::model::kernels::block`]), which work channels-last.
     fn forward_fused(&self, p: &Params, x: &Tensor) -> Result<(Tensor, Vec<BnStats>)> {
         let b = x.dim(0)?;
         let k = self.per_block();
@@ -492,7 +492,7 @@ impl Learner {
         };
         // One op for all blocks; no input gradient for the images.
         let blocks = (0..self.blocks)
-            .map(|i| crate::block::ConvBnRelu {
+            .map(|i| crate::model::kernels::block::ConvBnRelu {
                 stride,
                 pool: self.downsample == Downsample::MaxPool,
                 eps: self.bn_eps,
@@ -504,7 +504,8 @@ impl Learner {
         let (h, used) = if self.blocks == 0 {
             (h, Vec::new())
         } else {
-            crate::block::Blocks::new(blocks).apply(&h, &p.tensors[..k * self.blocks])?
+            crate::model::kernels::block::Blocks::new(blocks)
+                .apply(&h, &p.tensors[..k * self.blocks])?
         };
         let feat = match self.head {
             // [B, H, W, C] -> [B, C*H*W] in PyTorch's flatten order.

@@ -25,13 +25,13 @@ use candle_core::{DType, Device, Tensor};
 use crate::algo::maml::{Maml, MamlConfig};
 use crate::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig};
 use crate::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
+use crate::data::sampler::{Batch, EpisodeSpec};
 use crate::error::Result;
-use crate::learner::{cross_entropy, Downsample, Learner};
-use crate::norm::NormProtocol;
-use crate::ops::Kernels;
-use crate::params::Params;
+use crate::model::kernels::ops::Kernels;
+use crate::model::learner::{cross_entropy, Downsample, Learner};
+use crate::model::norm::NormProtocol;
+use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::sampler::{Batch, EpisodeSpec};
 
 /// The outcome of one check.
 #[derive(Debug, Clone)]

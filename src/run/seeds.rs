@@ -34,13 +34,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::runner::{pair_with_best, AlgoResult, RunResults};
+use crate::report::results::{combine, pair_with_best, AlgoResult, RunResults};
+use crate::run::rundir::Mode;
+use crate::run::runner::{self, RunOptions};
 use crate::spec::Benchmark;
 use crate::util::write_atomic;
-
-/// The plan file of a multi-seed run folder.
-pub const PLAN_FILE: &str = "plan.json";
 
 /// What a multi-seed run is: written once, checked by every unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct Unit {
 impl Unit {
     /// The unit's run folder in the multi-seed folder `root`.
     pub fn dir(&self, root: &Path) -> PathBuf {
-        root.join(format!("seed-{}", self.seed)).join(&self.label)
+        crate::layout::unit_dir(root, self.seed, &self.label)
     }
 }
 
@@ -138,7 +138,7 @@ impl SeedPlan {
     /// Write the plan into `root`, or check that the plan already there is
     /// this one (a unit of another plan would mix two experiments).
     pub fn write_or_check(&self, root: &Path) -> Result<()> {
-        let path = root.join(PLAN_FILE);
+        let path = root.join(crate::layout::PLAN);
         if path.is_file() {
             let old = read_plan(root)?;
             // The options are recorded, not compared (a name and a path
@@ -176,7 +176,7 @@ impl SeedPlan {
                 reason: "is a file, not a folder; give a folder for --run-dir".into(),
             });
         }
-        if root.join("resolved.yaml").is_file() {
+        if root.join(crate::layout::RESOLVED).is_file() {
             return Err(Error::RunDir {
                 path: root.to_path_buf(),
                 reason: "holds a single-seed run; give another --run-dir for a multi-seed run"
@@ -185,7 +185,7 @@ impl SeedPlan {
         }
         crate::util::create_dir_durable(root)?;
         let json = serde_json::to_string_pretty(self).map_err(|e| Error::Config {
-            source_name: PLAN_FILE.into(),
+            source_name: crate::layout::PLAN.into(),
             reason: e.to_string(),
         })?;
         write_atomic(&path, json.as_bytes())
@@ -194,12 +194,12 @@ impl SeedPlan {
 
 /// Whether `dir` is a multi-seed run folder (it has a plan).
 pub fn is_multi_seed(dir: &Path) -> bool {
-    dir.join(PLAN_FILE).is_file()
+    dir.join(crate::layout::PLAN).is_file()
 }
 
 /// The plan of the multi-seed folder `root`.
 pub fn read_plan(root: &Path) -> Result<SeedPlan> {
-    let path = root.join(PLAN_FILE);
+    let path = root.join(crate::layout::PLAN);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         source_name: path.display().to_string(),
@@ -213,8 +213,7 @@ pub fn complete(root: &Path) -> bool {
         return false;
     };
     plan.units().iter().all(|u| {
-        crate::runner::load_results(&u.dir(root))
-            .is_ok_and(|r| r.results.iter().any(|x| x.label == u.label))
+        RunResults::read(&u.dir(root)).is_ok_and(|r| r.results.iter().any(|x| x.label == u.label))
     })
 }
 
@@ -224,7 +223,7 @@ fn agreement(b: &Benchmark) -> serde_json::Value {
     let mut b = b.clone();
     b.run_seed = 0;
     serde_json::json!({
-        "run": crate::rundir::run_fingerprint(&b),
+        "run": crate::run::rundir::run_fingerprint(&b),
         "budgets": b.algorithms.iter().map(|a| b.budget_of(a).describe()).collect::<Vec<_>>(),
         "test_episodes": b.test_episodes,
         "select": b.select,
@@ -240,14 +239,14 @@ pub fn merge(root: &Path) -> Result<RunResults> {
     let mut rows: Vec<(String, u64, AlgoResult)> = vec![];
     for u in plan.units() {
         let dir = u.dir(root);
-        if !dir.join("results.json").is_file() {
+        if !dir.join(crate::layout::RESULTS).is_file() {
             continue;
         }
-        let r = crate::runner::load_results(&dir)?;
+        let r = RunResults::read(&dir)?;
         let Some(row) = r.results.iter().find(|x| x.label == u.label) else {
             continue;
         };
-        let b = crate::transfer::trained_benchmark(&dir)?;
+        let b = Benchmark::of_run(&dir)?;
         if b.run_seed != u.seed {
             return Err(Error::RunDir {
                 path: dir.clone(),
@@ -261,7 +260,7 @@ pub fn merge(root: &Path) -> Result<RunResults> {
         match &first {
             None => first = Some((dir.clone(), a, r.clone())),
             Some((d0, a0, _)) => {
-                let diff = crate::checkpoint::config_diff(a0, &a);
+                let diff = crate::run::checkpoint::config_diff(a0, &a);
                 if !diff.is_empty() {
                     return Err(Error::RunDir {
                         path: dir.clone(),
@@ -311,85 +310,82 @@ pub fn merge(root: &Path) -> Result<RunResults> {
     })
 }
 
-/// One row from the rows of several run seeds of one algorithm.
-pub fn combine(per_seed: &[(u64, AlgoResult)]) -> AlgoResult {
-    let n = per_seed.len();
-    let mean =
-        |f: &dyn Fn(&AlgoResult) -> f64| per_seed.iter().map(|(_, r)| f(r)).sum::<f64>() / n as f64;
-    let r0 = &per_seed[0].1;
-    let episodes = r0.episode_accuracy.len();
-    let same_episodes = per_seed
-        .iter()
-        .all(|(_, r)| r.episode_accuracy.len() == episodes);
-    let episode_accuracy: Vec<f64> = if same_episodes {
-        (0..episodes)
-            .map(|e| {
-                per_seed
-                    .iter()
-                    .map(|(_, r)| r.episode_accuracy[e])
-                    .sum::<f64>()
-                    / n as f64
-            })
-            .collect()
-    } else {
-        vec![]
-    };
-    let seed_accuracy: Vec<f64> = per_seed.iter().map(|(_, r)| r.accuracy).collect();
-    let interval = crate::stats::mean_interval(&episode_accuracy);
-    let vals: Vec<f64> = per_seed
-        .iter()
-        .filter_map(|(_, r)| r.best_val_accuracy)
-        .collect();
-    AlgoResult {
-        label: r0.label.clone(),
-        algorithm: r0.algorithm.clone(),
-        accuracy: mean(&|r| r.accuracy),
-        ci95: if same_episodes { interval.ci95 } else { None },
-        test_episodes: r0.test_episodes,
-        meta_steps: mean(&|r| r.meta_steps as f64).round() as u64,
-        train_episodes: mean(&|r| r.train_episodes as f64).round() as u64,
-        train_seconds: mean(&|r| r.train_seconds),
-        test_seconds: mean(&|r| r.test_seconds),
-        selected: per_seed
-            .iter()
-            .map(|(_, r)| r.selected.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        best_val_accuracy: (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64),
-        vs_best: None,
-        published: r0.published.clone(),
-        episode_accuracy,
-        seeds: per_seed.iter().map(|(s, _)| *s).collect(),
-        seed_sd: crate::stats::sample_sd(&seed_accuracy),
-        seed_accuracy,
+/// How a multi-seed run is run.
+#[derive(Debug, Clone)]
+pub struct SeedOptions {
+    /// The multi-seed run folder.
+    pub run_dir: PathBuf,
+    /// New run, `--resume` or `--force` of the whole folder.
+    pub mode: Mode,
+    /// Run only this unit (a job-array task), which continues whatever an
+    /// earlier attempt left.
+    pub unit: Option<usize>,
+    pub show_progress: bool,
+    /// Gate traces on this many test episodes ([`RunOptions`]).
+    pub trace_episodes: usize,
+    pub device: DeviceSpec,
+}
+
+/// Run the units of `plan` for `bench` (all of them, or `opts.unit`), each
+/// an ordinary run in its unit folder. Returns the unit's results for one
+/// unit; after all units, the merged results, with the merged leaderboard
+/// written into the multi-seed folder.
+pub fn run(
+    bench: &Benchmark,
+    plan: &SeedPlan,
+    data_dir: &Path,
+    opts: &SeedOptions,
+) -> Result<RunResults> {
+    let root = &opts.run_dir;
+    if opts.mode == Mode::New && opts.unit.is_none() && is_multi_seed(root) {
+        return Err(Error::RunDir {
+            path: root.clone(),
+            reason: "already holds a multi-seed run; continue it with --resume, or discard it and start over with --force".into(),
+        });
     }
+    plan.write_or_check(root)?;
+    let units = match opts.unit {
+        Some(i) => vec![plan.unit(i)?],
+        None => plan.units(),
+    };
+    // A unit of a job array continues whatever an earlier attempt left; a
+    // resumed multi-seed run starts the units it never reached.
+    let unit_mode = match (opts.unit, opts.mode) {
+        (Some(_), _) | (None, Mode::Resume) => Mode::Continue,
+        (None, m) => m,
+    };
+    let mut last = None;
+    for u in &units {
+        let mut b = bench.clone();
+        b.run_seed = u.seed;
+        tracing::info!("unit: run seed {}, {}", u.seed, u.label);
+        last = Some(runner::run(
+            &b,
+            data_dir,
+            &RunOptions {
+                run_dir: u.dir(root),
+                mode: unit_mode,
+                only: vec![u.label.clone()],
+                show_progress: opts.show_progress,
+                trace_episodes: opts.trace_episodes,
+                device: opts.device,
+            },
+        )?);
+    }
+    if opts.unit.is_some() {
+        return last.ok_or_else(|| Error::RunDir {
+            path: root.clone(),
+            reason: "the plan has no units".into(),
+        });
+    }
+    let merged = merge(root)?;
+    crate::report::write_leaderboards(&merged, root)?;
+    Ok(merged)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::tests::row;
-
-    #[test]
-    fn rows_of_several_seeds_average_episode_by_episode() {
-        let a = row("x", &[1.0, 0.0, 0.5, 0.5]);
-        let b = row("x", &[0.0, 0.0, 1.0, 0.5]);
-        let c = combine(&[(0, a), (1, b)]);
-        assert_eq!(c.episode_accuracy, vec![0.5, 0.0, 0.75, 0.5]);
-        // Seed accuracies 0.5 and 0.375: mean 0.4375, sd |0.5-0.375|/sqrt(2).
-        assert!((c.accuracy - 0.4375).abs() < 1e-12);
-        assert!((c.seed_sd.unwrap() - 0.125 / 2f64.sqrt()).abs() < 1e-12);
-        assert_eq!(c.seeds, vec![0, 1]);
-        // The interval is over the 4 seed-averaged episodes: mean 0.4375,
-        // sample sd sqrt(0.0859375/3), t_{0.975,3} = 3.182446.
-        let sd =
-            (((0.0625f64).powi(2) + 0.4375f64.powi(2) + 0.3125f64.powi(2) + 0.0625f64.powi(2))
-                / 3.0)
-                .sqrt();
-        assert!((c.ci95.unwrap() - 3.182446305284263 * sd / 2.0).abs() < 1e-9);
-        let one = combine(&[(7, row("x", &[1.0, 0.0]))]);
-        assert_eq!(one.seed_sd, None);
-    }
 
     #[test]
     fn units_are_numbered_seed_major() {

@@ -5,19 +5,23 @@
 //!
 //! Columns: accuracy with its 95% interval over the test episodes; the
 //! paired difference to the best row over the same episodes with its 95%
-//! interval ([`crate::stats`]); test episodes, meta-steps, training
+//! interval ([`crate::report::stats`]); test episodes, meta-steps, training
 //! episodes, training and test seconds, and which checkpoint was tested.
 //! A last column shows the published result the benchmark names for the
 //! row (`T`: transductive), with the sources listed under the table.
 //! Marks: `*` the best row; `~` a row whose paired difference to the best
 //! is not distinguishable from zero at 95%.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub mod results;
+pub mod stats;
+pub mod trace;
 
 use crate::error::Result;
-use crate::runner::{best_row, RunResults};
 use crate::spec;
 use crate::util::write_atomic;
+use results::{best_row, RunResults};
 
 /// One row, formatted once for every renderer.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,7 +210,7 @@ pub fn terminal(r: &RunResults) -> String {
     }
     s.push_str(&sources(&t));
     let results = if r.run_seeds.is_empty() {
-        r.run_dir.join("results.json").display().to_string()
+        r.run_dir.join(crate::layout::RESULTS).display().to_string()
     } else {
         format!(
             "merged from the units {}",
@@ -289,11 +293,21 @@ pub fn csv(r: &RunResults) -> String {
     s
 }
 
-/// Write `leaderboard.md` and `leaderboard.csv` into the run folder
-/// (atomically; `results.json` is the runner's).
+/// Write a results folder's files: `results.json`, `leaderboard.md` and
+/// `leaderboard.csv` (each atomically).
 pub fn write_files(r: &RunResults, dir: &Path) -> Result<()> {
-    write_atomic(&dir.join("leaderboard.md"), markdown(r).as_bytes())?;
-    write_atomic(&dir.join("leaderboard.csv"), csv(r).as_bytes())
+    r.write_json(dir)?;
+    write_leaderboards(r, dir)
+}
+
+/// Write `leaderboard.md` and `leaderboard.csv` (each atomically); a
+/// multi-seed run's folder has these without a `results.json` of its own.
+pub fn write_leaderboards(r: &RunResults, dir: &Path) -> Result<()> {
+    write_atomic(
+        &dir.join(crate::layout::LEADERBOARD_MD),
+        markdown(r).as_bytes(),
+    )?;
+    write_atomic(&dir.join(crate::layout::LEADERBOARD_CSV), csv(r).as_bytes())
 }
 
 /// Rows without a published number take it from the benchmark file of the
@@ -310,70 +324,6 @@ pub fn fill_published(r: &mut RunResults) {
         if x.published.is_none() {
             x.published = b.published.get(&x.label).cloned();
         }
-    }
-}
-
-/// Whether a run has a row for every algorithm its `resolved.yaml` lists
-/// (runs from before resolved.yaml are taken as complete).
-pub fn complete(r: &RunResults) -> bool {
-    if crate::seeds::is_multi_seed(&r.run_dir) {
-        return crate::seeds::complete(&r.run_dir);
-    }
-    match crate::transfer::trained_benchmark(&r.run_dir) {
-        Ok(b) => b
-            .algorithms
-            .iter()
-            .all(|a| r.results.iter().any(|x| x.label == a.label)),
-        Err(_) => !r.results.is_empty(),
-    }
-}
-
-/// The newest complete run (by the time its results.json was written) in
-/// each benchmark folder of `root` (`runs/<benchmark>/<run>/`), sorted by
-/// benchmark name. Folders that are not runs are skipped.
-pub fn latest_runs(root: &Path) -> Result<Vec<RunResults>> {
-    let mut out = vec![];
-    let mut benches: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| crate::error::Error::io(root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    benches.sort();
-    for b in benches {
-        let mut best: Option<(std::time::SystemTime, RunResults)> = None;
-        let Ok(rd) = std::fs::read_dir(&b) else {
-            continue;
-        };
-        for run in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-            let Some(t) = written(&run) else {
-                continue;
-            };
-            let Ok(r) = crate::runner::load_results(&run) else {
-                continue;
-            };
-            if complete(&r) && best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                best = Some((t, r));
-            }
-        }
-        out.extend(best.map(|(_, r)| r));
-    }
-    Ok(out)
-}
-
-/// When a run's results were last written: its results.json, or for a
-/// multi-seed run the newest of its units'.
-fn written(run: &Path) -> Option<std::time::SystemTime> {
-    let time = |d: &Path| {
-        d.join("results.json")
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    if crate::seeds::is_multi_seed(run) {
-        let plan = crate::seeds::read_plan(run).ok()?;
-        plan.units().iter().filter_map(|u| time(&u.dir(run))).max()
-    } else {
-        time(run)
     }
 }
 
@@ -452,7 +402,7 @@ pub struct Change {
     pub before: Option<f64>,
     pub after: Option<f64>,
     /// Paired difference after - before over the same episodes.
-    pub diff: Option<crate::stats::Interval>,
+    pub diff: Option<crate::report::stats::Interval>,
 }
 
 impl Change {
@@ -501,9 +451,10 @@ pub fn compare(a: &RunResults, b: &RunResults) -> Result<Vec<Change>> {
             let ra = a.results.iter().find(|r| r.label == l);
             let rb = b.results.iter().find(|r| r.label == l);
             let diff = match (ra, rb) {
-                (Some(x), Some(y)) => {
-                    crate::stats::paired_difference(&y.episode_accuracy, &x.episode_accuracy)
-                }
+                (Some(x), Some(y)) => crate::report::stats::paired_difference(
+                    &y.episode_accuracy,
+                    &x.episode_accuracy,
+                ),
                 _ => None,
             };
             Change {
@@ -519,8 +470,8 @@ pub fn compare(a: &RunResults, b: &RunResults) -> Result<Vec<Change>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::pair_with_best;
-    use crate::runner::tests::{results, row};
+    use crate::report::results::pair_with_best;
+    use crate::report::results::tests::{results, row};
 
     #[test]
     fn every_rendering_shows_the_same_rows() {
@@ -581,7 +532,7 @@ mod tests {
 
     #[test]
     fn rows_over_several_run_seeds_show_the_spread() {
-        let mut r = results(vec![crate::seeds::combine(&[
+        let mut r = results(vec![crate::report::results::combine(&[
             (0, row("a", &[0.6, 0.8])),
             (1, row("a", &[0.8, 0.8])),
         ])]);

@@ -3,7 +3,7 @@
 //! Episode `i` of the test split under the episode seed is the same for
 //! every algorithm, so leaderboard rows are paired comparisons on the same
 //! tasks. The interval is the Student-t 95% interval of the mean
-//! ([`crate::stats`]): t * s / sqrt(n) with s the sample standard deviation
+//! ([`crate::report::stats`]): t * s / sqrt(n) with s the sample standard deviation
 //! over episodes (t = 1.964 for 600 episodes).
 
 use std::time::Instant;
@@ -12,9 +12,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::{Algorithm, EpisodeScore};
+use crate::data::sampler::{EpisodeSpec, Sampler};
 use crate::data::{Dataset, Split};
 use crate::error::Result;
-use crate::sampler::{EpisodeSpec, Sampler};
 
 /// Scores of `n` fixed episodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct Evaluation {
 
 /// Mean and 95% half-width (Student t; NaN below two values).
 pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
-    let i = crate::stats::mean_interval(xs);
+    let i = crate::report::stats::mean_interval(xs);
     (i.mean, i.ci95.unwrap_or(f64::NAN))
 }
 

@@ -34,10 +34,75 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::train::TrainState;
+use crate::spec::Budget;
+
+/// One point of the learning curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CurvePoint {
+    pub step: u64,
+    pub train_episodes: u64,
+    pub train_seconds: f64,
+    /// Mean training loss over the steps since the previous point.
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub val_ci95: Option<f64>,
+}
+
+/// Bookkeeping saved with every checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    pub algorithm: String,
+    /// Meta-steps done.
+    pub step: u64,
+    pub train_episodes: u64,
+    /// Seconds spent in meta-training steps (validation excluded).
+    pub train_seconds: f64,
+    pub curve: Vec<CurvePoint>,
+    /// Step and validation accuracy of the best validated state (kept in
+    /// every checkpoint).
+    pub best_step: Option<u64>,
+    pub best_val_accuracy: Option<f64>,
+    pub finished: bool,
+    /// Sums over the steps since the last curve point (so that a resumed
+    /// run's curve is identical to an uninterrupted one's).
+    #[serde(default)]
+    pub pending_loss: f64,
+    #[serde(default)]
+    pub pending_accuracy: f64,
+    #[serde(default)]
+    pub pending_steps: u64,
+}
+
+impl TrainState {
+    /// How much of the budget `b` is spent, in [0, 1] (whichever limit
+    /// binds first).
+    pub fn fraction(&self, b: &Budget) -> f64 {
+        let by_steps = b
+            .meta_steps
+            .map(|m| self.step as f64 / m as f64)
+            .unwrap_or(0.0);
+        let by_time = b
+            .minutes
+            .map(|m| self.train_seconds / (60.0 * m))
+            .unwrap_or(0.0);
+        let by_episodes = b
+            .episodes
+            .map(|e| self.train_episodes as f64 / e as f64)
+            .unwrap_or(0.0);
+        by_steps.max(by_time).max(by_episodes).clamp(0.0, 1.0)
+    }
+    /// Whether the budget `b` is spent.
+    pub fn done(&self, b: &Budget) -> bool {
+        b.meta_steps.is_some_and(|m| self.step >= m)
+            || b.minutes.is_some_and(|m| self.train_seconds >= 60.0 * m)
+            || b.episodes.is_some_and(|e| self.train_episodes >= e)
+    }
+}
 
 /// How many checkpoints are kept (the newest, and the one before it in case
 /// the newest turns out unreadable).
@@ -64,7 +129,7 @@ pub struct Checkpoint {
 
 /// The checkpoint folder of an algorithm's run folder.
 pub fn folder(dir: &Path) -> PathBuf {
-    dir.join("checkpoints")
+    dir.join(crate::layout::CHECKPOINTS)
 }
 
 fn file_name(step: u64) -> String {

@@ -3,7 +3,7 @@
 //!
 //! The library only owns the sink; the binary's `tracing` subscriber adds a
 //! plain-text layer writing through [`Sink`], which writes nothing while no
-//! file is attached. [`crate::runner`] attaches the file once the run
+//! file is attached. [`crate::run::runner`] attaches the file once the run
 //! folder is locked and detaches it when the run ends.
 
 use std::fs::File;
@@ -12,9 +12,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-
-/// Name of the log file in a run folder.
-pub const FILE: &str = "run.log";
 
 static TARGET: Mutex<Option<File>> = Mutex::new(None);
 

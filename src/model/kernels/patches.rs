@@ -1,12 +1,12 @@
 //! 3x3 patches (padding 1, stride 1 or 2) of *channels-last* images
 //! `[B, H, W, C]`, and their adjoint, for the fused blocks
-//! ([`crate::block`]).
+//! ([`crate::model::kernels::block`]).
 //!
 //! Channels-last, the three pixels a kernel row reads are adjacent, so one
 //! output position's patch is three contiguous runs of `3 * C` values (one
 //! per kernel row), whatever the stride: im2col is a few block copies per
 //! position instead of a strided gather per value, as in the channel-major
-//! layout of [`crate::ops::Im2Col`]. A patch row is `[K = 9 * C]` in
+//! layout of [`crate::model::kernels::ops::Im2Col`]. A patch row is `[K = 9 * C]` in
 //! `(ky, kx, c)` order; a chunk's patches are `[positions, K]`.
 //!
 //! The adjoint (patch gradients back to the image) is written as a gather:

@@ -1,0 +1,284 @@
+//! Running a benchmark: meta-train every algorithm, evaluate all of them on
+//! the same fixed test episodes, write results.
+//!
+//! Run folder layout (`runs/<benchmark>/<run-id>/` by default):
+//! - `resolved.yaml`: the benchmark with every default made explicit;
+//! - `results.json`: the leaderboard (updated atomically after each
+//!   algorithm; `--only` runs merge their rows into it), with every test
+//!   episode's accuracy and each row's paired difference to the best;
+//! - `leaderboard.md`, `leaderboard.csv`: the same table for readers and
+//!   scripts ([`crate::report`]);
+//! - `run.log`: every log line of the run, appended by each session;
+//! - `<label>/`: `checkpoints/`, `curve.csv`, `test_episodes.csv` (accuracy
+//!   and loss of every test episode).
+//!
+//! What happens to an existing folder (`--resume`, `--force`) is decided by
+//! [`crate::run::rundir`] before anything is written. Every image of the train,
+//! validation and test splits is decoded before the first meta-step, so
+//! that a corrupt file is reported (all of them at once) in seconds rather
+//! than after the training budget.
+
+use std::path::{Path, PathBuf};
+
+use crate::algo;
+use crate::data::{self, Split};
+use crate::error::{Error, Result};
+use crate::report::results::{pair_with_best, write_episode_scores, AlgoResult, RunResults};
+use crate::run::checkpoint::TrainState;
+use crate::run::eval::{self, Evaluation};
+use crate::run::rundir::{self, Mode};
+use crate::run::train::{self, TrainOptions};
+use crate::spec::{self, Benchmark};
+
+/// Options of a run beyond the benchmark itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    /// New run, `--resume` or `--force` ([`crate::run::rundir`]).
+    pub mode: Mode,
+    /// Only these algorithm labels (empty: all). Their rows are merged into
+    /// the run's existing `results.json`.
+    pub only: Vec<String>,
+    pub show_progress: bool,
+    /// Record gate traces on this many test episodes for every algorithm
+    /// that has gates (0: none).
+    pub trace_episodes: usize,
+    /// Where the tensors live.
+    pub device: crate::device::DeviceSpec,
+}
+
+/// Record the gates of `algo` on test episodes `0..episodes` and write
+/// `gates.{jsonl,csv,svg,png}` into `dir` (see `docs/traces.md`). Fails if
+/// the algorithm has no gates.
+pub fn trace(
+    bench: &Benchmark,
+    algo: &dyn algo::Algorithm,
+    ds: &data::Dataset,
+    episodes: usize,
+    dir: &Path,
+) -> Result<Vec<crate::report::trace::GateRecord>> {
+    let _span = tracing::info_span!("trace", label = algo.label()).entered();
+    let sampler = crate::data::sampler::Sampler::new(ds, Split::Test, bench.episode, bench.seed)?;
+    let mut records = Vec::new();
+    for i in 0..episodes as u64 {
+        let b = sampler.batch(&sampler.episode(i), &algo.context().device)?;
+        let Some(g) = algo.gate_trace(&b)? else {
+            return Err(Error::Config {
+                source_name: format!("algorithm `{}`", algo.label()),
+                reason: format!(
+                    "{} has no gates to trace (only learned optimizers such as meta-lstm do)",
+                    algo.kind()
+                ),
+            });
+        };
+        records.extend(crate::report::trace::summarize_episode(
+            &bench.name,
+            algo.label(),
+            i,
+            &g.layers,
+            &g.gates,
+            5,
+        ));
+    }
+    let title = format!(
+        "{}: {} gates on {} test episodes ({}-way {}-shot)",
+        bench.name,
+        algo.label(),
+        episodes,
+        bench.episode.ways,
+        bench.episode.shots
+    );
+    let paths = crate::report::trace::write_all(dir, &records, &title)?;
+    tracing::info!("gate trace written to {}", paths[0].display());
+    Ok(records)
+}
+
+/// Run a resolved benchmark on the data in `data_dir`.
+pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunResults> {
+    let _span = tracing::info_span!("benchmark", name = %bench.name).entered();
+    for l in &opts.only {
+        bench.algorithm(l)?;
+    }
+    // Nothing is written before the run folder, the data and the episodes
+    // are known to be usable.
+    let device = opts.device.open()?;
+    let mut plan = rundir::plan(&opts.run_dir, opts.mode, bench)?;
+    // `Continue` is `New` or `Resume` by now.
+    let resume = plan.mode == Mode::Resume;
+    let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
+    tracing::info!("{}", ds.description);
+    crate::data::sampler::Sampler::new(&ds, Split::Test, bench.episode, bench.seed)?;
+    if bench.val_episodes > 0 && !ds.split(Split::Val).is_empty() {
+        crate::data::sampler::Sampler::new(&ds, Split::Val, bench.episode, bench.seed)?;
+    }
+    check_images(&ds)?;
+    // Held until the run ends: a second run on this folder is refused.
+    let _lock = plan.commit(bench)?;
+    let _log = crate::run::logfile::attach_scoped(&opts.run_dir.join(crate::layout::LOG))?;
+    tracing::info!(
+        "run {} of {} (fewshot {})",
+        opts.run_dir.display(),
+        bench.name,
+        env!("CARGO_PKG_VERSION")
+    );
+    if !device.is_cpu() {
+        tracing::info!(
+            "on {}: the composed kernels (the fused ones are CPU code)",
+            opts.device
+        );
+    }
+    let ctx = bench.context(&device);
+    let mut out = RunResults {
+        benchmark: bench.name.clone(),
+        dataset: bench.dataset.clone(),
+        episode: bench.episode,
+        transductive: bench.transductive,
+        batch_norm: bench.batch_norm,
+        select: bench.select,
+        seed: Some(bench.seed),
+        run_seed: Some(bench.run_seed),
+        run_seeds: vec![],
+        profile: Some(bench.profile.clone()),
+        device: Some(opts.device.to_string()),
+        run_dir: opts.run_dir.clone(),
+        results: plan.previous.map(|p| p.results).unwrap_or_default(),
+    };
+    for (i, a) in bench.algorithms.iter().enumerate() {
+        if !opts.only.is_empty() && !opts.only.contains(&a.label) {
+            continue;
+        }
+        let mut algorithm = algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?;
+        let _span = tracing::info_span!("algorithm", label = %a.label).entered();
+        let dir = opts.run_dir.join(&a.label);
+        if resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {
+            tracing::info!(
+                "{} finished and was evaluated in an earlier session; kept",
+                a.label
+            );
+            continue;
+        }
+        train::meta_train(
+            &mut *algorithm,
+            &ds,
+            &TrainOptions {
+                budget: bench.budget_of(a),
+                validate_every: bench.validate_every,
+                validate_every_minutes: bench.validate_every_minutes,
+                checkpoint_every: bench.checkpoint_every,
+                val_episodes: bench.val_episodes,
+                dir: dir.clone(),
+                resume,
+                config: rundir::fingerprint(bench, a),
+                show_progress: opts.show_progress,
+                stop_after_steps: None,
+            },
+        )?;
+        let (state, selected) = train::load_selected(&mut *algorithm, &dir, bench.select)?;
+        let ev = eval::evaluate(
+            &*algorithm,
+            &ds,
+            Split::Test,
+            bench.episode,
+            bench.seed,
+            bench.test_episodes,
+            opts.show_progress,
+        )?;
+        write_episode_scores(&ev.scores, &dir.join(crate::layout::TEST_EPISODES))?;
+        if opts.trace_episodes > 0 && algorithm.has_gates() {
+            trace(bench, &*algorithm, &ds, opts.trace_episodes, &dir)?;
+        }
+        out.results.retain(|r| r.label != a.label);
+        let mut r = row(a, &state, &ev, selected);
+        r.published = bench.published.get(&a.label).cloned();
+        out.results.push(r);
+        // Rows in the benchmark's order, whichever session wrote them.
+        let order = |r: &AlgoResult| bench.algorithms.iter().position(|x| x.label == r.label);
+        out.results.sort_by_key(order);
+        pair_with_best(&mut out.results);
+        crate::report::write_files(&out, &opts.run_dir)?;
+    }
+    Ok(out)
+}
+
+/// Decode every image of every split before training: a corrupt file is
+/// found now, together with all the others, not after the budget.
+fn check_images(ds: &data::Dataset) -> Result<()> {
+    let t = std::time::Instant::now();
+    let ids: Vec<usize> = [Split::Train, Split::Val, Split::Test]
+        .into_iter()
+        .flat_map(|s| ds.split_images(s))
+        .collect();
+    ds.ensure(&ids)?;
+    tracing::info!(
+        "decoded and checked {} images in {:.1}s",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A resumed algorithm whose newest checkpoint already spent the budget
+/// and whose row (same step, same test episodes) is in the results needs
+/// no work.
+fn already_done(
+    bench: &Benchmark,
+    a: &spec::AlgorithmSpec,
+    dir: &Path,
+    out: &RunResults,
+    opts: &RunOptions,
+    algorithm: &dyn algo::Algorithm,
+) -> Result<bool> {
+    let Some(r) = out.results.iter().find(|r| r.label == a.label) else {
+        return Ok(false);
+    };
+    let Some(found) = crate::run::checkpoint::latest(dir)? else {
+        return Ok(false);
+    };
+    let c = found.checkpoint;
+    let traced = opts.trace_episodes == 0
+        || !algorithm.has_gates()
+        || dir.join(crate::layout::GATES_JSONL).is_file();
+    Ok(c.train.done(&bench.budget_of(a))
+        && r.meta_steps == c.train.step
+        && r.test_episodes == bench.test_episodes
+        && traced)
+}
+
+/// The row of one trained and tested algorithm.
+pub(crate) fn row(
+    a: &spec::AlgorithmSpec,
+    st: &TrainState,
+    ev: &Evaluation,
+    selected: String,
+) -> AlgoResult {
+    AlgoResult {
+        label: a.label.clone(),
+        algorithm: a.algorithm.clone(),
+        accuracy: ev.mean,
+        ci95: ev.ci95.is_finite().then_some(ev.ci95),
+        test_episodes: ev.episodes,
+        meta_steps: st.step,
+        train_episodes: st.train_episodes,
+        train_seconds: st.train_seconds,
+        test_seconds: ev.seconds,
+        selected,
+        best_val_accuracy: st.best_val_accuracy,
+        vs_best: None,
+        published: None,
+        episode_accuracy: ev.scores.iter().map(|s| s.accuracy).collect(),
+        seeds: vec![],
+        seed_accuracy: vec![],
+        seed_sd: None,
+    }
+}
+
+/// Default run folder: `runs/<benchmark>/<unix seconds>`.
+pub fn default_run_dir(bench: &Benchmark) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs")
+        .join(&bench.name)
+        .join(secs.to_string())
+}

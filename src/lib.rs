@@ -1,32 +1,25 @@
 //! # fewshot
 //!
-//! A benchmark harness for few-shot meta-learning: how does a learned
-//! optimizer (the Ravi & Larochelle meta-learner LSTM) compare with MAML and
-//! Reptile on the same N-way K-shot episodes?
+//! A benchmark harness for meta-learning: on the same problems, does a
+//! learned update rule (the Ravi & Larochelle meta-learner LSTM) beat
+//! hand-designed ones (MAML's and Reptile's learned initialisations)?
 //!
-//! - [`data`]: dataset readers (Omniglot, mini-ImageNet, class folders),
-//!   fixed class splits, the decoded-image cache and the download step;
-//! - [`sampler`]: seeded, indexed episodes and their tensors;
-//! - [`rng`]: the one source of randomness, version-stable;
-//! - [`learner`], [`ops`], [`params`]: the functional conv-4 learner;
-//! - [`norm`]: where batch norm takes its statistics (the references'
-//!   protocols, per benchmark);
-//! - [`algo`]: the `Algorithm` trait, its registry, MAML, Reptile and the
-//!   meta-learner LSTM;
-//! - [`optim`]: Adam with checkpointable state;
-//! - [`spec`]: benchmark files (YAML) and their resolved form;
-//! - [`train`], [`eval`], [`runner`]: meta-training with checkpoints,
-//!   evaluation on fixed episodes, the leaderboard;
-//! - [`stats`]: Student-t intervals and paired differences over episodes;
-//! - [`report`]: the leaderboard as a terminal table, `leaderboard.md` and
-//!   `leaderboard.csv`;
-//! - [`transfer`]: a run's trained algorithms tested on another
-//!   benchmark's episodes (cross-dataset evaluation);
-//! - [`logfile`]: the run's log file (`run.log` in the run folder);
-//! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and
-//!   run folders that are never overwritten by mistake;
-//! - [`trace`]: meta-learner gate traces (JSONL, CSV) and their
-//!   Figure-2-style plot.
+//! The library is built in floors; a module imports only from its own
+//! floor or below, and no two modules import each other
+//! (`docs/architecture.md`; `tests/architecture.rs` holds the rule):
+//!
+//! - floor 5, [`run`]: benchmark runs (train, evaluate, write), run
+//!   folders, checkpoints, run seeds, cross-dataset evaluation, the
+//!   catalogue of runs;
+//! - floor 4, [`report`]: results ([`report::results::RunResults`]),
+//!   intervals and paired differences, leaderboards, gate-trace figures;
+//! - floor 3, [`spec`]: benchmark files (YAML) and their resolved form;
+//! - floor 2, [`algo`]: the `Algorithm` trait, its registry, MAML, Reptile
+//!   and the meta-learner LSTM;
+//! - floor 1, [`model`] (the functional conv-4 learner and its kernels) and
+//!   [`data`] (dataset readers, seeded episodes, task kinds), side by side;
+//! - floor 0, the ground: [`error`], [`rng`], [`yaml`], [`device`],
+//!   [`util`] and [`layout`] (the names of a run folder's files).
 
 pub mod algo;
 pub mod data;

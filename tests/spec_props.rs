@@ -331,3 +331,38 @@ fn a_key_that_is_no_plain_name_is_quoted_in_the_field_path() {
         .to_string();
     assert!(msg.contains("bench.yaml: published.reptil: "), "{msg}");
 }
+
+#[test]
+fn the_task_kind_is_read_defaulted_and_recorded() {
+    // Absent: episodic, and the resolved benchmark records it.
+    let plain = text_with("omniglot", "28");
+    let b = Benchmark::parse(&plain, "bench.yaml").unwrap();
+    assert_eq!(b.task, fewshot::data::task::TaskKind::Episodic);
+    let resolved = fewshot::spec::to_string(&b).unwrap();
+    assert!(resolved.contains("task: episodic"), "{resolved}");
+    // Written out: the same benchmark.
+    let explicit = plain.replacen("dataset:", "task: episodic\ndataset:", 1);
+    assert_eq!(
+        Benchmark::parse(&explicit, "bench.yaml").unwrap().task,
+        b.task
+    );
+    // A kind fewshot does not have is refused naming the field.
+    let bad = plain.replacen("dataset:", "task: optimisation\ndataset:", 1);
+    let msg = Benchmark::parse(&bad, "bench.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("task") && msg.contains("optimisation"),
+        "{msg}"
+    );
+    assert!(names_a_place(&msg), "{msg}");
+    // A resolved benchmark written before task kinds existed reads as
+    // episodic.
+    let old: String = resolved
+        .lines()
+        .filter(|l| !l.starts_with("task:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let back: Benchmark = fewshot::spec::from_str(&old, "resolved.yaml").unwrap();
+    assert_eq!(back.task, fewshot::data::task::TaskKind::Episodic);
+}

@@ -52,6 +52,7 @@ use super::{
     EpisodeScore, InnerSgd, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
 use crate::model::learner::{cross_entropy, Learner};
 use crate::model::optim::{Adam, AdamConfig};
@@ -62,6 +63,7 @@ use crate::rng::Rng;
 pub const ENTRY: Entry = Entry {
     name: "maml",
     about: "MAML (Finn et al. 2017), first- or second-order",
+    tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, MamlConfig::resolve),
     build,
 };

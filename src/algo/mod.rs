@@ -22,6 +22,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
 use crate::model::learner::{accuracy, cross_entropy, Learner};
 use crate::model::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
@@ -255,6 +256,9 @@ pub struct Resolved {
 pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
+    /// The task kinds it can run (a benchmark of another kind that lists
+    /// it is refused, naming both).
+    pub tasks: &'static [TaskKind],
     /// Check an entry and fill in its defaults for the context.
     pub resolve: fn(&Value, &Context) -> Result<Resolved>,
     /// Build the algorithm (fresh meta-parameters from the run seed) from an
@@ -305,6 +309,31 @@ fn in_entry(field: &str, err: Error) -> Error {
         },
         other => other,
     }
+}
+
+/// Check that the algorithm entry at `field` can run tasks of `kind`.
+pub fn check_task(entry: &Value, kind: TaskKind, field: &str) -> Result<()> {
+    let e = entry_for(entry, field)?;
+    supports(e, kind, field)
+}
+
+fn supports(e: &Entry, kind: TaskKind, field: &str) -> Result<()> {
+    if e.tasks.contains(&kind) {
+        return Ok(());
+    }
+    let runs: Vec<&str> = e.tasks.iter().map(|k| k.name()).collect();
+    Err(Error::Config {
+        source_name: format!("{field}.algorithm"),
+        reason: format!(
+            "`{}` cannot run `{kind}` tasks, which this benchmark's `task` is (it runs: {})",
+            e.name,
+            if runs.is_empty() {
+                "none".to_string()
+            } else {
+                runs.join(", ")
+            }
+        ),
+    })
 }
 
 /// Check a benchmark's algorithm entry and fill in its defaults; errors
@@ -430,4 +459,37 @@ pub fn sum_params(list: &[Params]) -> Result<Params> {
         acc = acc.zip_map(p, |a, b| a + b)?;
     }
     Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tasks: &'static [TaskKind]) -> Entry {
+        Entry {
+            name: "toy",
+            about: "",
+            tasks,
+            resolve: |_, _| unreachable!(),
+            build: |_, _| unreachable!(),
+        }
+    }
+
+    #[test]
+    fn an_algorithm_runs_only_the_task_kinds_its_entry_lists() {
+        assert!(supports(&entry(&[TaskKind::Episodic]), TaskKind::Episodic, "f").is_ok());
+        let e = supports(&entry(&[]), TaskKind::Episodic, "bench.yaml: algorithms[1]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("algorithms[1].algorithm")
+                && e.contains("`toy` cannot run `episodic` tasks")
+                && e.contains("it runs: none"),
+            "{e}"
+        );
+        // Every registered algorithm runs few-shot episodes today.
+        for e in registry() {
+            assert!(e.tasks.contains(&TaskKind::Episodic), "{}", e.name);
+        }
+    }
 }

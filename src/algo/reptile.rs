@@ -39,6 +39,7 @@ use super::{
     at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
 use crate::model::norm::RunningStats;
 use crate::model::optim::{Adam, AdamConfig};
@@ -49,6 +50,7 @@ use crate::rng::Rng;
 pub const ENTRY: Entry = Entry {
     name: "reptile",
     about: "Reptile (Nichol et al. 2018) with inner Adam",
+    tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, ReptileConfig::resolve),
     build,
 };

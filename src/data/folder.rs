@@ -24,6 +24,14 @@ impl Reader for Folder {
         "folder"
     }
 
+    fn channels(&self) -> usize {
+        3
+    }
+
+    fn default_image_size(&self) -> usize {
+        84
+    }
+
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset> {
         if let Some(n) = options.normalize {
             return Err(Error::invalid(
@@ -32,7 +40,7 @@ impl Reader for Folder {
                 "absent: only mini-ImageNet has a normalisation to switch",
             ));
         }
-        let size = super::image_side(options, 84)?;
+        let size = super::image_side(options, self.default_image_size())?;
         if !Split::ALL.iter().any(|s| root.join(s.name()).is_dir()) {
             return Err(Error::MissingData {
                 what: "split folders train/, val/ or test/".into(),

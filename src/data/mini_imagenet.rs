@@ -32,6 +32,14 @@ impl Reader for MiniImageNet {
         "mini-imagenet"
     }
 
+    fn channels(&self) -> usize {
+        3
+    }
+
+    fn default_image_size(&self) -> usize {
+        84
+    }
+
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset> {
         if options.split_scheme.is_some() {
             return Err(Error::invalid(
@@ -47,7 +55,7 @@ impl Reader for MiniImageNet {
                 hint: "it should hold images/ (or images.zip) and train.csv, val.csv, test.csv; see docs/data.md".into(),
             });
         }
-        let size = super::image_side(options, 84)?;
+        let size = super::image_side(options, self.default_image_size())?;
         let source = require_dir_or_zip(
             root,
             "images",

@@ -18,6 +18,7 @@ pub mod mini_imagenet;
 pub mod omniglot;
 pub mod sampler;
 pub mod store;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -190,6 +191,11 @@ pub struct DataOptions {
 pub trait Reader: Sync {
     /// Name used on the command line and in benchmark files.
     fn name(&self) -> &'static str;
+    /// Colour channels of its images as the learner sees them.
+    fn channels(&self) -> usize;
+    /// Side of the cached square image unless `data.image_size` says
+    /// otherwise.
+    fn default_image_size(&self) -> usize;
     /// Index the data at `root` (nothing is decoded yet).
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset>;
 }
@@ -220,14 +226,26 @@ pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
     PathBuf::from("data")
 }
 
+/// The reader of dataset `name`; the error lists the known names.
+pub fn reader(name: &str) -> Result<Box<dyn Reader>> {
+    let mut all = readers();
+    match all.iter().position(|r| r.name() == name) {
+        Some(i) => Ok(all.swap_remove(i)),
+        None => {
+            let names: Vec<_> = all.iter().map(|r| r.name()).collect();
+            Err(Error::invalid(
+                "dataset",
+                name,
+                format!("one of {}", names.join(", ")),
+            ))
+        }
+    }
+}
+
 /// Open dataset `name` below the data directory (`<data>/omniglot`,
 /// `<data>/mini-imagenet`) or, for `folder`, at `<data>` itself.
 pub fn open(name: &str, data_dir: &Path, options: &DataOptions) -> Result<Dataset> {
-    let all = readers();
-    let reader = all.iter().find(|r| r.name() == name).ok_or_else(|| {
-        let names: Vec<_> = all.iter().map(|r| r.name()).collect();
-        Error::invalid("dataset", name, format!("one of {}", names.join(", ")))
-    })?;
+    let reader = reader(name)?;
     let root = if name == "folder" {
         data_dir.to_path_buf()
     } else {

@@ -58,6 +58,14 @@ impl Reader for Omniglot {
         "omniglot"
     }
 
+    fn channels(&self) -> usize {
+        1
+    }
+
+    fn default_image_size(&self) -> usize {
+        28
+    }
+
     fn open(&self, root: &Path, options: &DataOptions) -> Result<Dataset> {
         if let Some(n) = options.normalize {
             return Err(Error::invalid(
@@ -78,7 +86,7 @@ impl Reader for Omniglot {
                 ))
             }
         };
-        let size = super::image_side(options, 28)?;
+        let size = super::image_side(options, self.default_image_size())?;
         let rotations = options.rotations.unwrap_or(true);
         let (images, classes, zips) = index(root)?;
         let by_name: HashMap<&str, usize> = classes

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algo::{Algorithm, EpisodeScore};
 use crate::data::sampler::{EpisodeSpec, Sampler};
+use crate::data::task::Task;
 use crate::data::{Dataset, Split};
 use crate::error::Result;
 
@@ -60,9 +61,7 @@ pub fn evaluate(
     let scores: Vec<EpisodeScore> = (0..n as u64)
         .into_par_iter()
         .map(|i| {
-            let ep = sampler.episode(i);
-            let b = sampler.batch(&ep, &device)?;
-            let s = algo.evaluate(&b);
+            let s = algo.evaluate(&sampler.instance(i, &device)?);
             pb.inc(1);
             s
         })

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::algo;
+use crate::data::task::Task;
 use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::report::results::{pair_with_best, write_episode_scores, AlgoResult, RunResults};
@@ -61,7 +62,7 @@ pub fn trace(
     let sampler = crate::data::sampler::Sampler::new(ds, Split::Test, bench.episode, bench.seed)?;
     let mut records = Vec::new();
     for i in 0..episodes as u64 {
-        let b = sampler.batch(&sampler.episode(i), &algo.context().device)?;
+        let b = sampler.instance(i, &algo.context().device)?;
         let Some(g) = algo.gate_trace(&b)? else {
             return Err(Error::Config {
                 source_name: format!("algorithm `{}`", algo.label()),

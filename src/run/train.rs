@@ -26,6 +26,7 @@ use candle_core::Tensor;
 
 use crate::algo::{Algorithm, Progress};
 use crate::data::sampler::Sampler;
+use crate::data::task::Task;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::run::checkpoint::{self, Checkpoint, CurvePoint, TrainState};
@@ -261,10 +262,7 @@ pub fn meta_train(
         let t = Instant::now();
         let step = state.step;
         let batches = (0..mb)
-            .map(|j| {
-                let ep = train.episode(step * mb + j);
-                train.batch(&ep, &ctx.device)
-            })
+            .map(|j| train.instance(step * mb + j, &ctx.device))
             .collect::<Result<Vec<_>>>()?;
         let progress = Progress {
             step,

@@ -80,6 +80,7 @@ use super::{
     GateTrace, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
+use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
 use crate::model::kernels::ops::Kernels;
 use crate::model::learner::{cross_entropy, Learner};
@@ -92,6 +93,7 @@ use crate::rng::Rng;
 pub const ENTRY: Entry = Entry {
     name: "meta-lstm",
     about: "Meta-learner LSTM (Ravi & Larochelle 2017)",
+    tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, MetaLstmConfig::resolve),
     build,
 };

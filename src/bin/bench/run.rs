@@ -53,27 +53,24 @@ pub struct Spec {
 impl Spec {
     /// The overrides, checked (errors name the flag).
     pub fn overrides(&self) -> Result<Overrides> {
-        let budget =
-            if self.minutes.is_some() || self.meta_steps.is_some() || self.train_episodes.is_some()
-            {
-                anyhow::ensure!(
-                    self.minutes.is_none_or(|m| m.is_finite() && m > 0.0),
-                    "--minutes must be a finite number > 0, got {}",
-                    self.minutes.unwrap_or_default()
-                );
-                anyhow::ensure!(self.meta_steps != Some(0), "--meta-steps must be >= 1");
-                anyhow::ensure!(
-                    self.train_episodes != Some(0),
-                    "--train-episodes must be >= 1"
-                );
-                Some(Budget {
-                    minutes: self.minutes,
-                    meta_steps: self.meta_steps,
-                    episodes: self.train_episodes,
-                })
-            } else {
-                None
-            };
+        let budget = Budget {
+            minutes: self.minutes,
+            meta_steps: self.meta_steps,
+            episodes: self.train_episodes,
+        };
+        // The benchmark file's check, with the flags' names.
+        let budget = match budget.check() {
+            Ok(()) => Some(budget),
+            Err(("", _)) => None,
+            Err((limit, why)) => {
+                let flag = match limit {
+                    "minutes" => "--minutes",
+                    "meta_steps" => "--meta-steps",
+                    _ => "--train-episodes",
+                };
+                anyhow::bail!("{flag} {why}")
+            }
+        };
         if let Some(n) = self.test_episodes {
             anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
         }

@@ -162,7 +162,9 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         "test",
     )
     .unwrap();
-    let st = train::load_checkpoint(&mut *b, tmp.path()).unwrap();
+    let (st, selected) =
+        train::load_selected(&mut *b, tmp.path(), fewshot::spec::Select::Final).unwrap();
+    assert_eq!(selected, "final");
     assert!(st.step >= 1 && !st.finished);
     // What was kept is finite (checked before every save).
     assert!(b.meta_params().all_finite().unwrap());

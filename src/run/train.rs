@@ -78,28 +78,6 @@ fn save_checkpoint(
     write_curve(&state.curve, &opts.dir.join(crate::layout::CURVE))
 }
 
-/// Restore the newest readable checkpoint of `dir` into `algo` (a torn or
-/// corrupt newer one is skipped with a warning); returns its bookkeeping.
-pub fn load_checkpoint(algo: &mut dyn Algorithm, dir: &Path) -> Result<TrainState> {
-    let Some(checkpoint::Found {
-        path,
-        checkpoint: c,
-        ..
-    }) = checkpoint::latest(dir)?
-    else {
-        return Err(Error::MissingData {
-            what: "checkpoint".into(),
-            path: checkpoint::folder(dir),
-            hint: "nothing to resume from".into(),
-        });
-    };
-    algo.load_state(&c.state).map_err(|e| Error::Checkpoint {
-        path,
-        reason: e.to_string(),
-    })?;
-    Ok(c.train)
-}
-
 /// Restore a trained algorithm at the parameters its run tests: the
 /// newest readable checkpoint of `dir`, then, when `select` is `best` and
 /// validation kept a best state, that state. Returns the checkpoint's

@@ -86,9 +86,9 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
     /// `fused` kernels or the `composed` candle path they replace
-    /// [default: fused] (`fewshot::model::kernels::ops::Kernels`).
+    /// [default: fused] (`fewshot::model::kernels::Kernels`).
     #[serde(default)]
-    pub kernels: Option<crate::model::kernels::ops::Kernels>,
+    pub kernels: Option<crate::model::kernels::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<crate::yaml::Value>,
     /// Published results to show beside ours, by algorithm label.
@@ -232,7 +232,7 @@ pub struct Benchmark {
     pub checkpoint_every: u64,
     /// Fused kernels or the composed path.
     #[serde(default)]
-    pub kernels: crate::model::kernels::ops::Kernels,
+    pub kernels: crate::model::kernels::Kernels,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
     /// Published results by algorithm label (shown, never computed).
@@ -344,7 +344,7 @@ impl Benchmark {
         let kernels = if device.is_cpu() {
             self.kernels
         } else {
-            crate::model::kernels::ops::Kernels::Composed
+            crate::model::kernels::Kernels::Composed
         };
         Context {
             dataset: self.dataset.clone(),

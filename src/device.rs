@@ -3,7 +3,7 @@
 //! The CPU is the default and always there. CUDA needs a `bench` built with
 //! the `cuda` feature (`scripts/build-cuda.sh`) and a GPU with its driver at
 //! run time. On any device but the CPU the fused kernels are replaced by
-//! the composed candle path ([`crate::model::kernels::ops::Kernels`]), which candle runs on
+//! the composed candle path ([`crate::model::kernels::Kernels`]), which candle runs on
 //! the device.
 
 use std::fmt;

@@ -10,7 +10,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use fewshot::model::kernels::ops::Kernels;
+use fewshot::model::kernels::Kernels;
 use fewshot::model::learner::{cross_entropy, Downsample, Learner};
 use fewshot::model::params::Params;
 use fewshot::rng::Rng;
@@ -208,7 +208,7 @@ fn fused_blocks_do_not_depend_on_the_thread_count() {
 #[test]
 fn avx2_and_baseline_builds_give_the_same_bits() {
     // The element-wise kernels run an AVX2 build where the CPU has one
-    // (`ops::simd`); without fast-math flags the compiler neither fuses
+    // (`simd::simd`); without fast-math flags the compiler neither fuses
     // multiply-adds nor reorders sums, so the baseline build must give the
     // same bits: logits and every gradient, both forms, float32 and 64.
     // (On a CPU without AVX2 both runs take the baseline build.)
@@ -230,10 +230,10 @@ fn avx2_and_baseline_builds_give_the_same_bits() {
         };
         let (x, y) = data(&l, n, 4, dtype);
         let run = |simd: bool| {
-            fewshot::model::kernels::ops::set_simd(simd);
+            fewshot::model::kernels::simd::set_simd(simd);
             let (logits, _) = l.forward_with(&p, &x, None).unwrap();
             let (_, g, _) = l.loss_and_grad(&p, &x, &y).unwrap();
-            fewshot::model::kernels::ops::set_simd(true);
+            fewshot::model::kernels::simd::set_simd(true);
             let mut all = common::bits(&logits);
             for t in &g.tensors {
                 all.extend(common::bits(t));

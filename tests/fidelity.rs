@@ -181,7 +181,7 @@ fn ctx(l: Learner, norm: NormProtocol) -> Context {
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 
@@ -283,7 +283,7 @@ fn running_statistics_come_from_the_adaptation_passes() {
     let p1 = sgd_adapt(&l, &m.theta, &b.support_x, &b.support_y, &step, 1, None).unwrap();
     let (_, _, s2) = l.loss_and_grad(&p1, &b.support_x, &b.support_y).unwrap();
     for layer in 0..4 {
-        let v = |s: &fewshot::model::kernels::ops::BnStats, var: bool| -> Vec<f32> {
+        let v = |s: &fewshot::model::kernels::batch_norm::BnStats, var: bool| -> Vec<f32> {
             let t = if var { &s.var } else { &s.mean };
             t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };

@@ -44,7 +44,7 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
         run_seed: 7,
         episode_seed: 7,
         device: cpu(),
-        kernels: fewshot::model::kernels::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 
@@ -159,12 +159,12 @@ fn candles_max_pool2d_gradient_is_wrong_which_is_why_we_do_not_use_it() {
     // Gradient of sum(pool(x) * r) with respect to x: ours (checked by finite
     // differences above) routes r to each window's arg-max; candle 0.11.1's
     // max_pool2d does not. If this starts failing, candle was fixed and
-    // ops::max_pool2x2 could be retired.
+    // pool::max_pool2x2 could be retired.
     let x = Tensor::randn(0f64, 1., (1, 1, 4, 4), &cpu()).unwrap();
     let r = Tensor::randn(0f64, 1., (1, 1, 2, 2), &cpu()).unwrap();
     let v = candle_core::Var::from_tensor(&x).unwrap();
-    let ours =
-        fewshot::model::kernels::ops::max_pool2x2(&v.as_tensor().transpose(0, 1).unwrap()).unwrap();
+    let ours = fewshot::model::kernels::pool::max_pool2x2(&v.as_tensor().transpose(0, 1).unwrap())
+        .unwrap();
     let g_ours = (ours.transpose(0, 1).unwrap() * &r)
         .unwrap()
         .sum_all()

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig, Unrolled};
 use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
 use fewshot::data::sampler::{Batch, EpisodeSpec};
-use fewshot::model::kernels::ops::Kernels;
+use fewshot::model::kernels::Kernels;
 use fewshot::model::learner::{Downsample, Learner};
 use fewshot::model::params::Params;
 use fewshot::rng::Rng;
@@ -25,7 +25,7 @@ fn ctx(l: Learner, transductive: bool) -> Context {
         run_seed: 5,
         episode_seed: 5,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 
@@ -472,10 +472,10 @@ fn fused_meta_lstm_avx2_and_baseline_builds_give_the_same_bits() {
     for (l, dtype) in [(tiny(), DType::F64), (Learner::omniglot(5, 28), DType::F32)] {
         let (m, b) = ten_step_case(&l, dtype);
         let run = |simd: bool| {
-            fewshot::model::kernels::ops::set_simd(simd);
+            fewshot::model::kernels::simd::set_simd(simd);
             let u = ten_steps(&m, &b, Kernels::Fused);
             let g = m.meta_gradient(&m.params, &b, None).unwrap();
-            fewshot::model::kernels::ops::set_simd(true);
+            fewshot::model::kernels::simd::set_simd(true);
             let mut all = common::bits(&u.theta);
             for (f, i) in &u.gates {
                 all.extend(common::bits(f));

@@ -27,7 +27,7 @@ fn omniglot_ctx() -> Context {
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::ops::Kernels::default(),
+        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 

@@ -47,8 +47,8 @@ pub struct Context {
     /// run seed).
     pub episode_seed: u64,
     pub device: Device,
-    /// Fused kernels or the composed candle path ([`crate::model::kernels::ops::Kernels`]).
-    pub kernels: crate::model::kernels::ops::Kernels,
+    /// Fused kernels or the composed candle path ([`crate::model::kernels::Kernels`]).
+    pub kernels: crate::model::kernels::Kernels,
 }
 
 /// Adapted learner parameters, with the running batch-norm statistics of

@@ -36,7 +36,9 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::kernels::ops::{self, BnStats};
+use crate::model::kernels::batch_norm::{batch_norm, BnStats};
+use crate::model::kernels::conv::conv3x3;
+use crate::model::kernels::pool::max_pool2x2;
 use crate::model::params::Params;
 use crate::rng::Rng;
 
@@ -134,7 +136,7 @@ pub struct Learner {
     /// or the composed candle path [default: fused; the benchmark's
     /// `kernels`].
     #[serde(default)]
-    pub kernels: crate::model::kernels::ops::Kernels,
+    pub kernels: crate::model::kernels::Kernels,
 }
 
 /// Max-pool treatment of an odd last row/column.
@@ -197,7 +199,7 @@ impl Learner {
             padding: Padding::Torch,
             init: Init::Torch,
             pool_padding: PoolPadding::Valid,
-            kernels: crate::model::kernels::ops::Kernels::Fused,
+            kernels: crate::model::kernels::Kernels::Fused,
         }
     }
 
@@ -227,7 +229,7 @@ impl Learner {
     /// options (PyTorch padding, a batch-norm scale, floor pooling); the
     /// reference variants use the composed path.
     pub fn fusable(&self) -> bool {
-        self.kernels == crate::model::kernels::ops::Kernels::Fused
+        self.kernels == crate::model::kernels::Kernels::Fused
             && self.padding == Padding::Torch
             && self.bn_scale
             && self.pool_padding == PoolPadding::Valid
@@ -237,7 +239,7 @@ impl Learner {
     /// itself differentiated, or whose statistics are).
     pub fn composed(&self) -> Learner {
         Learner {
-            kernels: crate::model::kernels::ops::Kernels::Composed,
+            kernels: crate::model::kernels::Kernels::Composed,
             ..self.clone()
         }
     }
@@ -439,7 +441,7 @@ impl Learner {
         if stats.is_none() && self.fusable() && x.device().is_cpu() {
             return self.forward_fused(p, x);
         }
-        // [B, C, H, W] -> channel-major [C, B, H, W] (see ops.rs).
+        // [B, C, H, W] -> channel-major [C, B, H, W] (see model/kernels/mod.rs).
         let mut h = x.transpose(0, 1)?.contiguous()?;
         let mut used = Vec::with_capacity(self.blocks);
         for i in 0..self.blocks {
@@ -450,7 +452,7 @@ impl Learner {
                 (None, &t[2])
             };
             h = self.conv(&h, &t[0], &t[1])?;
-            let (y, st) = ops::batch_norm(&h, gamma, beta, self.bn_eps, stats.map(|s| &s[i]))?;
+            let (y, st) = batch_norm(&h, gamma, beta, self.bn_eps, stats.map(|s| &s[i]))?;
             used.push(st);
             h = y.relu()?;
             if self.downsample == Downsample::MaxPool {
@@ -463,7 +465,7 @@ impl Learner {
                         .pad_with_zeros(2, 0, hh % 2)?
                         .pad_with_zeros(3, 0, ww % 2)?;
                 }
-                h = ops::max_pool2x2(&h)?;
+                h = max_pool2x2(&h)?;
             }
         }
         let feat = match self.head {
@@ -589,7 +591,7 @@ impl Learner {
         if stride == 1 || self.padding == Padding::Torch || (hh % 2 == 1 && ww % 2 == 1) {
             // Odd sizes and stride 1: TensorFlow's SAME pads one pixel on
             // every side too.
-            return Ok(ops::conv3x3(h, w, b, stride)?);
+            return Ok(conv3x3(h, w, b, stride)?);
         }
         // TensorFlow SAME, stride 2, even side: output i reads input rows
         // 2i, 2i+1, 2i+2 (zero past the end). A zero row/column in front
@@ -597,7 +599,7 @@ impl Learner {
         // i+1 of the padded input is output i of SAME; drop output 0.
         let (ph, pw) = ((hh % 2 == 0) as usize, (ww % 2 == 0) as usize);
         let hp = h.pad_with_zeros(2, ph, 0)?.pad_with_zeros(3, pw, 0)?;
-        let y = ops::conv3x3(&hp, w, b, 2)?;
+        let y = conv3x3(&hp, w, b, 2)?;
         let (ho, wo) = ((hh - 1) / 2 + 1, (ww - 1) / 2 + 1);
         Ok(y.narrow(2, ph, ho)?.narrow(3, pw, wo)?)
     }

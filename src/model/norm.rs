@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::model::kernels::ops::BnStats;
+use crate::model::kernels::batch_norm::BnStats;
 
 /// Statistics of the query pass during meta-training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

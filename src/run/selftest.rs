@@ -27,7 +27,7 @@ use crate::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig};
 use crate::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
 use crate::data::sampler::{Batch, EpisodeSpec};
 use crate::error::Result;
-use crate::model::kernels::ops::Kernels;
+use crate::model::kernels::Kernels;
 use crate::model::learner::{cross_entropy, Downsample, Learner};
 use crate::model::norm::NormProtocol;
 use crate::model::params::Params;

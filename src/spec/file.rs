@@ -72,9 +72,9 @@ pub struct BenchmarkFile {
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
     /// `fused` kernels or the `composed` candle path they replace
-    /// [default: fused] (`fewshot::model::kernels::ops::Kernels`).
+    /// [default: fused] (`fewshot::model::kernels::Kernels`).
     #[serde(default)]
-    pub kernels: Option<crate::model::kernels::ops::Kernels>,
+    pub kernels: Option<crate::model::kernels::Kernels>,
     /// Algorithm entries, each `{algorithm: <name>, ...hyperparameters}`.
     pub algorithms: Vec<crate::yaml::Value>,
     /// Published results to show beside ours, by algorithm label.

@@ -113,7 +113,7 @@ pub struct Benchmark {
     pub checkpoint_every: u64,
     /// Fused kernels or the composed path.
     #[serde(default)]
-    pub kernels: crate::model::kernels::ops::Kernels,
+    pub kernels: crate::model::kernels::Kernels,
     pub learner: Learner,
     pub algorithms: Vec<AlgorithmSpec>,
     /// Published results by algorithm label (shown, never computed).
@@ -233,7 +233,7 @@ impl Benchmark {
         let kernels = if device.is_cpu() {
             self.kernels
         } else {
-            crate::model::kernels::ops::Kernels::Composed
+            crate::model::kernels::Kernels::Composed
         };
         Context {
             dataset: self.dataset.clone(),

@@ -55,7 +55,9 @@
 use rayon::prelude::*;
 
 use super::{preprocess, Gates, HIDDEN as H};
-use crate::model::kernels::ops::{matmul, Act, Mat};
+use crate::model::kernels::gemm::{matmul, Mat};
+use crate::model::kernels::scalar::Scalar;
+use crate::model::kernels::simd::simd;
 
 /// Coordinates per block: the block's state and the backward's dz and
 /// carried gradients (about 150 values per coordinate) fit in L2.
@@ -72,30 +74,6 @@ const L: usize = 16;
 /// Layer-1 inputs that differ by coordinate: the preprocessed gradient
 /// (2) and h_{t-1} (20); the preprocessed loss (2) is the same for all.
 const KIN: usize = 2 + H;
-
-/// Scalar types of the kernel: f32 (training) and f64 (gradient checks).
-pub trait Float:
-    Act + candle_core::WithDType + Default + Copy + Send + Sync + std::ops::AddAssign + 'static
-{
-    fn of(x: f64) -> Self;
-    fn f64(self) -> f64;
-}
-impl Float for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-    fn f64(self) -> f64 {
-        self as f64
-    }
-}
-impl Float for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-    fn f64(self) -> f64 {
-        self
-    }
-}
 
 /// The meta-learner's weights (or their gradients), as flat arrays in the
 /// layout of the composed path's tensors.
@@ -115,7 +93,7 @@ pub struct Weights<T> {
     pub b_i: T,
 }
 
-impl<T: Float> Weights<T> {
+impl<T: Scalar> Weights<T> {
     /// All zeros (a gradient accumulator).
     pub fn zeros() -> Self {
         Weights {
@@ -199,7 +177,7 @@ struct Block<T> {
     grads: Vec<Vec<T>>,
 }
 
-impl<T: Float> Block<T> {
+impl<T: Scalar> Block<T> {
     fn new(len: usize) -> Self {
         let pad = len.div_ceil(L) * L;
         Block {
@@ -251,7 +229,7 @@ pub struct Unroll<T> {
     inputs: Vec<StepIn<T>>,
 }
 
-impl<T: Float> Unroll<T> {
+impl<T: Scalar> Unroll<T> {
     /// Start from θ_0 with zero recurrent state.
     pub fn new(theta0: Vec<T>, gates: Gates, keep: bool) -> Self {
         let n = theta0.len();
@@ -448,8 +426,8 @@ struct StepIn<T> {
 }
 
 /// [`block_step_body`] compiled for AVX2 when the CPU has it (8-wide
-/// vectors; the default build targets baseline x86-64).
-fn block_step<T: Float>(
+/// vectors; the default build targets baseline x86-64): [`simd`].
+fn block_step<T: Scalar>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     pk: &Packed<T>,
@@ -457,33 +435,19 @@ fn block_step<T: Float>(
     grad: &[T],
     s: StepIn<T>,
 ) -> Option<Tape<T>> {
-    #[cfg(target_arch = "x86_64")]
-    if crate::model::kernels::ops::use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { block_step_avx2(blk, w, pk, theta, grad, s) };
-    }
-    block_step_body(blk, w, pk, theta, grad, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_step_avx2<T: Float>(
-    blk: &mut Block<T>,
-    w: &Weights<T>,
-    pk: &Packed<T>,
-    theta: &mut [T],
-    grad: &[T],
-    s: StepIn<T>,
-) -> Option<Tape<T>> {
-    block_step_body(blk, w, pk, theta, grad, s)
+    simd(
+        #[inline(always)]
+        || block_step_body(blk, w, pk, theta, grad, s),
+    )
 }
 
 /// With gradient checkpointing: the segment length, and every step's
 /// shared inputs and packed weights.
 type Segments<'a, T> = Option<(usize, &'a [StepIn<T>], &'a [Packed<T>])>;
 
-/// [`block_backward_body`], compiled for AVX2 when the CPU has it.
-fn block_backward<T: Float>(
+/// [`block_backward_body`], compiled for AVX2 when the CPU has it
+/// ([`simd`]).
+fn block_backward<T: Scalar>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
@@ -492,26 +456,10 @@ fn block_backward<T: Float>(
     d0: &mut [T],
     gw: &mut Weights<T>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::model::kernels::ops::use_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { block_backward_avx2(blk, w, gates, seg, d_theta_t, d0, gw) };
-    }
-    block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_backward_avx2<T: Float>(
-    blk: &Block<T>,
-    w: &Weights<T>,
-    gates: Gates,
-    seg: Segments<T>,
-    d_theta_t: &[T],
-    d0: &mut [T],
-    gw: &mut Weights<T>,
-) {
-    block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw)
+    simd(
+        #[inline(always)]
+        || block_backward_body(blk, w, gates, seg, d_theta_t, d0, gw),
+    )
 }
 
 /// The layer-1 weights regrouped for the tiles of [`block_step_body`]:
@@ -526,7 +474,7 @@ struct Packed<T> {
     bias: Vec<[T; 4]>,
 }
 
-impl<T: Float> Packed<T> {
+impl<T: Scalar> Packed<T> {
     fn new(w: &Weights<T>, la: T, lb: T) -> Self {
         let mut pw = vec![[T::zero(); 4]; H * KIN];
         let mut bias = vec![[T::zero(); 4]; H];
@@ -585,7 +533,7 @@ fn st<T: Copy>(v: &mut [T], at: usize, a: &[T; L]) {
 
 /// a[q] += w[q] x for the four gate rows of a tile.
 #[inline(always)]
-fn mac<T: Float>(a: &mut [[T; L]; 4], w: &[T; 4], x: &[T; L]) {
+fn mac<T: Scalar>(a: &mut [[T; L]; 4], w: &[T; 4], x: &[T; L]) {
     for (aq, &wq) in a.iter_mut().zip(w) {
         for (v, &xl) in aq.iter_mut().zip(x) {
             *v += wq * xl;
@@ -612,7 +560,7 @@ fn map<T: Copy>(a: &mut [T; L], f: impl Fn(T) -> T) {
 /// with separate multiplies and adds, so the AVX2 and baseline builds
 /// agree bit for bit.
 #[inline(always)]
-fn block_step_body<T: Float>(
+fn block_step_body<T: Scalar>(
     blk: &mut Block<T>,
     w: &Weights<T>,
     pk: &Packed<T>,
@@ -746,7 +694,7 @@ fn block_step_body<T: Float>(
 /// gradient into `gw` and writes dL/dθ_0 into `d0`. With `seg`, the tape
 /// of each segment is first recomputed from its mark (last segment first).
 #[inline(always)]
-fn block_backward_body<T: Float>(
+fn block_backward_body<T: Scalar>(
     blk: &Block<T>,
     w: &Weights<T>,
     gates: Gates,
@@ -819,7 +767,7 @@ struct Carry<T> {
     db: Vec<[T; L]>,
 }
 
-impl<T: Float> Carry<T> {
+impl<T: Scalar> Carry<T> {
     /// For a block of `pad` columns (dL/dθ_T is zero in the padding).
     fn new(pad: usize, d_theta_t: &[T]) -> Self {
         let z = |n: usize| vec![T::zero(); n];
@@ -869,7 +817,7 @@ impl<T: Float> Carry<T> {
 
 /// h = o * tanh(c) of a tape entry's tile at `c0`, hidden unit `m`.
 #[inline(always)]
-fn tape_h<T: Float>(t: &Tape<T>, c0: usize, m: usize) -> [T; L] {
+fn tape_h<T: Scalar>(t: &Tape<T>, c0: usize, m: usize) -> [T; L] {
     let rec = cell(c0, m);
     let (o, tc) = (ld(&t.cell, rec + 3 * L), ld(&t.cell, rec + 5 * L));
     let mut h = [T::zero(); L];
@@ -881,7 +829,7 @@ fn tape_h<T: Float>(t: &Tape<T>, c0: usize, m: usize) -> [T; L] {
 
 /// h = o * tanh(c) of one tape entry, into `[H][pad]` rows.
 #[inline(always)]
-fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], pad: usize) {
+fn recompute_h<T: Scalar>(t: &Tape<T>, h: &mut [T], pad: usize) {
     for c0 in (0..pad).step_by(L) {
         for m in 0..H {
             st(h, m * pad + c0, &tape_h(t, c0, m));
@@ -891,13 +839,13 @@ fn recompute_h<T: Float>(t: &Tape<T>, h: &mut [T], pad: usize) {
 
 /// The sum of a tile's lanes, in lane order.
 #[inline(always)]
-fn lane_sum<T: Float>(a: &[T; L]) -> T {
+fn lane_sum<T: Scalar>(a: &[T; L]) -> T {
     a.iter().fold(T::zero(), |s, &v| s + v)
 }
 
 /// a[l] += x[l] y[l] (through a copy: in place, the loop stayed scalar).
 #[inline(always)]
-fn acc_mul<T: Float>(a: &mut [T; L], x: &[T; L], y: &[T; L]) {
+fn acc_mul<T: Scalar>(a: &mut [T; L], x: &[T; L], y: &[T; L]) {
     let mut v = *a;
     for l in 0..L {
         v[l] += x[l] * y[l];
@@ -906,7 +854,7 @@ fn acc_mul<T: Float>(a: &mut [T; L], x: &[T; L], y: &[T; L]) {
 }
 
 #[inline(always)]
-fn acc<T: Float>(a: &mut [T; L], x: &[T; L]) {
+fn acc<T: Scalar>(a: &mut [T; L], x: &[T; L]) {
     let mut v = *a;
     for l in 0..L {
         v[l] += x[l];
@@ -923,7 +871,7 @@ fn acc<T: Float>(a: &mut [T; L], x: &[T; L]) {
 /// adds the meta-gates' weight gradients into per-lane sums; then three
 /// products: dW_ih and dW_hh (dz against the inputs) and dL/dh_{t-1}.
 #[inline(always)]
-fn backward_steps<T: Float>(
+fn backward_steps<T: Scalar>(
     tape: &[Tape<T>],
     c0s: &[T],
     h0: &[T],

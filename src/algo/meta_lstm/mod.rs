@@ -82,7 +82,8 @@ use super::{
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
-use crate::model::kernels::ops::Kernels;
+use crate::model::kernels::scalar::Scalar;
+use crate::model::kernels::Kernels;
 use crate::model::learner::{cross_entropy, Learner};
 use crate::model::norm::RunningStats;
 use crate::model::optim::{clip_global_norm, Adam, AdamConfig};
@@ -425,7 +426,7 @@ impl MetaLstm {
                         .matmul(&xin)?
                         .add(&w_hh.matmul(&h)?)?
                         .broadcast_add(b)?;
-                    (h, c) = crate::model::kernels::ops::lstm_cell(&z, &c)?;
+                    (h, c) = crate::model::kernels::lstm_cell::lstm_cell(&z, &c)?;
                     // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
                     let f_pre = wf_h
                         .matmul(&h)?
@@ -456,7 +457,7 @@ impl MetaLstm {
     }
 
     /// The meta-learner's weights as flat arrays for the fused kernel.
-    fn weights<T: fused::Float>(mp: &Params) -> Result<fused::Weights<T>> {
+    fn weights<T: Scalar>(mp: &Params) -> Result<fused::Weights<T>> {
         let v = |i: usize| -> Result<Vec<T>> { Ok(mp.tensors[i].flatten_all()?.to_vec1::<T>()?) };
         Ok(fused::Weights {
             w_ih: v(0)?,
@@ -473,7 +474,7 @@ impl MetaLstm {
     /// unroll (with its tape when `keep`), the weights it used, and the
     /// recorded gates.
     #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
-    fn unroll_fused<T: fused::Float>(
+    fn unroll_fused<T: Scalar>(
         &self,
         mp: &Params,
         x: &Tensor,
@@ -624,7 +625,7 @@ impl MetaLstm {
         }
     }
 
-    fn meta_gradient_fused<T: fused::Float>(
+    fn meta_gradient_fused<T: Scalar>(
         &self,
         mp: &Params,
         b: &Batch,

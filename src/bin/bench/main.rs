@@ -107,7 +107,7 @@ fn main() {
     // FEWSHOT_SIMD=0 runs the baseline builds of the CPU kernels instead of
     // their AVX2 builds (the same numbers; for A/B timing, docs/perf.md).
     if std::env::var("FEWSHOT_SIMD").is_ok_and(|v| v == "0") {
-        fewshot::model::kernels::ops::set_simd(false);
+        fewshot::model::kernels::simd::set_simd(false);
     }
     // Log lines go to stderr and, during a run, to <run-dir>/run.log
     // (plain text; fewshot::run::logfile).

@@ -2,14 +2,16 @@
 //! or 2) + batch norm with the batch's own statistics + ReLU (+ 2x2 max
 //! pool), with its hand-written backward.
 //!
-//! The composed path ([`crate::model::kernels::ops`]) runs about ten candle ops per block,
-//! each a pass over memory with a fresh allocation, and candle's autograd
-//! keeps every intermediate. Here the work goes in chunks of whole images
-//! (about [`CHUNK_COLS`] output positions, so a chunk's patches stay in
-//! cache), in parallel over chunks: per chunk one im2col
-//! ([`crate::model::kernels::patches`]) and one GEMM (the `gemm` crate) and the chunk's
-//! batch-norm moments; then one pass normalises, applies the ReLU and
-//! pools. The backward is the chain rule written out below, chunk by chunk
+//! The composed path ([`crate::model::kernels::conv`],
+//! [`crate::model::kernels::batch_norm`], [`crate::model::kernels::pool`])
+//! runs about ten candle ops per block, each a pass over memory with a
+//! fresh allocation, and candle's autograd keeps every intermediate. Here
+//! the work goes in chunks of whole images (about [`CHUNK_COLS`] output
+//! positions, so a chunk's patches stay in cache), in parallel over
+//! chunks: per chunk one im2col ([`crate::model::kernels::patches`]) and
+//! one GEMM (the `gemm` crate, through `crate::model::kernels::gemm`) and
+//! the chunk's batch-norm moments; then one pass normalises, applies the
+//! ReLU and pools. The backward is the chain rule written out below, chunk by chunk
 //! again: it recomputes the chunk's patches instead of keeping them, forms
 //! the chunk's dy, and runs two GEMMs (weights; input, skipped for the
 //! first block, whose input is the images). The op keeps only the
@@ -42,14 +44,18 @@
 //!   dw = cols^T dy;  db = sum dy;  dcols = dy w^T -> dx (the adjoint of
 //!   im2col)
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::model::kernels::ops::{matmul, matmul_raw, simd, BnStats, Mat};
+use crate::model::kernels::batch_norm::BnStats;
+use crate::model::kernels::gemm::{matmul, matmul_raw, Mat};
 use crate::model::kernels::patches::Patches;
+use crate::model::kernels::scalar::Scalar;
+use crate::model::kernels::simd::simd;
 
 /// Output positions per chunk of whole images (at least one image).
 pub const CHUNK_COLS: usize = 512;
@@ -110,56 +116,17 @@ pub struct Blocks {
     cache: Arc<Mutex<Option<Cache>>>,
 }
 
-/// Scalars of the fused block.
-trait Num:
-    num_traits::Float
-    + candle_core::WithDType
-    + Default
-    + Send
-    + Sync
-    + std::ops::AddAssign
-    + std::ops::DivAssign
-    + 'static
-{
-    /// `self` where `on`, else +0 (the same bits as `if on { self } else
-    /// { 0 }`), as a bit mask: LLVM keeps the `if` as a branch per element,
-    /// the mask vectorises.
-    fn passed(self, on: bool) -> Self;
-    /// This thread's kernel buffers for this scalar type.
-    fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<Self>>>;
-}
-/// `Num` for a float type, its same-width unsigned bits type and its
-/// scratch buffers.
-macro_rules! num {
-    ($t:ty, $bits:ty, $scratch:ident) => {
-        thread_local! {
-            static $scratch: RefCell<Scratch<$t>> = RefCell::default();
-        }
-        impl Num for $t {
-            #[inline(always)]
-            fn passed(self, on: bool) -> $t {
-                <$t>::from_bits(self.to_bits() & <$bits>::from(on).wrapping_neg())
-            }
-            fn scratch() -> &'static std::thread::LocalKey<RefCell<Scratch<$t>>> {
-                &$scratch
-            }
-        }
-    };
-}
-num!(f32, u32, SCRATCH_F32);
-num!(f64, u64, SCRATCH_F64);
-
 /// The batch-norm output before the ReLU; the forward's ReLU and the
 /// backward's mask both come from this one expression, so they agree
 /// bit for bit.
 #[inline(always)]
-fn pre<T: Num>(gamma: T, beta: T, xhat: T) -> T {
+fn pre<T: Scalar>(gamma: T, beta: T, xhat: T) -> T {
     gamma * xhat + beta
 }
 
 /// max(0, z), as the forward's ReLU.
 #[inline(always)]
-fn relu<T: Num>(z: T) -> T {
+fn relu<T: Scalar>(z: T) -> T {
     if z > T::zero() {
         z
     } else {
@@ -275,7 +242,7 @@ impl Geo {
     /// window: floor pooling drops a last odd row or column).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn routed<T: Num>(
+    fn routed<T: Scalar>(
         &self,
         grad: &[T],
         argmax: &[u8],
@@ -325,6 +292,12 @@ pub(crate) struct Scratch<T> {
     grow: Vec<T>,
 }
 
+thread_local! {
+    /// This thread's kernel buffers, one set per scalar type ([`per_chunk`]
+    /// hands out `T`'s).
+    static SCRATCH: RefCell<(Scratch<f32>, Scratch<f64>)> = RefCell::default();
+}
+
 /// A vector of `n` values that are not initialised: the output buffers'
 /// zeroing was a tenth of a learner pass (memset and fresh pages), and
 /// every value is overwritten anyway (as candle's own CPU kernels do).
@@ -342,7 +315,7 @@ unsafe fn unwritten<T: Copy>(n: usize) -> Vec<T> {
 
 /// The first `n` elements of `v`, growing it (zeroed) if shorter.
 #[inline(always)]
-fn take<T: Num>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+fn take<T: Scalar>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     if v.len() < n {
         v.resize(n, T::zero());
     }
@@ -354,15 +327,19 @@ fn take<T: Num>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 /// in chunk order. Callers mark `f` `#[inline(always)]`: a large closure
 /// the inliner leaves out of line is compiled for baseline x86-64.
 #[inline(always)]
-fn per_chunk<T: Num, R: Send>(
+fn per_chunk<T: Scalar, R: Send>(
     chunks: &[(usize, usize)],
     f: impl Fn(&mut Scratch<T>, usize, usize) -> R + Sync,
 ) -> Vec<R> {
     chunks
         .par_iter()
         .map(|&(b0, nb)| {
-            T::scratch().with(|s| {
-                let scratch = &mut s.borrow_mut();
+            SCRATCH.with(|s| {
+                let (s32, s64) = &mut *s.borrow_mut();
+                let scratch: &mut Scratch<T> = (s32 as &mut dyn Any)
+                    .downcast_mut()
+                    .or_else(|| (s64 as &mut dyn Any).downcast_mut())
+                    .expect("the fused blocks run in f32 or f64");
                 simd(
                     #[inline(always)]
                     || f(scratch, b0, nb),
@@ -446,7 +423,7 @@ impl Blocks {
         Ok(geos)
     }
 
-    fn forward<T: Num>(&self, geos: Vec<Geo>, x: &[T], prm: &[T]) -> (Vec<T>, Kept<T>) {
+    fn forward<T: Scalar>(&self, geos: Vec<Geo>, x: &[T], prm: &[T]) -> (Vec<T>, Kept<T>) {
         let mut inputs: Vec<Vec<T>> = Vec::with_capacity(self.blocks.len());
         let mut saved = Vec::with_capacity(self.blocks.len());
         let mut at = 0;
@@ -469,7 +446,7 @@ impl Blocks {
         )
     }
 
-    fn backward<T: Num>(&self, x: &[T], prm: &[T], kept: &Kept<T>, grad: &[T]) -> Vec<T> {
+    fn backward<T: Scalar>(&self, x: &[T], prm: &[T], kept: &Kept<T>, grad: &[T]) -> Vec<T> {
         let mut dprm = vec![T::zero(); prm.len()];
         let mut at = prm.len();
         let mut grad_here: Option<Vec<T>> = None;
@@ -506,13 +483,13 @@ impl ConvBnRelu {
 
     /// The weights as the patches' right factor `[K, O]`: row `(ky, kx, c)`
     /// (the patch order), from PyTorch's `[O, C, 3, 3]`.
-    fn weights_kxo<T: Num>(g: Geo, w: &[T]) -> Vec<T> {
+    fn weights_kxo<T: Scalar>(g: Geo, w: &[T]) -> Vec<T> {
         let mut wt = vec![T::zero(); g.k() * g.o];
         g.weight_pairs(|torch, kxo| wt[kxo] = w[torch]);
         wt
     }
 
-    fn forward<T: Num>(&self, g: Geo, x: &[T], prm: &[T]) -> (Vec<T>, Saved<T>) {
+    fn forward<T: Scalar>(&self, g: Geo, x: &[T], prm: &[T]) -> (Vec<T>, Saved<T>) {
         let (k, p, o, plane) = (g.k(), g.p(), g.o, g.plane());
         let (wt, rest) = prm.split_at(o * k);
         let (bias, rest) = rest.split_at(o);
@@ -675,7 +652,7 @@ impl ConvBnRelu {
         (out, saved)
     }
 
-    fn backward<T: Num>(
+    fn backward<T: Scalar>(
         &self,
         g: Geo,
         x: &[T],
@@ -823,7 +800,7 @@ impl ConvBnRelu {
 /// the 2x2 window) into `dst`, its position into `arg`; the first maximum
 /// wins (as PyTorch). Selects over iterators, which vectorise.
 #[inline(always)]
-fn pool_row<T: Num>(src: [&[T]; 4], dst: &mut [T], arg: &mut [u8], gamma: &[T], beta: &[T]) {
+fn pool_row<T: Scalar>(src: [&[T]; 4], dst: &mut [T], arg: &mut [u8], gamma: &[T], beta: &[T]) {
     let [s0, s1, s2, s3] = src;
     let windows = s0.iter().zip(s1).zip(s2.iter().zip(s3));
     for (((d, a), ((&v0, &v1), (&v2, &v3))), (&gc, &bc)) in dst

@@ -6,7 +6,7 @@
 //! output position's patch is three contiguous runs of `3 * C` values (one
 //! per kernel row), whatever the stride: im2col is a few block copies per
 //! position instead of a strided gather per value, as in the channel-major
-//! layout of [`crate::model::kernels::ops::Im2Col`]. A patch row is `[K = 9 * C]` in
+//! layout of [`crate::model::kernels::conv::Im2Col`]. A patch row is `[K = 9 * C]` in
 //! `(ky, kx, c)` order; a chunk's patches are `[positions, K]`.
 //!
 //! The adjoint (patch gradients back to the image) is written as a gather:

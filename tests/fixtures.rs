@@ -12,11 +12,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use fewshot::algo::learned::UnrollOptions;
 use fewshot::algo::maml::{LossScale, Maml, MamlConfig};
-use fewshot::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig};
+use fewshot::algo::meta_lstm::{MetaLstm, MetaLstmConfig};
 use fewshot::algo::reptile::{InnerLoss, Reptile, ReptileConfig};
 use fewshot::algo::{sgd_adapt, Adapted, Algorithm, Context, Progress};
 use fewshot::data::sampler::{Batch, EpisodeSpec};
+use fewshot::model::kernels::Kernels;
 use fewshot::model::learner::{cross_entropy, Downsample, Head, Learner, Padding, PoolPadding};
 use fewshot::model::norm::{EvalStats, NormProtocol, RunningStats, TrainStats};
 use fewshot::model::params::Params;
@@ -418,16 +420,17 @@ fn meta_lstm_updates_and_meta_gradient_match_pytorch() {
         let mut m = MetaLstm::new(cfg.resolve(&c).unwrap(), &c).unwrap();
         m.to_dtype(dtype).unwrap();
         m.params = fx.params("meta.", &m.params.names.clone());
+        let rule = m.rule(&m.params).unwrap();
+        let opts = UnrollOptions {
+            kernels: Kernels::Composed,
+            record: true,
+            ..UnrollOptions::new(3)
+        };
         let u = m
             .unroll(
-                &m.params,
-                &b.support_x,
-                &b.support_y,
-                3,
-                Gates::Learned,
-                None,
-                true,
-                None,
+                &rule,
+                &mut m.support(&b.support_x, &b.support_y, None),
+                &opts,
             )
             .unwrap();
         let keep_idx = not_conv_bias(&l);

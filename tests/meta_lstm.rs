@@ -4,8 +4,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use fewshot::algo::meta_lstm::{preprocess, Gates, MetaLstm, MetaLstmConfig, Unrolled};
-use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
+use fewshot::algo::learned::ravi::{RaviRule, RaviWeights};
+use fewshot::algo::learned::{self, preprocess, Inputs, Preprocess, UnrollOptions};
+use fewshot::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig, Unrolled};
+use fewshot::algo::{sgd_adapt, Algorithm, Context, InnerSgd, Observer};
 use fewshot::data::sampler::{Batch, EpisodeSpec};
 use fewshot::model::kernels::Kernels;
 use fewshot::model::learner::{Downsample, Learner};
@@ -114,24 +116,19 @@ fn gradient_descent_is_a_special_case() {
         let lr = if div { 0.1 * (2 * ways) as f64 } else { 0.1 };
         let sgd_lr = 0.1;
         for kernels in [Kernels::Composed, Kernels::Fused] {
+            let rule = m.rule(&m.params).unwrap().with_gates(Gates::Fixed {
+                forget: 1.0,
+                input: lr,
+            });
+            let opts = UnrollOptions {
+                kernels,
+                ..UnrollOptions::new(10)
+            };
             let u = m
-                .unroll_with(
-                    kernels,
-                    &m.params,
-                    &b.0,
-                    &b.1,
-                    10,
-                    Gates::Fixed {
-                        forget: 1.0,
-                        input: lr,
-                    },
-                    None,
-                    false,
-                    None,
-                )
+                .unroll(&rule, &mut m.support(&b.0, &b.1, None), &opts)
                 .unwrap();
             let lstm = m.learner_params(&u.theta).unwrap();
-            let theta0 = m.learner_params(&m.params.tensors[7]).unwrap();
+            let theta0 = m.learner_params(m.params.get("theta0").unwrap()).unwrap();
             let step = InnerSgd::plain(sgd_lr, &theta0);
             let sgd = sgd_adapt(&l, &theta0, &b.0, &b.1, &step, 10, None).unwrap();
             let diff = lstm
@@ -238,18 +235,7 @@ fn meta_gradient_matches_finite_differences() {
         let mut m = meta(tiny(), transductive, 3);
         m.to_dtype(DType::F64).unwrap();
         let b = batch(&tiny(), 8, DType::F64);
-        let base = m
-            .unroll(
-                &m.params,
-                &b.support_x,
-                &b.support_y,
-                3,
-                Gates::Learned,
-                None,
-                false,
-                None,
-            )
-            .unwrap();
+        let base = unroll(&m, &b, Kernels::Composed, 3, false);
         let frozen = base.inputs.clone();
         let f = |q: &Params| {
             m.meta_loss(q, &b, Some(&frozen))
@@ -332,20 +318,26 @@ fn ten_step_case(l: &Learner, dtype: DType) -> (MetaLstm, Batch) {
     (m, b)
 }
 
-/// Ten learned-gate steps on the support set, gates recorded.
-fn ten_steps(m: &MetaLstm, b: &Batch, k: Kernels) -> Unrolled {
-    m.unroll_with(
-        k,
-        &m.params,
-        &b.support_x,
-        &b.support_y,
-        10,
-        Gates::Learned,
-        None,
-        true,
-        None,
+/// `steps` learned-gate steps on the support set with kernels `k`, gates
+/// recorded when `record`.
+fn unroll(m: &MetaLstm, b: &Batch, k: Kernels, steps: usize, record: bool) -> Unrolled {
+    let rule = m.rule(&m.params).unwrap();
+    let opts = UnrollOptions {
+        kernels: k,
+        record,
+        ..UnrollOptions::new(steps)
+    };
+    m.unroll(
+        &rule,
+        &mut m.support(&b.support_x, &b.support_y, None),
+        &opts,
     )
     .unwrap()
+}
+
+/// Ten learned-gate steps on the support set, gates recorded.
+fn ten_steps(m: &MetaLstm, b: &Batch, k: Kernels) -> Unrolled {
+    unroll(m, b, k, 10, true)
 }
 
 #[test]
@@ -412,19 +404,7 @@ fn fused_meta_gradient_matches_finite_differences() {
     m.params = jitter(&m.params, 0.1, 21);
     assert_eq!(m.context().kernels, Kernels::Fused);
     let b = batch(&tiny(), 9, DType::F64);
-    let base = m
-        .unroll_with(
-            Kernels::Fused,
-            &m.params,
-            &b.support_x,
-            &b.support_y,
-            4,
-            Gates::Learned,
-            None,
-            false,
-            None,
-        )
-        .unwrap();
+    let base = unroll(&m, &b, Kernels::Fused, 4, false);
     let frozen = base.inputs.clone();
     let f = |q: &Params| m.meta_gradient(q, &b, Some(&frozen)).unwrap().0;
     let (_, _, g) = m.meta_gradient(&m.params, &b, Some(&frozen)).unwrap();
@@ -489,4 +469,134 @@ fn fused_meta_lstm_avx2_and_baseline_builds_give_the_same_bits() {
         };
         assert_eq!(run(true), run(false), "{dtype:?}");
     }
+}
+
+#[test]
+fn meta_parameters_keep_their_checkpoint_names_and_round_trip_through_the_rule() {
+    // Checkpoints (`meta.<name>`) and tests/fixtures/meta_lstm.safetensors
+    // read the meta-parameters by these names, in this order (Adam's
+    // moments and the global-norm clip follow it).
+    let m = meta(tiny(), false, 3);
+    let names = [
+        "lstm.w_ih",
+        "lstm.w_hh",
+        "lstm.b",
+        "cell.w_f",
+        "cell.w_i",
+        "cell.b_f",
+        "cell.b_i",
+        "theta0",
+    ];
+    assert_eq!(m.params.names, names);
+    let rule = m.rule(&m.params).unwrap();
+    assert_eq!(rule.weights.hidden(), 20);
+    assert_eq!(rule.weights.lstm.weight_ih.dims(), [80, 4]);
+    let back = rule.weights.to_params();
+    assert_eq!(back.names, names);
+    for (a, b) in back.tensors.iter().zip(&m.params.tensors) {
+        assert_eq!(common::bits(a), common::bits(b));
+    }
+    let state = m.state().unwrap();
+    for n in names {
+        assert!(state.contains_key(&format!("meta.{n}")), "meta.{n}");
+    }
+}
+
+#[test]
+fn observe_reports_the_test_time_gates_per_step_and_layer() {
+    struct Seen(Vec<(String, usize, String, Vec<f32>)>);
+    impl Observer for Seen {
+        fn record(&mut self, series: &str, step: usize, layer: &str, values: &[f32]) {
+            self.0
+                .push((series.into(), step, layer.into(), values.to_vec()));
+        }
+    }
+    let (m, b) = ten_step_case(&tiny(), DType::F64);
+    assert_eq!(m.series(), ["forget", "input"]);
+    let mut seen = Seen(vec![]);
+    m.observe(&b, &mut seen).unwrap();
+    let u = ten_steps(&m, &b, m.context().kernels);
+    let layers = m.layer_ranges();
+    assert_eq!(seen.0.len(), 10 * 2 * layers.len());
+    let mut it = seen.0.iter();
+    for (t, (f, i)) in u.gates.iter().enumerate() {
+        for (name, g) in [("forget", f), ("input", i)] {
+            let v = g
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (layer, r) in &layers {
+                let (s, step, l, values) = it.next().unwrap();
+                assert_eq!((s.as_str(), *step, l), (name, t + 1, layer));
+                assert_eq!(values, &v[r.clone()]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rule_of_another_shape_runs_composed_and_truncation_cuts_the_graph() {
+    // Hidden size 5 and gradient-only inputs: not the fused kernel's shape,
+    // so fused kernels fall back to the composed graph.
+    let m = meta(tiny(), false, 3);
+    let b = batch(&tiny(), 8, DType::F32);
+    let theta0 = m.params.get("theta0").unwrap().clone();
+    let w = RaviWeights::init(Inputs::Gradient, 5, theta0, &mut Rng::new(1), &Device::Cpu).unwrap();
+    assert_eq!(w.lstm.weight_ih.dims(), [20, 2]);
+    let pre = Preprocess { p: 10.0 };
+    assert!(RaviRule::new(w.clone(), pre, Inputs::GradientAndLoss).is_err());
+    let rule = RaviRule::new(w.clone(), pre, Inputs::Gradient).unwrap();
+    let opts = UnrollOptions {
+        record: true,
+        ..UnrollOptions::new(3)
+    };
+    let u = m
+        .unroll(
+            &rule,
+            &mut m.support(&b.support_x, &b.support_y, None),
+            &opts,
+        )
+        .unwrap();
+    assert_eq!(u.gates.len(), 3);
+    assert_eq!(u.theta.dims(), w.theta0.dims());
+    // The meta-gradient of theta_3 reaches theta_0 through all three
+    // steps, and not at all when the graph is cut before step 3.
+    let reach = |truncate: usize| {
+        let p = w.to_params();
+        let vars = p.to_vars().unwrap();
+        let pv = Params::from_vars(&p.names, &vars);
+        let rule = RaviRule::new(
+            RaviWeights::from_params(&pv).unwrap(),
+            pre,
+            Inputs::Gradient,
+        )
+        .unwrap();
+        let opts = UnrollOptions {
+            truncate,
+            ..UnrollOptions::new(3)
+        };
+        let mut support = m.support(&b.support_x, &b.support_y, None);
+        let u = learned::unroll(&rule, &rule.weights.theta0, &mut support, &opts).unwrap();
+        let g = pv
+            .grads(
+                &u.theta
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap(),
+            )
+            .unwrap();
+        let size = |n: &str| g.get(n).unwrap().sqr().unwrap().sum_all().unwrap();
+        let size = |n: &str| size(n).to_scalar::<f32>().unwrap();
+        (size("theta0"), size("lstm.w_hh"))
+    };
+    let (theta0, w_hh) = reach(0);
+    assert!(theta0 > 0.0 && w_hh > 0.0, "{theta0} {w_hh}");
+    let (theta0, w_hh) = reach(2);
+    assert!(theta0 == 0.0 && w_hh > 0.0, "{theta0} {w_hh}");
 }

@@ -452,3 +452,38 @@ fn write_all_writes_the_four_files() {
         assert!(std::fs::metadata(p).unwrap().len() > 0, "{}", p.display());
     }
 }
+
+// -------------------------------------------------------------- observer
+
+#[test]
+fn the_gate_collector_observes_what_summarize_episode_summarises() {
+    use fewshot::algo::Observer;
+    // What an algorithm reports through `Algorithm::observe`: per step,
+    // each series over each layer (an empty one included), and a series
+    // the trace does not read.
+    let layers = layer_ranges(&["conv1", "empty", "conv2", "head"], &[7, 0, 5, 3]);
+    let n = layers.last().unwrap().1.end;
+    let mut g = Gen(0x5EED);
+    let gates: Vec<(Vec<f32>, Vec<f32>)> = (0..4)
+        .map(|_| {
+            let f = (0..n).map(|_| 0.9 + 0.1 * g.next()).collect();
+            let i = (0..n).map(|_| 0.05 * g.next()).collect();
+            (f, i)
+        })
+        .collect();
+    let mut collector = trace::GateCollector::new("b", "meta-lstm", 3, 2);
+    for (t, (f, i)) in gates.iter().enumerate() {
+        for (series, values) in [("forget", f), ("input", i), ("update", f)] {
+            for (layer, r) in &layers {
+                collector.record(series, t + 1, layer, &values[r.clone()]);
+            }
+        }
+    }
+    let expected = trace::summarize_episode("b", "meta-lstm", 3, &layers, &gates, 2);
+    assert_eq!(expected.len(), 4 * 3);
+    assert_eq!(collector.records(), expected);
+    assert!(trace::traceable(&["forget", "input"]));
+    assert!(trace::traceable(&["update", "input", "forget"]));
+    assert!(!trace::traceable(&["forget"]));
+    assert!(!trace::traceable(&[]));
+}

@@ -12,6 +12,7 @@
 //! `pub const ENTRY: Entry`, plus one line in [`registry`]. See
 //! `docs/algorithms.md`.
 
+pub mod learned;
 pub mod maml;
 pub mod meta_lstm;
 pub mod reptile;
@@ -218,29 +219,27 @@ pub trait Algorithm: Send + Sync {
     fn state(&self) -> Result<HashMap<String, Tensor>>;
     /// Restore [`Algorithm::state`].
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
-    /// The fully resolved hyperparameters, as saved beside results.
-    /// Observation hook: the gate values a learned optimizer applies while
-    /// adapting to `batch`'s support set. Algorithms without gates keep the
-    /// default (`None`); the meta-learner LSTM reports its forget and input
-    /// gates per step. Tracing reads this; it never branches inside an
-    /// algorithm.
-    fn gate_trace(&self, _batch: &Batch) -> Result<Option<GateTrace>> {
-        Ok(None)
+    /// Names of the per-coordinate series [`Algorithm::observe`] reports
+    /// (a learned optimizer's gates or updates, say). Empty, the default:
+    /// nothing to observe.
+    fn series(&self) -> &[&'static str] {
+        &[]
     }
-    /// Whether [`Algorithm::gate_trace`] reports anything.
-    fn has_gates(&self) -> bool {
-        false
+    /// Observation hook: adapt to `batch`'s support set as at test time and
+    /// hand every one of [`Algorithm::series`] to `obs`, step by step and
+    /// learner layer by layer. The default reports nothing. Tracing reads
+    /// this; it never branches inside an algorithm.
+    fn observe(&self, _batch: &Batch, _obs: &mut dyn Observer) -> Result<()> {
+        Ok(())
     }
 }
 
-/// Gate values of one adaptation, for [`crate::report::trace`].
-#[derive(Debug, Clone)]
-pub struct GateTrace {
-    /// Learner layers and their coordinate ranges in the flat parameter
-    /// vector.
-    pub layers: Vec<(String, std::ops::Range<usize>)>,
-    /// `(forget, input)` gate values over all coordinates, per step 1..=T.
-    pub gates: Vec<(Vec<f32>, Vec<f32>)>,
+/// Receives the named series an algorithm reports while it adapts
+/// ([`Algorithm::observe`]); `crate::report::trace` is one.
+pub trait Observer {
+    /// The values of series `series` after update step `step` (1-based)
+    /// over the coordinates of learner layer `layer`, in parameter order.
+    fn record(&mut self, series: &str, step: usize, layer: &str, values: &[f32]);
 }
 
 /// An algorithm entry resolved: its label and every hyperparameter with

@@ -9,10 +9,13 @@
 //! ```
 //!
 //! Figure 2 of the paper shows, for each learner layer, the forget and input
-//! gate values against the update step, one line per test episode. This
-//! module turns the raw gate vectors of one step (one value per learner
-//! coordinate) into one [`GateRecord`] per layer ([`summarize`]), writes and
-//! reads them as JSON lines ([`write_jsonl`], [`read_jsonl`]) and as a flat
+//! gate values against the update step, one line per test episode. An
+//! algorithm reports its gates as the series [`FORGET`] and [`INPUT`]
+//! (one value per learner coordinate, layer by layer and step by step)
+//! through [`crate::algo::Algorithm::observe`]. This module turns them into
+//! one [`GateRecord`] per layer and step ([`GateCollector`], the observer;
+//! [`summarize`] does the same from whole gate vectors), writes and reads
+//! them as JSON lines ([`write_jsonl`], [`read_jsonl`]) and as a flat
 //! CSV ([`write_csv`]), and draws the Figure-2-style panels as SVG and PNG
 //! ([`plot`]). `docs/traces.md` describes the files and how to read the
 //! figure.
@@ -144,6 +147,45 @@ fn stats(xs: &[f32]) -> (f64, f64, f64, f64) {
     (mean, var.sqrt(), min, max)
 }
 
+/// What every record of one episode shares.
+struct Origin<'a> {
+    benchmark: &'a str,
+    algorithm: &'a str,
+    episode: u64,
+    samples_per_layer: usize,
+}
+
+impl Origin<'_> {
+    /// The record of one layer (non-empty) at step `step`.
+    fn record(&self, step: usize, layer: &str, f: &[f32], i: &[f32]) -> GateRecord {
+        let (forget_mean, forget_std, forget_min, forget_max) = stats(f);
+        let (input_mean, input_std, input_min, input_max) = stats(i);
+        let sample_index = sample_indices(f.len(), self.samples_per_layer);
+        GateRecord {
+            version: TRACE_VERSION,
+            benchmark: self.benchmark.to_string(),
+            algorithm: self.algorithm.to_string(),
+            episode: self.episode,
+            step,
+            layer: layer.to_string(),
+            coordinates: f.len(),
+            forget_mean,
+            forget_std,
+            forget_min,
+            forget_max,
+            input_mean,
+            input_std,
+            input_min,
+            input_max,
+            forget_samples: sample_index.iter().map(|&k| f[k] as f64).collect(),
+            input_samples: sample_index.iter().map(|&k| i[k] as f64).collect(),
+            sample_index,
+            forget_percentiles: percentiles(f),
+            input_percentiles: percentiles(i),
+        }
+    }
+}
+
 /// One record per layer for the gates of one update step.
 ///
 /// `forget` and `input` hold the gate values of all learner coordinates at
@@ -155,7 +197,7 @@ fn stats(xs: &[f32]) -> (f64, f64, f64, f64) {
 ///
 /// If `forget` and `input` differ in length or a range ends past them: both
 /// come from the same meta-learner, so a mismatch is a bug, not bad input.
-#[allow(clippy::too_many_arguments)] // the signature is the interface the meta-learner calls
+#[allow(clippy::too_many_arguments)] // the record's origin, step and values, each distinct
 pub fn summarize(
     benchmark: &str,
     algorithm: &str,
@@ -171,6 +213,12 @@ pub fn summarize(
         input.len(),
         "forget and input gates must cover the same coordinates"
     );
+    let origin = Origin {
+        benchmark,
+        algorithm,
+        episode,
+        samples_per_layer,
+    };
     layers
         .iter()
         .filter(|(_, r)| !r.is_empty())
@@ -180,39 +228,13 @@ pub fn summarize(
                 "layer {name} spans {r:?} but only {} gate values were given",
                 forget.len()
             );
-            let (f, i) = (&forget[r.clone()], &input[r.clone()]);
-            let (forget_mean, forget_std, forget_min, forget_max) = stats(f);
-            let (input_mean, input_std, input_min, input_max) = stats(i);
-            let sample_index = sample_indices(r.len(), samples_per_layer);
-            GateRecord {
-                version: TRACE_VERSION,
-                benchmark: benchmark.to_string(),
-                algorithm: algorithm.to_string(),
-                episode,
-                step,
-                layer: name.clone(),
-                coordinates: r.len(),
-                forget_mean,
-                forget_std,
-                forget_min,
-                forget_max,
-                input_mean,
-                input_std,
-                input_min,
-                input_max,
-                forget_samples: sample_index.iter().map(|&k| f[k] as f64).collect(),
-                input_samples: sample_index.iter().map(|&k| i[k] as f64).collect(),
-                sample_index,
-                forget_percentiles: percentiles(f),
-                input_percentiles: percentiles(i),
-            }
+            origin.record(step, name, &forget[r.clone()], &input[r.clone()])
         })
         .collect()
 }
 
 /// Records of one whole episode: `gates[t - 1]` holds the `(forget, input)`
-/// vectors of update step `t` (as the meta-learner's `gate_trace` returns
-/// them). Records are ordered by step, then layer.
+/// vectors of update step `t`. Records are ordered by step, then layer.
 pub fn summarize_episode(
     benchmark: &str,
     algorithm: &str,
@@ -237,6 +259,106 @@ pub fn summarize_episode(
             )
         })
         .collect()
+}
+
+/// The name of the forget-gate series a trace reads
+/// ([`crate::algo::Algorithm::series`]).
+pub const FORGET: &str = "forget";
+/// The name of the input-gate series a trace reads.
+pub const INPUT: &str = "input";
+
+/// Whether an algorithm reporting `series` has the gates a trace records
+/// (both [`FORGET`] and [`INPUT`]).
+pub fn traceable(series: &[&str]) -> bool {
+    [FORGET, INPUT].iter().all(|g| series.contains(g))
+}
+
+/// An observer ([`crate::algo::Observer`]) that collects one episode's
+/// [`FORGET`] and [`INPUT`] series and summarises them per layer and step,
+/// as [`summarize_episode`] does (other series are ignored).
+pub struct GateCollector {
+    benchmark: String,
+    algorithm: String,
+    episode: u64,
+    samples_per_layer: usize,
+    /// Per (step, layer), in order of first report.
+    cells: Vec<Cell>,
+}
+
+/// The forget and input values of one layer at one step, as reported.
+struct Cell {
+    step: usize,
+    layer: String,
+    gates: [Option<Vec<f32>>; 2],
+}
+
+impl GateCollector {
+    pub fn new(benchmark: &str, algorithm: &str, episode: u64, samples_per_layer: usize) -> Self {
+        GateCollector {
+            benchmark: benchmark.to_string(),
+            algorithm: algorithm.to_string(),
+            episode,
+            samples_per_layer,
+            cells: Vec::new(),
+        }
+    }
+
+    /// One record per reported (step, layer), in the order they were first
+    /// reported (an algorithm reports step by step, layers in order); a
+    /// layer without coordinates gives none.
+    ///
+    /// # Panics
+    ///
+    /// If a layer's forget and input values are not both reported, or
+    /// differ in length: a bug of the reporting algorithm.
+    pub fn records(&self) -> Vec<GateRecord> {
+        let origin = Origin {
+            benchmark: &self.benchmark,
+            algorithm: &self.algorithm,
+            episode: self.episode,
+            samples_per_layer: self.samples_per_layer,
+        };
+        self.cells
+            .iter()
+            .filter_map(|Cell { step, layer, gates }| {
+                let [Some(f), Some(i)] = gates else {
+                    panic!("step {step}, layer {layer}: forget and input must both be reported");
+                };
+                assert_eq!(
+                    f.len(),
+                    i.len(),
+                    "forget and input gates must cover the same coordinates"
+                );
+                (!f.is_empty()).then(|| origin.record(*step, layer, f, i))
+            })
+            .collect()
+    }
+}
+
+impl crate::algo::Observer for GateCollector {
+    fn record(&mut self, series: &str, step: usize, layer: &str, values: &[f32]) {
+        let slot = match series {
+            FORGET => 0,
+            INPUT => 1,
+            _ => return,
+        };
+        let at = match self
+            .cells
+            .iter()
+            .rposition(|c| c.step == step && c.layer == layer)
+        {
+            Some(at) => at,
+            None => {
+                self.cells.push(Cell {
+                    step,
+                    layer: layer.to_string(),
+                    gates: [None, None],
+                });
+                self.cells.len() - 1
+            }
+        };
+        self.cells[at].gates[slot] = Some(values.to_vec());
+    }
 }
 
 /// Write `records` as JSON lines (one record per line), atomically.

@@ -60,26 +60,21 @@ pub fn trace(
 ) -> Result<Vec<crate::report::trace::GateRecord>> {
     let _span = tracing::info_span!("trace", label = algo.label()).entered();
     let sampler = crate::data::sampler::Sampler::new(ds, Split::Test, bench.episode, bench.seed)?;
+    if !crate::report::trace::traceable(algo.series()) {
+        return Err(Error::Config {
+            source_name: format!("algorithm `{}`", algo.label()),
+            reason: format!(
+                "{} has no gates to trace (only learned optimizers such as meta-lstm do)",
+                algo.kind()
+            ),
+        });
+    }
     let mut records = Vec::new();
     for i in 0..episodes as u64 {
         let b = sampler.instance(i, &algo.context().device)?;
-        let Some(g) = algo.gate_trace(&b)? else {
-            return Err(Error::Config {
-                source_name: format!("algorithm `{}`", algo.label()),
-                reason: format!(
-                    "{} has no gates to trace (only learned optimizers such as meta-lstm do)",
-                    algo.kind()
-                ),
-            });
-        };
-        records.extend(crate::report::trace::summarize_episode(
-            &bench.name,
-            algo.label(),
-            i,
-            &g.layers,
-            &g.gates,
-            5,
-        ));
+        let mut gates = crate::report::trace::GateCollector::new(&bench.name, algo.label(), i, 5);
+        algo.observe(&b, &mut gates)?;
+        records.extend(gates.records());
     }
     let title = format!(
         "{}: {} gates on {} test episodes ({}-way {}-shot)",
@@ -185,7 +180,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             opts.show_progress,
         )?;
         write_episode_scores(&ev.scores, &dir.join(crate::layout::TEST_EPISODES))?;
-        if opts.trace_episodes > 0 && algorithm.has_gates() {
+        if opts.trace_episodes > 0 && crate::report::trace::traceable(algorithm.series()) {
             trace(bench, &*algorithm, &ds, opts.trace_episodes, &dir)?;
         }
         out.results.retain(|r| r.label != a.label);
@@ -237,7 +232,7 @@ fn already_done(
     };
     let c = found.checkpoint;
     let traced = opts.trace_episodes == 0
-        || !algorithm.has_gates()
+        || !crate::report::trace::traceable(algorithm.series())
         || dir.join(crate::layout::GATES_JSONL).is_file();
     Ok(c.train.done(&bench.budget_of(a))
         && r.meta_steps == c.train.step

@@ -22,6 +22,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::algo::learned::UnrollOptions;
 use crate::algo::maml::{Maml, MamlConfig};
 use crate::algo::meta_lstm::{Gates, MetaLstm, MetaLstmConfig};
 use crate::algo::{sgd_adapt, Algorithm, Context, InnerSgd};
@@ -257,7 +258,7 @@ fn meta_lstm(device: &Device, steps: usize) -> Result<(MetaLstm, Batch)> {
 }
 
 /// `steps` updates of the learner on `b`'s support set from `m`'s
-/// meta-parameters (nothing frozen or recorded).
+/// meta-parameters, the gates set by `gates` (nothing recorded).
 fn unroll(
     m: &MetaLstm,
     b: &Batch,
@@ -265,16 +266,15 @@ fn unroll(
     steps: usize,
     gates: Gates,
 ) -> Result<crate::algo::meta_lstm::Unrolled> {
-    m.unroll_with(
+    let rule = m.rule(&m.params)?.with_gates(gates);
+    let opts = UnrollOptions {
         kernels,
-        &m.params,
-        &b.support_x,
-        &b.support_y,
-        steps,
-        gates,
-        None,
-        false,
-        None,
+        ..UnrollOptions::new(steps)
+    };
+    m.unroll(
+        &rule,
+        &mut m.support(&b.support_x, &b.support_y, None),
+        &opts,
     )
 }
 
@@ -290,7 +290,7 @@ fn kernels_here(device: &Device) -> Vec<Kernels> {
 /// meta-LSTM updates are ten steps of gradient descent.
 pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
     let (m, b) = meta_lstm(device, 10)?;
-    let theta0 = m.learner_params(&m.params.tensors[7])?;
+    let theta0 = m.learner_params(m.params.get("theta0")?)?;
     let lr = 0.1;
     let sgd = sgd_adapt(
         &m.context().learner,

@@ -16,10 +16,11 @@
 //!   gradient is both preprocessed and used in the cell update.
 //! - Inputs per learner coordinate: the loss and the gradient, each
 //!   preprocessed as in Andrychowicz et al. (2016) with p = 10
-//!   ([`preprocess`]; `model/lstm/lstm-helper.lua:6-57`); the loss pair is
-//!   broadcast to every coordinate. The reference concatenates (loss,
-//!   grad); we feed (grad, loss): a fixed permutation of the columns of the
-//!   first layer's input weights, whose initialisation is symmetric.
+//!   ([`crate::algo::learned::preprocess()`];
+//!   `model/lstm/lstm-helper.lua:6-57`); the loss pair is broadcast to
+//!   every coordinate. The reference concatenates (loss, grad); we feed
+//!   (grad, loss): a fixed permutation of the columns of the first layer's
+//!   input weights, whose initialisation is symmetric.
 //! - Layer 1: a standard LSTM, 4 inputs -> 20 hidden units
 //!   (`meta-learner-lstm.lua:98`), its weights shared by all coordinates,
 //!   its state (h, c) carried across the steps of an episode, one bias.
@@ -64,8 +65,18 @@
 //! - The layer-1 LSTM has one bias vector, as the reference (PyTorch ports
 //!   have two, b_ih + b_hh, one parameter in effect).
 //!
-//! Activations are laid out feature-major (`[features, coordinates]`) so
-//! every gate is a contiguous block.
+//! The update rule itself is [`crate::algo::learned::ravi`] (named weights,
+//! per-coordinate state, the composed step with the equations beside its
+//! lines), unrolled by the learned-rule parts of [`crate::algo::learned`]
+//! on the learner's support set
+//! ([`crate::algo::learned::objective::Support`]). This module is the
+//! algorithm around it: its configuration, meta-training (Adam on the
+//! meta-gradient), checkpoints (the meta-parameters by name, `meta.lstm.w_ih`
+//! and so on), the report of its gates to an [`Observer`], and the choice
+//! of the [`fused`] kernel, which runs the rule's whole unroll in one pass
+//! when the rule has the published shape. Activations are laid out
+//! feature-major (`[features, coordinates]`) so every gate is a contiguous
+//! block.
 
 pub mod fused;
 
@@ -75,9 +86,15 @@ use std::ops::Range;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+pub use super::learned::preprocess::preprocess;
+pub use super::learned::ravi::Gates;
+
+use super::learned::objective::{self, Objective, Replay, Support};
+use super::learned::ravi::{RaviRule, RaviWeights, SERIES};
+use super::learned::{Inputs, Preprocess, UnrollOptions};
 use super::{
     at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore,
-    GateTrace, Progress,
+    Observer, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::data::task::TaskKind;
@@ -99,7 +116,10 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-/// Hidden units of the layer-1 LSTM.
+/// Hidden units of the published meta-learner's layer 1
+/// (`meta-learner-lstm.lua:98`): the size this algorithm builds, and the
+/// size the [`fused`] kernel is compiled for (a rule of another size runs
+/// composed).
 pub const HIDDEN: usize = 20;
 
 /// Meta-LSTM hyperparameters as written in a benchmark file.
@@ -186,35 +206,34 @@ fn scalar_f64(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
-/// Andrychowicz et al. preprocessing of one value with constant p:
-/// (log|x| / p, sign x) if |x| > e^-p, else (-1, e^p x)
-/// (`lstm-helper.lua:10-42`: strict `torch.gt`).
-pub fn preprocess(x: f64, p: f64) -> (f64, f64) {
-    if x.abs() > (-p).exp() {
-        (x.abs().ln() / p, x.signum())
-    } else {
-        (-1.0, p.exp() * x)
-    }
-}
-
-/// How the gates are set during an unroll.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Gates {
-    /// Computed by the meta-learner.
-    Learned,
-    /// Forced to constants: `Fixed { forget: 1.0, input: lr }` is SGD.
-    Fixed { forget: f64, input: f64 },
-}
-
 /// The result of unrolling the meta-learner on a support set.
 pub struct Unrolled {
     /// theta_T, `[1, n]`.
     pub theta: Tensor,
-    /// Gate values after the sigmoid at steps 1..=T (`[1, n]` each), if
-    /// recorded.
+    /// `(forget, input)` gate values after the sigmoid at steps 1..=T
+    /// (`[1, n]` each), if recorded.
     pub gates: Vec<(Tensor, Tensor)>,
     /// The (gradient `[1, n]`, loss) pairs fed to the meta-learner.
     pub inputs: Vec<(Tensor, f64)>,
+}
+
+impl From<super::learned::Unrolled> for Unrolled {
+    /// The rule's recorded series ([`SERIES`]: forget, input) as pairs.
+    fn from(u: super::learned::Unrolled) -> Self {
+        let gates = u
+            .recorded
+            .into_iter()
+            .filter_map(|s| match <[Tensor; 2]>::try_from(s) {
+                Ok([f, i]) => Some((f, i)),
+                Err(_) => None,
+            })
+            .collect();
+        Unrolled {
+            theta: u.theta,
+            gates,
+            inputs: u.inputs,
+        }
+    }
 }
 
 /// A fused unroll with what produced it.
@@ -229,9 +248,10 @@ struct FusedUnroll<T> {
 pub struct MetaLstm {
     pub config: MetaLstmResolved,
     ctx: Context,
+    /// The rule's meta-parameters by name ([`RaviWeights::to_params`]:
     /// `lstm.w_ih [80, 4]`, `lstm.w_hh [80, 20]`, `lstm.b [80, 1]`,
     /// `cell.w_f [1, 22]`, `cell.w_i [1, 22]`, `cell.b_f [1, 1]`,
-    /// `cell.b_i [1, 1]`, `theta0 [1, n]`.
+    /// `cell.b_i [1, 1]`, `theta0 [1, n]`), as Adam and checkpoints see them.
     pub params: Params,
     /// Shapes and names of the learner's parameters (values unused).
     template: Params,
@@ -249,36 +269,10 @@ impl MetaLstm {
             .init(&mut Rng::derive(ctx.run_seed, &[0x1417]), dev)?;
         let n = template.numel();
         let mut rng = Rng::derive(ctx.run_seed, &[0x157]);
-        let mut u = |shape: &[usize], lo: f64, hi: f64| -> Result<Tensor> {
-            let len: usize = shape.iter().product();
-            let v: Vec<f32> = (0..len).map(|_| rng.uniform_range(lo, hi) as f32).collect();
-            Ok(Tensor::from_vec(v, shape, dev)?)
-        };
-        let h = HIDDEN;
-        let tensors = vec![
-            u(&[4 * h, 4], -0.01, 0.01)?,
-            u(&[4 * h, h], -0.01, 0.01)?,
-            u(&[4 * h, 1], -0.01, 0.01)?,
-            u(&[1, h + 2], -0.01, 0.01)?,
-            u(&[1, h + 2], -0.01, 0.01)?,
-            u(&[1, 1], 4.0, 5.0)?,
-            u(&[1, 1], -5.0, -4.0)?,
-            template.flatten()?.reshape((1, n))?,
-        ];
-        let names = [
-            "lstm.w_ih",
-            "lstm.w_hh",
-            "lstm.b",
-            "cell.w_f",
-            "cell.w_i",
-            "cell.b_f",
-            "cell.b_i",
-            "theta0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let params = Params::new(names, tensors);
+        // theta_0 from a fresh learner, then learned.
+        let theta0 = template.flatten()?.reshape((1, n))?;
+        let weights = RaviWeights::init(Inputs::GradientAndLoss, HIDDEN, theta0, &mut rng, dev)?;
+        let params = weights.to_params();
         let adam = Adam::new(AdamConfig::with_lr(config.meta_lr), &params)?;
         Ok(MetaLstm {
             config,
@@ -298,18 +292,7 @@ impl MetaLstm {
     /// Coordinate ranges of each learner layer (`conv1`..`conv4`, `head`)
     /// in the flattened parameter vector.
     pub fn layer_ranges(&self) -> Vec<(String, Range<usize>)> {
-        let mut out: Vec<(String, Range<usize>)> = Vec::new();
-        let mut off = 0;
-        for (name, t) in self.template.names.iter().zip(&self.template.tensors) {
-            let layer = Learner::layer_of(name);
-            let n = t.elem_count();
-            match out.last_mut() {
-                Some((l, r)) if *l == layer => r.end += n,
-                _ => out.push((layer, off..off + n)),
-            }
-            off += n;
-        }
-        out
+        objective::layer_ranges(&self.template)
     }
 
     /// Learner parameters viewed from a flat `[1, n]` vector.
@@ -317,179 +300,117 @@ impl MetaLstm {
         self.template.unflatten_like(&theta.flatten_all()?)
     }
 
-    /// Learner loss and flat gradient at `theta` (detached: constants for
-    /// the meta-learner), the gradient divided by the batch size when
-    /// `grad_div_batch` (meta-learner-lstm.lua: the criterion averages,
-    /// then `gradParameters:div(inputs:size(1))`). The pass's batch-norm
+    /// The rule at meta-parameters `mp` (named as [`MetaLstm::params`]):
+    /// the gradient and loss inputs preprocessed with `preprocess_p`,
+    /// learned gates.
+    pub fn rule(&self, mp: &Params) -> Result<RaviRule> {
+        let pre = Preprocess {
+            p: self.config.preprocess_p,
+        };
+        RaviRule::new(RaviWeights::from_params(mp)?, pre, Inputs::GradientAndLoss)
+    }
+
+    /// The objective the rule updates: the learner's loss on `(x, y)`, its
+    /// gradient divided by the batch size when `grad_div_batch`
+    /// (meta-learner-lstm.lua: the criterion averages, then
+    /// `gradParameters:div(inputs:size(1))`). The passes' batch-norm
     /// statistics go into `running` when given.
-    fn loss_and_grad(
-        &self,
-        theta: &Tensor,
-        x: &Tensor,
-        y: &Tensor,
-        running: Option<&mut RunningStats>,
-    ) -> Result<(Tensor, f64)> {
-        let p = self.learner_params(&theta.detach())?;
-        let (loss, g, stats) = self.ctx.learner.loss_and_grad(&p, x, y)?;
-        if let Some(r) = running {
-            r.update(&stats)?;
+    pub fn support<'a>(
+        &'a self,
+        x: &'a Tensor,
+        y: &'a Tensor,
+        running: Option<&'a mut RunningStats>,
+    ) -> Support<'a> {
+        Support {
+            learner: &self.ctx.learner,
+            template: &self.template,
+            x,
+            y,
+            grad_div_batch: self.config.grad_div_batch,
+            running,
         }
-        let mut g = g.flatten()?;
-        if self.config.grad_div_batch {
-            g = (g / x.dim(0)? as f64)?;
-        }
-        let n = g.elem_count();
-        Ok((g.reshape((1, n))?, loss))
     }
 
-    /// The four preprocessed inputs `[4, n]` for a gradient and a loss:
-    /// [`preprocess`] of every gradient coordinate, computed where the
-    /// gradient lives (no copy to the host), in float64 with the same
-    /// operations as the scalar formula, so the CPU gives its exact bits.
-    fn inputs(&self, grad: &Tensor, loss: f64) -> Result<Tensor> {
-        let p = self.config.preprocess_p;
-        let g = grad.flatten_all()?.to_dtype(DType::F64)?;
-        let n = g.elem_count();
-        let dev = g.device();
-        let abs = g.abs()?;
-        // |x| > e^-p: (log|x| / p, sign x); else (-1, e^p x).
-        let big = abs.gt((-p).exp())?;
-        let a = big.where_cond(
-            &abs.log()?.broadcast_div(&Tensor::new(p, dev)?)?,
-            &g.ones_like()?.neg()?,
-        )?;
-        let b = big.where_cond(&g.sign()?, &g.broadcast_mul(&Tensor::new(p.exp(), dev)?)?)?;
-        let (la, lb) = preprocess(loss, p);
-        let l = Tensor::new(&[la, lb], dev)?
-            .reshape((2, 1))?
-            .broadcast_as((2, n))?;
-        Ok(Tensor::cat(&[&a.unsqueeze(0)?, &b.unsqueeze(0)?, &l], 0)?.to_dtype(grad.dtype())?)
+    /// The options of this algorithm's own unrolls: `steps` updates with
+    /// the configured kernels and gradient checkpointing.
+    fn options(&self, steps: usize, record: bool) -> UnrollOptions {
+        UnrollOptions {
+            kernels: self.ctx.kernels,
+            checkpoint: self.config.grad_checkpoint_steps,
+            record,
+            ..UnrollOptions::new(steps)
+        }
     }
 
-    /// Unroll the meta-learner for `steps` updates of the learner on
-    /// `(x, y)`, from meta-parameters `mp`. With `frozen`, the gradient and
-    /// loss inputs are taken from it instead of being computed (used to
-    /// check the meta-gradient by finite differences). The support passes'
-    /// batch-norm statistics go into `running` when given.
-    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
+    /// Whether the fused kernel can run `rule` with `opts`: on the CPU,
+    /// the published shape (H = [`HIDDEN`], gradient and loss inputs), no
+    /// truncation.
+    fn fusable(rule: &RaviRule, opts: &UnrollOptions) -> bool {
+        rule.weights.theta0.device().is_cpu()
+            && rule.weights.hidden() == HIDDEN
+            && rule.inputs == Inputs::GradientAndLoss
+            && (opts.truncate == 0 || opts.truncate >= opts.steps)
+    }
+
+    /// Unroll `rule` on `objective` from its theta_0: the fused kernel when
+    /// `opts.kernels` asks for it and it can run (then the same values to
+    /// float tolerance, without a graph to differentiate), else the
+    /// composed candle graph ([`crate::algo::learned::unroll()`]).
     pub fn unroll(
         &self,
-        mp: &Params,
-        x: &Tensor,
-        y: &Tensor,
-        steps: usize,
-        gates: Gates,
-        frozen: Option<&[(Tensor, f64)]>,
-        record: bool,
-        mut running: Option<&mut RunningStats>,
+        rule: &RaviRule,
+        objective: &mut dyn Objective,
+        opts: &UnrollOptions,
     ) -> Result<Unrolled> {
-        let t = &mp.tensors;
-        let (w_ih, w_hh, b, w_f, w_i, b_f, b_i) = (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
-        let mut theta = t[7].clone();
-        let n = theta.dim(1)?;
-        let hd = HIDDEN;
-        let dev = theta.device().clone();
-        let dt = theta.dtype();
-        let mut h = Tensor::zeros((hd, n), dt, &dev)?;
-        let mut c = Tensor::zeros((hd, n), dt, &dev)?;
-        let mut f_prev = Tensor::zeros((1, n), dt, &dev)?;
-        let mut i_prev = Tensor::zeros((1, n), dt, &dev)?;
-        let mut out = Unrolled {
-            theta: theta.clone(),
-            gates: vec![],
-            inputs: vec![],
-        };
-        // Per-coordinate weights of the cell, split once.
-        let split = |w: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-            Ok((
-                w.narrow(1, 0, hd)?,
-                w.narrow(1, hd, 1)?,
-                w.narrow(1, hd + 1, 1)?,
-            ))
-        };
-        let (wf_h, wf_c, wf_f) = split(w_f)?;
-        let (wi_h, wi_c, wi_i) = split(w_i)?;
-        for step in 0..steps {
-            let (grad, loss) = match frozen {
-                Some(f) => f[step].clone(),
-                None => self.loss_and_grad(&theta, x, y, running.as_deref_mut())?,
-            };
-            match gates {
-                Gates::Fixed { forget, input } => {
-                    // theta_t = f * theta_{t-1} - i * grad_t with constant gates.
-                    theta = ((&theta * forget)? - (&grad * input)?)?;
-                }
-                Gates::Learned => {
-                    let xin = self.inputs(&grad, loss)?;
-                    // Layer 1: [i; f; g; o] = W_ih x + W_hh h + b   ([80, n])
-                    let z = w_ih
-                        .matmul(&xin)?
-                        .add(&w_hh.matmul(&h)?)?
-                        .broadcast_add(b)?;
-                    (h, c) = crate::model::kernels::lstm_cell::lstm_cell(&z, &c)?;
-                    // Layer 2: f_t = sigmoid(W_f [h_t, theta_{t-1}, f_{t-1}] + b_f)
-                    let f_pre = wf_h
-                        .matmul(&h)?
-                        .add(&theta.broadcast_mul(&wf_c)?)?
-                        .add(&f_prev.broadcast_mul(&wf_f)?)?
-                        .broadcast_add(b_f)?;
-                    // i_t = sigmoid(W_i [h_t, theta_{t-1}, i_{t-1}] + b_i)
-                    let i_pre = wi_h
-                        .matmul(&h)?
-                        .add(&theta.broadcast_mul(&wi_c)?)?
-                        .add(&i_prev.broadcast_mul(&wi_i)?)?
-                        .broadcast_add(b_i)?;
-                    let f = candle_nn::ops::sigmoid(&f_pre)?;
-                    let i = candle_nn::ops::sigmoid(&i_pre)?;
-                    // theta_t = f_t * theta_{t-1} - i_t * grad_t
-                    theta = ((&f * &theta)? - (&i * &grad)?)?;
-                    if record {
-                        out.gates.push((f.detach(), i.detach()));
-                    }
-                    f_prev = f_pre;
-                    i_prev = i_pre;
-                }
-            }
-            out.inputs.push((grad, loss));
+        let theta0 = &rule.weights.theta0;
+        let (n, dev) = (theta0.dim(1)?, theta0.device().clone());
+        let fused = opts.kernels == Kernels::Fused && Self::fusable(rule, opts);
+        macro_rules! fused {
+            ($t:ty) => {{
+                let f = self.unroll_fused::<$t>(rule, objective, opts, false)?;
+                Ok(Unrolled {
+                    theta: Tensor::from_vec(f.unroll.theta, (1, n), &dev)?,
+                    gates: f.gates,
+                    inputs: f.inputs,
+                })
+            }};
         }
-        out.theta = theta;
-        Ok(out)
+        match (fused, theta0.dtype()) {
+            (true, DType::F32) => fused!(f32),
+            (true, DType::F64) => fused!(f64),
+            _ => Ok(super::learned::unroll(rule, theta0, objective, opts)?.into()),
+        }
     }
 
-    /// The meta-learner's weights as flat arrays for the fused kernel.
-    fn weights<T: Scalar>(mp: &Params) -> Result<fused::Weights<T>> {
-        let v = |i: usize| -> Result<Vec<T>> { Ok(mp.tensors[i].flatten_all()?.to_vec1::<T>()?) };
+    /// The rule's named weights as flat arrays for the fused kernel.
+    fn weights<T: Scalar>(rule: &RaviRule) -> Result<fused::Weights<T>> {
+        let v = |t: &Tensor| -> Result<Vec<T>> { Ok(t.flatten_all()?.to_vec1::<T>()?) };
+        let (lstm, cell) = (&rule.weights.lstm, &rule.weights.cell);
         Ok(fused::Weights {
-            w_ih: v(0)?,
-            w_hh: v(1)?,
-            b: v(2)?,
-            w_f: v(3)?,
-            w_i: v(4)?,
-            b_f: v(5)?[0],
-            b_i: v(6)?[0],
+            w_ih: v(&lstm.weight_ih)?,
+            w_hh: v(&lstm.weight_hh)?,
+            b: v(&lstm.bias)?,
+            w_f: v(&cell.weight_f)?,
+            w_i: v(&cell.weight_i)?,
+            b_f: v(&cell.bias_f)?[0],
+            b_i: v(&cell.bias_i)?[0],
         })
     }
 
     /// [`MetaLstm::unroll`] with the fused kernel (no candle graph): the
-    /// unroll (with its tape when `keep`), the weights it used, and the
-    /// recorded gates.
-    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
+    /// unroll (with its tape when `keep`, for the backward), the weights it
+    /// used, and the recorded gates.
     fn unroll_fused<T: Scalar>(
         &self,
-        mp: &Params,
-        x: &Tensor,
-        y: &Tensor,
-        steps: usize,
-        gates: Gates,
-        frozen: Option<&[(Tensor, f64)]>,
-        record: bool,
+        rule: &RaviRule,
+        objective: &mut dyn Objective,
+        opts: &UnrollOptions,
         keep: bool,
-        mut running: Option<&mut RunningStats>,
     ) -> Result<FusedUnroll<T>> {
-        let w = Self::weights::<T>(mp)?;
-        let theta0 = mp.tensors[7].flatten_all()?.to_vec1::<T>()?;
+        let w = Self::weights::<T>(rule)?;
+        let theta0 = rule.weights.theta0.flatten_all()?.to_vec1::<T>()?;
         let n = theta0.len();
-        let dev = mp.tensors[7].device().clone();
+        let dev = rule.weights.theta0.device().clone();
         // Meta-training reuses the previous episode's unroll (its tape).
         let reuse = keep
             .then(|| self.spare.lock().ok().and_then(|mut s| s.take()))
@@ -497,24 +418,20 @@ impl MetaLstm {
             .and_then(|b| b.downcast::<fused::Unroll<T>>().ok());
         let mut u = match reuse {
             Some(mut u) => {
-                u.reset(&theta0, gates, keep);
+                u.reset(&theta0, rule.gates, keep);
                 *u
             }
-            None => fused::Unroll::new(theta0, gates, keep),
+            None => fused::Unroll::new(theta0, rule.gates, keep),
         };
-        u.set_segment(self.config.grad_checkpoint_steps);
+        u.set_segment(opts.checkpoint);
         let mut recorded = Vec::new();
-        let mut inputs = Vec::with_capacity(steps);
-        for step in 0..steps {
-            let (grad, loss) = match frozen {
-                Some(f) => f[step].clone(),
-                None => {
-                    let theta = Tensor::from_slice(&u.theta, (1, n), &dev)?;
-                    self.loss_and_grad(&theta, x, y, running.as_deref_mut())?
-                }
-            };
+        let mut inputs = Vec::with_capacity(opts.steps);
+        for _ in 0..opts.steps {
+            let theta = Tensor::from_slice(&u.theta, (1, n), &dev)?;
+            let (grad, loss) = objective.loss_and_grad(&theta)?;
             let g = grad.flatten_all()?.to_vec1::<T>()?;
-            if let Some((f, i)) = u.step(&w, &g, loss, self.config.preprocess_p, record) {
+            let p = rule.preprocess.p;
+            if let Some((f, i)) = u.step(&w, &g, loss, p, opts.record) {
                 recorded.push((
                     Tensor::from_vec(f, (1, n), &dev)?,
                     Tensor::from_vec(i, (1, n), &dev)?,
@@ -530,45 +447,16 @@ impl MetaLstm {
         })
     }
 
-    /// [`MetaLstm::unroll`] with the given kernels (`Composed` is
-    /// `unroll` itself; `Fused` runs the fused kernel and returns the same
-    /// values to float tolerance, without a graph to differentiate).
-    #[allow(clippy::too_many_arguments)] // the unroll's inputs, each distinct
-    pub fn unroll_with(
-        &self,
-        kernels: Kernels,
-        mp: &Params,
-        x: &Tensor,
-        y: &Tensor,
-        steps: usize,
-        gates: Gates,
-        frozen: Option<&[(Tensor, f64)]>,
-        record: bool,
-        running: Option<&mut RunningStats>,
-    ) -> Result<Unrolled> {
-        let n = mp.tensors[7].dim(1)?;
-        let dev = mp.tensors[7].device().clone();
-        // The fused kernel is CPU code.
-        let kernels = if dev.is_cpu() {
-            kernels
-        } else {
-            Kernels::Composed
-        };
-        macro_rules! fused {
-            ($t:ty) => {{
-                let f = self
-                    .unroll_fused::<$t>(mp, x, y, steps, gates, frozen, record, false, running)?;
-                Ok(Unrolled {
-                    theta: Tensor::from_vec(f.unroll.theta, (1, n), &dev)?,
-                    gates: f.gates,
-                    inputs: f.inputs,
-                })
-            }};
-        }
-        match (kernels, mp.tensors[7].dtype()) {
-            (Kernels::Fused, DType::F32) => fused!(f32),
-            (Kernels::Fused, DType::F64) => fused!(f64),
-            _ => self.unroll(mp, x, y, steps, gates, frozen, record, running),
+    /// The objective of an episode's support set, or `frozen` inputs played
+    /// back.
+    fn objective<'a>(
+        &'a self,
+        b: &'a Batch,
+        frozen: Option<&'a [(Tensor, f64)]>,
+    ) -> Box<dyn Objective + 'a> {
+        match frozen {
+            Some(f) => Box::new(Replay::new(f)),
+            None => Box::new(self.support(&b.support_x, &b.support_y, None)),
         }
     }
 
@@ -581,19 +469,10 @@ impl MetaLstm {
         steps: usize,
         record: bool,
         running: Option<&mut RunningStats>,
-    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
-        let u = self.unroll_with(
-            self.ctx.kernels,
-            &self.params,
-            x,
-            y,
-            steps,
-            Gates::Learned,
-            None,
-            record,
-            running,
-        )?;
-        Ok((u.theta, u.gates))
+    ) -> Result<Unrolled> {
+        let rule = self.rule(&self.params)?;
+        let mut objective = self.support(x, y, running);
+        self.unroll(&rule, &mut objective, &self.options(steps, record))
     }
 
     /// Meta-loss, score and meta-gradient of one episode at meta-parameters
@@ -607,14 +486,12 @@ impl MetaLstm {
         b: &Batch,
         frozen: Option<&[(Tensor, f64)]>,
     ) -> Result<(f64, EpisodeScore, Params)> {
-        let kernels = if mp.tensors[7].device().is_cpu() {
-            self.ctx.kernels
-        } else {
-            Kernels::Composed
-        };
-        match (kernels, mp.tensors[7].dtype()) {
-            (Kernels::Fused, DType::F32) => self.meta_gradient_fused::<f32>(mp, b, frozen),
-            (Kernels::Fused, DType::F64) => self.meta_gradient_fused::<f64>(mp, b, frozen),
+        let rule = self.rule(mp)?;
+        let opts = self.options(self.config.steps, false);
+        let fused = opts.kernels == Kernels::Fused && Self::fusable(&rule, &opts);
+        match (fused, rule.weights.theta0.dtype()) {
+            (true, DType::F32) => self.meta_gradient_fused::<f32>(mp, &rule, &opts, b, frozen),
+            (true, DType::F64) => self.meta_gradient_fused::<f64>(mp, &rule, &opts, b, frozen),
             _ => {
                 let vars = mp.to_vars()?;
                 let mv = Params::from_vars(&mp.names, &vars);
@@ -628,6 +505,8 @@ impl MetaLstm {
     fn meta_gradient_fused<T: Scalar>(
         &self,
         mp: &Params,
+        rule: &RaviRule,
+        opts: &UnrollOptions,
         b: &Batch,
         frozen: Option<&[(Tensor, f64)]>,
     ) -> Result<(f64, EpisodeScore, Params)> {
@@ -635,19 +514,9 @@ impl MetaLstm {
             unroll: u,
             weights: w,
             ..
-        } = self.unroll_fused::<T>(
-            mp,
-            &b.support_x,
-            &b.support_y,
-            self.config.steps,
-            Gates::Learned,
-            frozen,
-            false,
-            true,
-            None,
-        )?;
+        } = self.unroll_fused::<T>(rule, &mut *self.objective(b, frozen), opts, true)?;
         let n = u.theta.len();
-        let dev = mp.tensors[7].device().clone();
+        let dev = rule.weights.theta0.device().clone();
         // dL/dθ_T through the learner's query pass (candle autograd).
         let theta_t = Var::from_tensor(&Tensor::from_slice(&u.theta, (1, n), &dev)?)?;
         let p = self.learner_params(theta_t.as_tensor())?;
@@ -663,22 +532,25 @@ impl MetaLstm {
         if let Ok(mut s) = self.spare.lock() {
             *s = Some(Box::new(u));
         }
-        let shapes: Vec<Vec<usize>> = mp.tensors.iter().map(|t| t.dims().to_vec()).collect();
-        let data = [
-            gw.w_ih,
-            gw.w_hh,
-            gw.b,
-            gw.w_f,
-            gw.w_i,
-            vec![gw.b_f],
-            vec![gw.b_i],
-            d0,
-        ];
-        let tensors = data
-            .into_iter()
-            .zip(&shapes)
-            .map(|(v, s)| Tensor::from_vec(v, s.as_slice(), &dev))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        // The gradient by name, shaped as the weights it belongs to.
+        let like = |v: Vec<T>, t: &Tensor| Tensor::from_vec(v, t.dims(), &dev);
+        let (lstm, cell) = (&rule.weights.lstm, &rule.weights.cell);
+        let mut g = rule.weights.clone();
+        g.lstm.weight_ih = like(gw.w_ih, &lstm.weight_ih)?;
+        g.lstm.weight_hh = like(gw.w_hh, &lstm.weight_hh)?;
+        g.lstm.bias = like(gw.b, &lstm.bias)?;
+        g.cell.weight_f = like(gw.w_f, &cell.weight_f)?;
+        g.cell.weight_i = like(gw.w_i, &cell.weight_i)?;
+        g.cell.bias_f = like(vec![gw.b_f], &cell.bias_f)?;
+        g.cell.bias_i = like(vec![gw.b_i], &cell.bias_i)?;
+        g.theta0 = like(d0, &rule.weights.theta0)?;
+        let g = g.to_params();
+        // In `mp`'s order.
+        let tensors = mp
+            .names
+            .iter()
+            .map(|name| g.get(name).cloned())
+            .collect::<Result<Vec<_>>>()?;
         Ok((
             scalar_f64(&loss)?,
             score,
@@ -686,47 +558,24 @@ impl MetaLstm {
         ))
     }
 
-    /// Meta-loss (query loss after the unroll) and its score.
+    /// Meta-loss (query loss after the composed unroll) and its score.
     pub fn meta_loss(
         &self,
         mp: &Params,
         b: &Batch,
         frozen: Option<&[(Tensor, f64)]>,
     ) -> Result<(Tensor, EpisodeScore)> {
-        let u = self.unroll(
-            mp,
-            &b.support_x,
-            &b.support_y,
-            self.config.steps,
-            Gates::Learned,
-            frozen,
-            false,
-            None,
-        )?;
+        let rule = self.rule(mp)?;
+        let opts = UnrollOptions {
+            kernels: Kernels::Composed,
+            ..UnrollOptions::new(self.config.steps)
+        };
+        let mut objective = self.objective(b, frozen);
+        let u = self.unroll(&rule, &mut *objective, &opts)?;
         let p = self.learner_params(&u.theta)?;
         let logits = self.ctx.predict_train(&p, &b.support_x, &b.query_x)?;
         let loss = cross_entropy(&logits, &b.query_y)?;
         Ok((loss, EpisodeScore::of(&logits, &b.query_y)?))
-    }
-
-    /// Gate values (forget, input; after the sigmoid) at every test-time
-    /// step of an episode, flattened over all learner coordinates.
-    pub fn gate_trace(&self, b: &Batch) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let (_, gates) = self.adapt_theta(
-            &b.support_x,
-            &b.support_y,
-            self.config.steps_test,
-            true,
-            None,
-        )?;
-        gates
-            .iter()
-            .map(|(f, i)| {
-                let f = f.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let i = i.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                Ok((f, i))
-            })
-            .collect()
     }
 
     /// Cast all meta-parameters (float64 gradient checks).
@@ -770,9 +619,9 @@ impl Algorithm for MetaLstm {
     }
     fn adapt(&self, x: &Tensor, y: &Tensor, _episode: EpisodeId) -> Result<Adapted> {
         let mut running = self.ctx.recorder();
-        let (theta, _) = self.adapt_theta(x, y, self.config.steps_test, false, running.as_mut())?;
+        let u = self.adapt_theta(x, y, self.config.steps_test, false, running.as_mut())?;
         Ok(Adapted {
-            params: self.learner_params(&theta)?,
+            params: self.learner_params(&u.theta)?,
             running,
         })
     }
@@ -791,13 +640,29 @@ impl Algorithm for MetaLstm {
         self.params = self.params.from_named_like("meta.", s)?;
         self.adam.load_named("adam.", s)
     }
-    fn has_gates(&self) -> bool {
-        true
+    /// The gates after the sigmoid, `forget` and `input`.
+    fn series(&self) -> &[&'static str] {
+        &SERIES
     }
-    fn gate_trace(&self, b: &Batch) -> Result<Option<GateTrace>> {
-        Ok(Some(GateTrace {
-            layers: self.layer_ranges(),
-            gates: MetaLstm::gate_trace(self, b)?,
-        }))
+    /// The gates at every test-time step (`steps_test`) of an adaptation
+    /// to `b`'s support set, per learner layer.
+    fn observe(&self, b: &Batch, obs: &mut dyn Observer) -> Result<()> {
+        let u = self.adapt_theta(
+            &b.support_x,
+            &b.support_y,
+            self.config.steps_test,
+            true,
+            None,
+        )?;
+        let layers = self.layer_ranges();
+        for (t, (f, i)) in u.gates.iter().enumerate() {
+            for (name, g) in SERIES.iter().zip([f, i]) {
+                let v = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                for (layer, r) in &layers {
+                    obs.record(name, t + 1, layer, &v[r.clone()]);
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -41,7 +41,7 @@ pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, a: Args) -> Res
     let ctx = bench.context(&device);
     let mut algorithm = algo::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;
     anyhow::ensure!(
-        algorithm.has_gates(),
+        fewshot::report::trace::traceable(algorithm.series()),
         "{} ({}) has no gates to trace; only learned optimizers such as meta-lstm do",
         a.label,
         algorithm.kind()

@@ -109,6 +109,15 @@ pub enum Error {
     #[error("run folder {path}: {reason}")]
     RunDir { path: PathBuf, reason: String },
 
+    /// A command-line flag whose value names nothing there is (`--only` of
+    /// a label the benchmark does not have).
+    #[error("{flag} {value}: {reason}")]
+    Flag {
+        flag: String,
+        value: String,
+        reason: String,
+    },
+
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

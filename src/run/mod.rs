@@ -12,12 +12,14 @@
 //! - [`catalogue`]: the runs under a folder, as `bench show` and `bench
 //!   report` read them;
 //! - [`logfile`]: the run's log file;
-//! - [`selftest`]: the gradient checks on any device.
+//! - [`selftest`]: the gradient checks on any device;
+//! - [`perf`]: speed measurements (data pipeline, algorithms, learner).
 
 pub mod catalogue;
 pub mod checkpoint;
 pub mod eval;
 pub mod logfile;
+pub mod perf;
 pub mod rundir;
 pub mod runner;
 pub mod seeds;

@@ -118,6 +118,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A path that cannot be made absolute (`bench plan` writes absolute
+    /// paths into every unit's command).
+    #[error("cannot make {path} absolute: {source}")]
+    Absolute {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -109,6 +109,24 @@ pub enum Error {
     #[error("run folder {path}: {reason}")]
     RunDir { path: PathBuf, reason: String },
 
+    /// A command-line flag whose value names nothing there is (`--only` of
+    /// a label the benchmark does not have).
+    #[error("{flag} {value}: {reason}")]
+    Flag {
+        flag: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A path that cannot be made absolute (`bench plan` writes absolute
+    /// paths into every unit's command).
+    #[error("cannot make {path} absolute: {source}")]
+    Absolute {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

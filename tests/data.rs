@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use common::*;
 use fewshot::data::sampler::{episode_batch, Batch, Episode, EpisodeSpec, Sampler};
-use fewshot::data::{self, fetch, omniglot, DataOptions, Dataset, EpisodeClass, Split};
+use fewshot::data::{self, describe, fetch, omniglot, DataOptions, Dataset, EpisodeClass, Split};
 use fewshot::Error;
 use rayon::prelude::*;
 
@@ -342,6 +342,24 @@ fn committed_omniglot_split_files_are_reproducible() {
         );
         assert_eq!(omniglot::parse_split_file(&committed).unwrap(), generated);
     }
+    // `bench data splits` writes the same files, each reported when written.
+    let out = tempdir();
+    let mut wrote = vec![];
+    omniglot::write_split_files(&shared_datasets(), out.path(), |p, n| {
+        wrote.push((p.to_path_buf(), n))
+    })
+    .unwrap();
+    assert_eq!(
+        wrote,
+        ["vinyals", "lake"].map(|s| (out.path().join(format!("{s}.txt")), 1623))
+    );
+    for name in ["vinyals", "lake"] {
+        let file = format!("{name}.txt");
+        assert_eq!(
+            std::fs::read_to_string(out.path().join(&file)).unwrap(),
+            std::fs::read_to_string(repo_root().join("datasets/omniglot").join(&file)).unwrap()
+        );
+    }
     // The lake validation alphabets: every sixth sorted background alphabet.
     let lake = omniglot::generate_split("lake", &classes).unwrap();
     let val: BTreeSet<&str> = lake
@@ -494,6 +512,89 @@ fn sampler_invariants_hold_on_a_synthetic_folder_dataset() {
     assert_eq!(b.support_y.dims(), &[6]);
     assert_eq!(b.query_x.dims(), &[12, 3, 12, 12]);
     assert_eq!(b.query_y.dims(), &[12]);
+}
+
+#[test]
+fn splits_are_counted_and_episodes_described_as_the_sampler_draws_them() {
+    let dir = tempdir();
+    synthetic_folder(dir.path());
+    let options = DataOptions {
+        image_size: Some(12),
+        rotations: Some(false),
+        ..Default::default()
+    };
+    let info = describe::info("folder", dir.path(), &options).unwrap();
+    let sizes: Vec<_> = info
+        .splits
+        .iter()
+        .map(|s| (s.split, s.classes, s.bases, s.images))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            (Split::Train, 6, 6, 42),
+            (Split::Val, 3, 3, 18),
+            (Split::Test, 4, 4, 24)
+        ]
+    );
+    assert_eq!(info.dataset.cached(), 0, "nothing is decoded unless asked");
+    assert_eq!(info.decode().unwrap().images, 84);
+
+    let eps = describe::episodes(
+        "folder",
+        dir.path(),
+        &options,
+        Split::Test,
+        spec(3, 1, 2),
+        7,
+        2..4,
+    )
+    .unwrap();
+    assert_eq!(eps.split_classes(), 4);
+    let ds = open_folder(dir.path(), false);
+    let sampler = Sampler::new(&ds, Split::Test, spec(3, 1, 2), 7).unwrap();
+    let described: Vec<_> = eps.iter().collect::<fewshot::Result<_>>().unwrap();
+    assert_eq!(described.len(), 2);
+    for d in &described {
+        let ep = sampler.episode(d.index);
+        assert_eq!(d.support_shape, [3, 3, 12, 12]);
+        assert_eq!(d.query_shape, [6, 3, 12, 12]);
+        assert_eq!(d.classes.len(), 3);
+        for (label, c) in d.classes.iter().enumerate() {
+            assert_eq!(c.label, label);
+            assert_eq!(c.name, ds.class_name(ep.classes[label]));
+            let files = |set: &[(usize, usize)]| -> Vec<String> {
+                set.iter()
+                    .filter(|p| p.1 == label)
+                    .map(|p| {
+                        let id = &ds.images[p.0].id;
+                        Path::new(id)
+                            .file_name()
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect()
+            };
+            assert_eq!(c.support, files(&ep.support));
+            assert_eq!(c.query, files(&ep.query));
+            assert_eq!((c.support.len(), c.query.len()), (1, 2));
+        }
+    }
+    assert_eq!(described[0].index, 2);
+    // A spec the split cannot serve is refused before any episode.
+    let e = describe::episodes(
+        "folder",
+        dir.path(),
+        &options,
+        Split::Val,
+        spec(4, 1, 1),
+        0,
+        0..1,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::TooFewClasses { .. }), "{e:?}");
 }
 
 #[test]

@@ -144,6 +144,20 @@ pub fn fetch_all(
     Ok(out)
 }
 
+/// Fetch Omniglot into `<data_dir>/omniglot` ([`fetch_all`]), verified
+/// against `manifest` (its text, and the name it is known by in errors), or
+/// else the committed one ([`OMNIGLOT_CHECKSUMS`]).
+pub fn omniglot(
+    url_base: &str,
+    manifest: Option<(&str, &str)>,
+    data_dir: &Path,
+) -> Result<Vec<Fetched>> {
+    let (text, source) =
+        manifest.unwrap_or((OMNIGLOT_CHECKSUMS, "datasets/omniglot/checksums.txt"));
+    let manifest = parse_manifest(text, source)?;
+    fetch_all(url_base, &manifest, &data_dir.join("omniglot"))
+}
+
 /// Download one file to `target` unless it is already there and verified.
 pub fn fetch_one(url: &str, sum: &Checksum, target: &Path) -> Result<Fetched> {
     if target.is_file() {

@@ -9,8 +9,10 @@
 //!
 //! Readers (one trait, [`Reader`]): [`omniglot`], [`mini_imagenet`] and the
 //! generic class-per-folder [`folder`]. See `docs/data.md` for layouts and
-//! splits.
+//! splits. [`describe`] counts a dataset's splits and describes episodes
+//! for people.
 
+pub mod describe;
 pub mod episode_file;
 pub mod fetch;
 pub mod folder;

@@ -312,6 +312,25 @@ pub fn format_split_file(scheme: &str, assignment: &[(Split, String)]) -> String
     out
 }
 
+/// Regenerate the committed split files from the data in
+/// `<data_dir>/omniglot`: `<out>/vinyals.txt`, then `<out>/lake.txt`, each
+/// written atomically and handed to `wrote` with its class count as soon
+/// as it is written.
+pub fn write_split_files(
+    data_dir: &Path,
+    out: &Path,
+    mut wrote: impl FnMut(&Path, usize),
+) -> Result<()> {
+    let classes = class_sets(&data_dir.join("omniglot"))?;
+    for scheme in ["vinyals", "lake"] {
+        let a = generate_split(scheme, &classes)?;
+        let path = out.join(format!("{scheme}.txt"));
+        crate::util::write_atomic(&path, format_split_file(scheme, &a).as_bytes())?;
+        wrote(&path, a.len());
+    }
+    Ok(())
+}
+
 /// Character names with their set (0 background, 1 evaluation), in index order.
 pub fn class_sets(root: &Path) -> Result<Vec<(usize, String)>> {
     let (images, classes, _) = index(root)?;

@@ -7,17 +7,21 @@
 //! - [`checkpoint`], [`rundir`]: atomic checkpoints with fallback, and run
 //!   folders that are never overwritten by mistake;
 //! - [`seeds`]: several run seeds as independent units, and their merge;
+//!   [`plan`]: their job array (a Slurm script, or one command per unit);
 //! - [`transfer`]: a run's trained algorithms tested on another benchmark's
 //!   episodes;
 //! - [`catalogue`]: the runs under a folder, as `bench show` and `bench
 //!   report` read them;
 //! - [`logfile`]: the run's log file;
-//! - [`selftest`]: the gradient checks on any device.
+//! - [`selftest`]: the gradient checks on any device;
+//! - [`perf`]: speed measurements (data pipeline, algorithms, learner).
 
 pub mod catalogue;
 pub mod checkpoint;
 pub mod eval;
 pub mod logfile;
+pub mod perf;
+pub mod plan;
 pub mod rundir;
 pub mod runner;
 pub mod seeds;

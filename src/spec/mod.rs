@@ -13,12 +13,15 @@
 //! - `resolve`: every check, once, into the resolved [`Benchmark`]
 //!   (dataset facts from the data registry, the learner, the batch-norm
 //!   protocol, the evaluation schedule, the algorithms and the task kinds
-//!   they run, published numbers).
+//!   they run, published numbers);
+//! - `summary`: a folder's benchmark files summarised, every profile
+//!   resolved ([`summaries`], `bench list`).
 
 mod budget;
 mod file;
 mod profile;
 mod resolve;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,7 @@ pub use budget::Budget;
 pub use file::{benchmarks_dir, list_benchmarks, BatchNormFile, BenchmarkFile, ProfileFile};
 pub use profile::{Overrides, DEFAULT_PROFILE};
 pub use resolve::{check_label, MAX_EPISODES};
+pub use summary::{broken, summaries, Listed, ProfileSummary, Summary};
 
 /// A published result, shown beside ours and labelled published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
-//! `bench data`: fetch, verify and describe datasets; regenerate split files.
+//! `bench data`: fetch, verify and describe datasets; regenerate split files
+//! (fewshot::data::fetch, fewshot::data::describe, fewshot::data::omniglot).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use fewshot::data::{self, fetch, omniglot, DataOptions, Split};
+use fewshot::data::{describe, fetch, omniglot, DataOptions};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
@@ -47,26 +48,22 @@ pub fn run(data_dir: &Path, cmd: DataCommand) -> Result<()> {
             if dataset != "omniglot" {
                 bail!("only `omniglot` can be fetched; mini-ImageNet must be obtained by hand (see docs/data.md)");
             }
-            let (text, source) = match &checksums {
-                Some(p) => (
+            // The manifest given, with the name it is known by.
+            let manifest = match &checksums {
+                Some(p) => Some((
                     std::fs::read_to_string(p)
                         .with_context(|| format!("reading {}", p.display()))?,
                     p.display().to_string(),
-                ),
-                None => (
-                    fetch::OMNIGLOT_CHECKSUMS.to_string(),
-                    "datasets/omniglot/checksums.txt".to_string(),
-                ),
+                )),
+                None => None,
             };
-            let manifest = fetch::parse_manifest(&text, &source)?;
-            let dest = data_dir.join("omniglot");
-            for r in fetch::fetch_all(&url_base, &manifest, &dest)? {
+            let manifest = manifest.as_ref().map(|(t, s)| (t.as_str(), s.as_str()));
+            for r in fetch::omniglot(&url_base, manifest, data_dir)? {
                 match r {
                     fetch::Fetched::Present(p) => println!("present   {}", p.display()),
                     fetch::Fetched::Downloaded(p) => println!("verified  {}", p.display()),
                 }
             }
-            Ok(())
         }
         DataCommand::Info {
             dataset,
@@ -77,50 +74,31 @@ pub fn run(data_dir: &Path, cmd: DataCommand) -> Result<()> {
                 split_scheme,
                 ..Default::default()
             };
-            let ds = data::open(&dataset, data_dir, &options)?;
-            println!("{}", ds.description);
+            let info = describe::info(&dataset, data_dir, &options)?;
+            println!("{}", info.dataset.description);
             println!(
                 "{:<6} {:>8} {:>8} {:>8}",
                 "split", "classes", "base", "images"
             );
-            for s in Split::ALL {
-                let cls = ds.split(s);
-                let mut bases: Vec<usize> = cls.iter().map(|c| c.base).collect();
-                bases.sort_unstable();
-                bases.dedup();
-                let imgs: usize = bases.iter().map(|&b| ds.classes[b].images.len()).sum();
+            for s in &info.splits {
                 println!(
                     "{:<6} {:>8} {:>8} {:>8}",
-                    s.name(),
-                    cls.len(),
-                    bases.len(),
-                    imgs
+                    s.split.name(),
+                    s.classes,
+                    s.bases,
+                    s.images
                 );
             }
             if decode {
-                let t = std::time::Instant::now();
-                ds.preload(None)?;
-                println!(
-                    "decoded {} images in {:.2} s",
-                    ds.cached(),
-                    t.elapsed().as_secs_f64()
-                );
+                let d = info.decode()?;
+                println!("decoded {} images in {:.2} s", d.images, d.seconds);
             }
-            Ok(())
         }
         DataCommand::Splits { out } => {
-            let root = data_dir.join("omniglot");
-            let classes = omniglot::class_sets(&root)?;
-            for scheme in ["vinyals", "lake"] {
-                let a = omniglot::generate_split(scheme, &classes)?;
-                let path = out.join(format!("{scheme}.txt"));
-                fewshot::util::write_atomic(
-                    &path,
-                    omniglot::format_split_file(scheme, &a).as_bytes(),
-                )?;
-                println!("wrote {} ({} classes)", path.display(), a.len());
-            }
-            Ok(())
+            omniglot::write_split_files(data_dir, &out, |path, classes| {
+                println!("wrote {} ({classes} classes)", path.display())
+            })?;
         }
     }
+    Ok(())
 }

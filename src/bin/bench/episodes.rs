@@ -1,10 +1,11 @@
-//! `bench episodes`: sample and describe episodes on real data.
+//! `bench episodes`: sample and describe episodes on real data
+//! (fewshot::data::describe::episodes).
 
 use std::path::Path;
 
 use anyhow::Result;
-use fewshot::data::sampler::{EpisodeSpec, Sampler};
-use fewshot::data::{self, DataOptions, Split};
+use fewshot::data::sampler::EpisodeSpec;
+use fewshot::data::{describe, DataOptions, Split};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -45,50 +46,41 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         rotations: a.no_rotations.then_some(false),
         ..Default::default()
     };
-    let ds = data::open(&a.dataset, data_dir, &options)?;
     let spec = EpisodeSpec {
         ways: a.ways,
         shots: a.shots,
         queries: a.queries,
     };
-    let sampler = Sampler::new(&ds, a.split, spec, a.seed)?;
-    println!("{}", ds.description);
+    let episodes = describe::episodes(
+        &a.dataset,
+        data_dir,
+        &options,
+        a.split,
+        spec,
+        a.seed,
+        a.start..a.start + a.count,
+    )?;
+    println!("{}", episodes.dataset.description);
     println!(
         "split {}: {} classes; {}-way {}-shot, {} queries per class; seed {}",
         a.split,
-        ds.split(a.split).len(),
+        episodes.split_classes(),
         a.ways,
         a.shots,
         a.queries,
         a.seed
     );
-    let device = candle_core::Device::Cpu;
-    for index in a.start..a.start + a.count {
-        let ep = sampler.episode(index);
-        let batch = sampler.batch(&ep, &device)?;
+    for ep in episodes.iter() {
+        let ep = ep?;
         println!(
-            "\nepisode {index}: support_x {:?}, query_x {:?}",
-            batch.support_x.dims(),
-            batch.query_x.dims()
+            "\nepisode {}: support_x {:?}, query_x {:?}",
+            ep.index, ep.support_shape, ep.query_shape
         );
-        for (label, c) in ep.classes.iter().enumerate() {
-            let name = ds.class_name(*c);
-            let ids = |set: &[(usize, usize)]| {
-                set.iter()
-                    .filter(|p| p.1 == label)
-                    .map(|p| short_id(&ds.images[p.0].id))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            println!("  label {label}: {name}");
-            println!("    support: {}", ids(&ep.support));
-            println!("    query:   {}", ids(&ep.query));
+        for c in &ep.classes {
+            println!("  label {}: {}", c.label, c.name);
+            println!("    support: {}", c.support.join(" "));
+            println!("    query:   {}", c.query.join(" "));
         }
     }
     Ok(())
-}
-
-/// The file name of an image id (the class is printed above it).
-fn short_id(id: &str) -> &str {
-    id.rsplit('/').next().unwrap_or(id)
 }

@@ -1,7 +1,8 @@
-//! `bench list`: the shipped benchmarks, one line each.
+//! `bench list`: the shipped benchmarks, one line each, with every other
+//! profile's budget below (fewshot::spec::summaries).
 
 use anyhow::Result;
-use fewshot::spec::{benchmarks_dir, list_benchmarks, Benchmark, Overrides};
+use fewshot::spec::{benchmarks_dir, broken, summaries};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,52 +33,39 @@ pub fn run(a: Args) -> Result<()> {
         "{:<34} {:<13} {:<10} {:<26} {:<18} description",
         "benchmark", "dataset", "shape", "algorithms", "budget"
     );
-    let mut broken = 0;
-    for (path, b) in list_benchmarks(&dir)? {
-        match b {
-            Ok(b) => {
-                let labels: Vec<&str> = b.algorithms.iter().map(|a| a.label.as_str()).collect();
-                println!(
-                    "{:<34} {:<13} {:<10} {:<26} {:<18} {}",
-                    b.name,
-                    b.dataset,
-                    format!(
-                        "{}w{}s{}q{}",
-                        b.episode.ways,
-                        b.episode.shots,
-                        b.episode.queries,
-                        if b.transductive { " T" } else { "" }
-                    ),
-                    labels.join(","),
-                    b.describe_budget(),
-                    one_line(&b.description, 60)
-                );
-                // Every other profile, resolved (a broken one counts as a
-                // broken file).
-                for (name, about) in Benchmark::profiles(&path)?.into_iter().skip(1) {
-                    let o = Overrides {
-                        profile: Some(name.clone()),
-                        ..Default::default()
-                    };
-                    match Benchmark::load_with(&path.display().to_string(), &o) {
-                        Ok((p, _)) => println!(
-                            "{:<34} {:<13} {:<10} {:<26} {}",
-                            format!("  --profile {name}"),
-                            "",
-                            "",
-                            "",
-                            format!("{} ({about})", p.describe_budget())
-                        ),
-                        Err(e) => {
-                            broken += 1;
-                            println!("{:<34} error: {e}", format!("  --profile {name}"));
-                        }
-                    }
-                }
-            }
+    let list = summaries(&dir)?;
+    for l in &list {
+        let b = match &l.summary {
+            Ok(b) => b,
             Err(e) => {
-                broken += 1;
-                println!("{:<34} error: {e}", path.display());
+                println!("{:<34} error: {e}", l.path.display());
+                continue;
+            }
+        };
+        let e = b.episode;
+        println!(
+            "{:<34} {:<13} {:<10} {:<26} {:<18} {}",
+            b.name,
+            b.dataset,
+            format!(
+                "{}w{}s{}q{}",
+                e.ways,
+                e.shots,
+                e.queries,
+                if b.transductive { " T" } else { "" }
+            ),
+            b.labels.join(","),
+            b.budget,
+            one_line(&b.description, 60)
+        );
+        for p in &b.profiles {
+            let flag = format!("  --profile {}", p.name);
+            match &p.budget {
+                Ok(budget) => println!(
+                    "{flag:<34} {:<13} {:<10} {:<26} {budget} ({})",
+                    "", "", "", p.about
+                ),
+                Err(e) => println!("{flag:<34} error: {e}"),
             }
         }
     }
@@ -85,6 +73,7 @@ pub fn run(a: Args) -> Result<()> {
         "(from {}; run one with `bench run <benchmark>`)",
         dir.display()
     );
+    let broken = broken(&list);
     anyhow::ensure!(
         broken == 0,
         "{broken} benchmark file(s) in {} do not parse",

@@ -181,7 +181,6 @@ fn ctx(l: Learner, norm: NormProtocol) -> Context {
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 

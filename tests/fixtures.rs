@@ -230,7 +230,6 @@ fn ctx(learner: Learner, ways: usize, shots: usize, queries: usize, norm: NormPr
         run_seed: 0,
         episode_seed: 0,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 

@@ -44,7 +44,6 @@ fn ctx(learner: Learner, ways: usize, shots: usize, transductive: bool) -> Conte
         run_seed: 7,
         episode_seed: 7,
         device: cpu(),
-        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 

@@ -27,7 +27,6 @@ fn ctx(l: Learner, transductive: bool) -> Context {
         run_seed: 5,
         episode_seed: 5,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 
@@ -371,7 +370,7 @@ fn fused_and_composed_paths_agree_over_ten_steps() {
             let mut cm = meta(l.clone(), false, 10);
             cm.params = m.params.clone();
             let mut ctx = cm.context().clone();
-            ctx.kernels = Kernels::Composed;
+            ctx.learner.kernels = Kernels::Composed;
             let mut cm2 = MetaLstm::new(cm.config.clone(), &ctx).unwrap();
             cm2.params = m.params.clone();
             cm2.meta_gradient(&m.params, &b, None).unwrap()
@@ -402,7 +401,7 @@ fn fused_meta_gradient_matches_finite_differences() {
     let mut m = meta(tiny(), false, 4);
     m.to_dtype(DType::F64).unwrap();
     m.params = jitter(&m.params, 0.1, 21);
-    assert_eq!(m.context().kernels, Kernels::Fused);
+    assert_eq!(m.context().learner.kernels, Kernels::Fused);
     let b = batch(&tiny(), 9, DType::F64);
     let base = unroll(&m, &b, Kernels::Fused, 4, false);
     let frozen = base.inputs.clone();
@@ -515,7 +514,7 @@ fn observe_reports_the_test_time_gates_per_step_and_layer() {
     assert_eq!(m.series(), ["forget", "input"]);
     let mut seen = Seen(vec![]);
     m.observe(&b, &mut seen).unwrap();
-    let u = ten_steps(&m, &b, m.context().kernels);
+    let u = ten_steps(&m, &b, m.context().learner.kernels);
     let layers = m.layer_ranges();
     assert_eq!(seen.0.len(), 10 * 2 * layers.len());
     let mut it = seen.0.iter();

@@ -27,7 +27,6 @@ fn omniglot_ctx() -> Context {
         run_seed: 3,
         episode_seed: 3,
         device: Device::Cpu,
-        kernels: fewshot::model::kernels::Kernels::default(),
     }
 }
 

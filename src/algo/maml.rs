@@ -48,7 +48,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    at_least_one, parse_entry, positive, sgd_adapt, sum_params, Adapted, Algorithm, Context, Entry,
+    at_least_one, positive, sgd_adapt, sum_params, Adapted, Algorithm, Context, Entry,
     EpisodeScore, InnerSgd, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
@@ -65,7 +65,7 @@ pub const ENTRY: Entry = Entry {
     about: "MAML (Finn et al. 2017), first- or second-order",
     tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, MamlConfig::resolve),
-    build,
+    build: |v, ctx| super::build_as(v, ctx, MamlConfig::resolve, Maml::new),
 };
 
 /// MAML hyperparameters as written in a benchmark file; absent fields take
@@ -172,11 +172,6 @@ impl MamlConfig {
             )?,
         })
     }
-}
-
-fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
-    let cfg: MamlConfig = parse_entry(v)?;
-    Ok(Box::new(Maml::new(cfg.resolve(ctx)?, ctx)?))
 }
 
 /// MAML state: meta-parameters and their Adam optimiser.
@@ -364,13 +359,10 @@ impl Algorithm for Maml {
         &self.theta
     }
     fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut m = self.theta.to_named("theta.");
-        m.extend(self.adam.to_named("adam.")?);
-        Ok(m)
+        super::params_and_adam_state(("theta.", &self.theta), ("adam.", &self.adam))
     }
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
-        self.theta = self.theta.from_named_like("theta.", s)?;
-        self.adam.load_named("adam.", s)
+        super::load_params_and_adam(s, ("theta.", &mut self.theta), ("adam.", &mut self.adam))
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Context {
     pub dataset: String,
     /// The evaluation episode shape.
     pub spec: EpisodeSpec,
+    /// The learner, with the kernels that run on `device` (its
+    /// `kernels` field: fused or the composed candle path).
     pub learner: Learner,
     /// Which batch normalises the query pass in meta-training and in
     /// evaluation ([`crate::model::norm`]).
@@ -48,8 +50,6 @@ pub struct Context {
     /// run seed).
     pub episode_seed: u64,
     pub device: Device,
-    /// Fused kernels or the composed candle path ([`crate::model::kernels::Kernels`]).
-    pub kernels: crate::model::kernels::Kernels,
 }
 
 /// Adapted learner parameters, with the running batch-norm statistics of
@@ -360,6 +360,43 @@ pub fn resolve_as<C: serde::de::DeserializeOwned, R: serde::Serialize>(
         .unwrap_or_default()
         .to_string();
     Ok(Resolved { label, config })
+}
+
+/// [`Entry::build`] for an algorithm whose entry parses as `C`, resolves
+/// with `resolve` and is built from the resolved config by `new`: with
+/// [`resolve_as`], the whole of an entry's plumbing,
+/// `resolve: |v, ctx| super::resolve_as(v, ctx, MyConfig::resolve),
+/// build: |v, ctx| super::build_as(v, ctx, MyConfig::resolve, My::new)`.
+pub fn build_as<C: serde::de::DeserializeOwned, R, A: Algorithm + 'static>(
+    entry: &Value,
+    ctx: &Context,
+    resolve: fn(&C, &Context) -> Result<R>,
+    new: fn(R, &Context) -> Result<A>,
+) -> Result<Box<dyn Algorithm>> {
+    Ok(Box::new(new(resolve(&parse_entry(entry)?, ctx)?, ctx)?))
+}
+
+/// [`Algorithm::state`] of an algorithm whose state is its
+/// meta-parameters and one Adam optimiser: each under its checkpoint
+/// prefix (`theta.`, `adam.`).
+pub fn params_and_adam_state(
+    params: (&str, &Params),
+    adam: (&str, &crate::model::optim::Adam),
+) -> Result<HashMap<String, Tensor>> {
+    let mut m = params.1.to_named(params.0);
+    m.extend(adam.1.to_named(adam.0)?);
+    Ok(m)
+}
+
+/// The inverse of [`params_and_adam_state`]: restore both from a
+/// checkpoint's tensors, or fail naming the missing or mis-shaped one.
+pub fn load_params_and_adam(
+    state: &HashMap<String, Tensor>,
+    params: (&str, &mut Params),
+    adam: (&str, &mut crate::model::optim::Adam),
+) -> Result<()> {
+    *params.1 = params.1.from_named_like(params.0, state)?;
+    adam.1.load_named(adam.0, state)
 }
 
 /// Parse an algorithm's config struct from its YAML entry

@@ -35,9 +35,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Progress,
-};
+use super::{at_least_one, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Progress};
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::data::task::TaskKind;
 use crate::error::{Error, Result};
@@ -52,7 +50,7 @@ pub const ENTRY: Entry = Entry {
     about: "Reptile (Nichol et al. 2018) with inner Adam",
     tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, ReptileConfig::resolve),
-    build,
+    build: |v, ctx| super::build_as(v, ctx, ReptileConfig::resolve, Reptile::new),
 };
 
 /// Reptile hyperparameters as written in a benchmark file.
@@ -163,11 +161,6 @@ impl ReptileConfig {
             inner_loss: self.inner_loss.unwrap_or(InnerLoss::Sum),
         })
     }
-}
-
-fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
-    let cfg: ReptileConfig = parse_entry(v)?;
-    Ok(Box::new(Reptile::new(cfg.resolve(ctx)?, ctx)?))
 }
 
 /// Reptile state: meta-parameters and the persistent inner Adam state.
@@ -352,12 +345,13 @@ impl Algorithm for Reptile {
         &self.theta
     }
     fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut m = self.theta.to_named("theta.");
-        m.extend(self.inner.to_named("inner_adam.")?);
-        Ok(m)
+        super::params_and_adam_state(("theta.", &self.theta), ("inner_adam.", &self.inner))
     }
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
-        self.theta = self.theta.from_named_like("theta.", s)?;
-        self.inner.load_named("inner_adam.", s)
+        super::load_params_and_adam(
+            s,
+            ("theta.", &mut self.theta),
+            ("inner_adam.", &mut self.inner),
+        )
     }
 }

@@ -221,7 +221,7 @@ pub fn algorithms(
     let setup = AlgorithmsSetup {
         benchmark: bench.name.clone(),
         episode: bench.episode,
-        kernels: crate::spec::variant_name(&ctx.kernels),
+        kernels: crate::spec::variant_name(&ctx.learner.kernels),
         location: device.location(),
         cached_images: ds.cached(),
         cache_mib: (ds.cached() * ds.format.pixels()) as f64 / (1 << 20) as f64,

@@ -117,7 +117,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         bench.name,
         env!("CARGO_PKG_VERSION")
     );
-    if !device.is_cpu() {
+    if bench.kernels.on(&device) != bench.kernels {
         tracing::info!(
             "on {}: the composed kernels (the fused ones are CPU code)",
             opts.device

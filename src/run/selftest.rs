@@ -127,16 +127,14 @@ fn context(learner: Learner, device: &Device) -> Context {
             shots: 2,
             queries: 2,
         },
-        learner,
+        learner: Learner {
+            kernels: learner.kernels.on(device),
+            ..learner
+        },
         norm: NormProtocol::default(),
         run_seed: 5,
         episode_seed: 5,
         device: device.clone(),
-        kernels: if device.is_cpu() {
-            Kernels::Fused
-        } else {
-            Kernels::Composed
-        },
     }
 }
 
@@ -278,14 +276,6 @@ fn unroll(
     )
 }
 
-fn kernels_here(device: &Device) -> Vec<Kernels> {
-    if device.is_cpu() {
-        vec![Kernels::Composed, Kernels::Fused]
-    } else {
-        vec![Kernels::Composed]
-    }
-}
-
 /// Ravi & Larochelle's special case: with `f = 1` and `i = lr`, ten
 /// meta-LSTM updates are ten steps of gradient descent.
 pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
@@ -309,7 +299,7 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
         lr
     };
     let mut out = vec![];
-    for kernels in kernels_here(device) {
+    for &kernels in Kernels::available(device) {
         let u = unroll(&m, &b, kernels, 10, Gates::Fixed { forget: 1.0, input })?;
         let (worst, compared) = params_error(&m.learner_params(&u.theta)?, &sgd)?;
         out.push(Check {
@@ -330,7 +320,7 @@ pub fn meta_lstm_sgd(device: &Device) -> Result<Vec<Check>> {
 pub fn meta_lstm_meta_gradient(device: &Device) -> Result<Vec<Check>> {
     let (m, b) = meta_lstm(device, 3)?;
     let mut out = vec![];
-    for kernels in kernels_here(device) {
+    for &kernels in Kernels::available(device) {
         let base = unroll(&m, &b, kernels, 3, Gates::Learned)?;
         let frozen = base.inputs.clone();
         let f = |q: &Params| -> Result<f64> {

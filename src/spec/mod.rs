@@ -234,11 +234,7 @@ impl Benchmark {
     /// On any device but the CPU the fused kernels (CPU code) give way to
     /// the composed candle path.
     pub fn context(&self, device: &candle_core::Device) -> Context {
-        let kernels = if device.is_cpu() {
-            self.kernels
-        } else {
-            crate::model::kernels::Kernels::Composed
-        };
+        let kernels = self.kernels.on(device);
         Context {
             dataset: self.dataset.clone(),
             spec: self.episode,
@@ -250,7 +246,6 @@ impl Benchmark {
             run_seed: self.run_seed,
             episode_seed: self.seed,
             device: device.clone(),
-            kernels,
         }
     }
 }

@@ -93,8 +93,7 @@ use super::learned::objective::{self, Objective, Replay, Support};
 use super::learned::ravi::{RaviRule, RaviWeights, SERIES};
 use super::learned::{Inputs, Preprocess, UnrollOptions};
 use super::{
-    at_least_one, parse_entry, positive, Adapted, Algorithm, Context, Entry, EpisodeScore,
-    Observer, Progress,
+    at_least_one, positive, Adapted, Algorithm, Context, Entry, EpisodeScore, Observer, Progress,
 };
 use crate::data::sampler::{Batch, EpisodeId, EpisodeSpec};
 use crate::data::task::TaskKind;
@@ -113,7 +112,7 @@ pub const ENTRY: Entry = Entry {
     about: "Meta-learner LSTM (Ravi & Larochelle 2017)",
     tasks: &[TaskKind::Episodic],
     resolve: |v, ctx| super::resolve_as(v, ctx, MetaLstmConfig::resolve),
-    build,
+    build: |v, ctx| super::build_as(v, ctx, MetaLstmConfig::resolve, MetaLstm::new),
 };
 
 /// Hidden units of the published meta-learner's layer 1
@@ -195,11 +194,6 @@ impl MetaLstmConfig {
             grad_checkpoint_steps: self.grad_checkpoint_steps.unwrap_or(0),
         })
     }
-}
-
-fn build(v: &crate::yaml::Value, ctx: &Context) -> Result<Box<dyn Algorithm>> {
-    let cfg: MetaLstmConfig = parse_entry(v)?;
-    Ok(Box::new(MetaLstm::new(cfg.resolve(ctx)?, ctx)?))
 }
 
 fn scalar_f64(t: &Tensor) -> Result<f64> {
@@ -335,7 +329,7 @@ impl MetaLstm {
     /// the configured kernels and gradient checkpointing.
     fn options(&self, steps: usize, record: bool) -> UnrollOptions {
         UnrollOptions {
-            kernels: self.ctx.kernels,
+            kernels: self.ctx.learner.kernels,
             checkpoint: self.config.grad_checkpoint_steps,
             record,
             ..UnrollOptions::new(steps)
@@ -632,13 +626,10 @@ impl Algorithm for MetaLstm {
         &self.params
     }
     fn state(&self) -> Result<HashMap<String, Tensor>> {
-        let mut m = self.params.to_named("meta.");
-        m.extend(self.adam.to_named("adam.")?);
-        Ok(m)
+        super::params_and_adam_state(("meta.", &self.params), ("adam.", &self.adam))
     }
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
-        self.params = self.params.from_named_like("meta.", s)?;
-        self.adam.load_named("adam.", s)
+        super::load_params_and_adam(s, ("meta.", &mut self.params), ("adam.", &mut self.adam))
     }
     /// The gates after the sigmoid, `forget` and `input`.
     fn series(&self) -> &[&'static str] {

@@ -29,7 +29,7 @@
 //! themselves differentiable, or of custom ops whose backward is again
 //! such an op, so second-order MAML works through them.
 
-use candle_core::{Layout, Result};
+use candle_core::{Device, Layout, Result};
 
 pub mod batch_norm;
 pub mod block;
@@ -51,6 +51,28 @@ pub enum Kernels {
     #[default]
     Fused,
     Composed,
+}
+
+impl Kernels {
+    /// The kernels that run on `device`: the fused ones are CPU code, so
+    /// any other device runs the composed path whatever was asked. The one
+    /// place this fallback is decided.
+    pub fn on(self, device: &Device) -> Kernels {
+        if device.is_cpu() {
+            self
+        } else {
+            Kernels::Composed
+        }
+    }
+
+    /// Every implementation that runs on `device`, the reference first.
+    pub fn available(device: &Device) -> &'static [Kernels] {
+        if device.is_cpu() {
+            &[Kernels::Composed, Kernels::Fused]
+        } else {
+            &[Kernels::Composed]
+        }
+    }
 }
 
 /// The contiguous part of a custom op's input, or an error naming `op`.

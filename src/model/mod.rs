@@ -11,6 +11,7 @@
 //! - [`kernels`]: the building blocks (composed candle ops and the fused
 //!   CPU kernels).
 
+pub mod hand;
 pub mod kernels;
 pub mod learner;
 pub mod norm;

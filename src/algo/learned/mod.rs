@@ -31,24 +31,36 @@
 //!   recording);
 //! - [`ravi`]: Ravi & Larochelle's rule (an [`LstmLayer`] and the
 //!   meta-cell whose state is theta), which the `meta-lstm` algorithm
-//!   meta-trains.
+//!   meta-trains;
+//! - [`andrychowicz`]: Andrychowicz et al.'s optimizer, theta_t =
+//!   theta_{t-1} + scale (W_out h2_t + b_out) with h2 the top of two
+//!   [`LstmLayer`]s over the preprocessed gradient, with the reference
+//!   code's and the paper's settings as options;
+//! - [`two_level`]: the two joined: Andrychowicz et al.'s LSTM proposes
+//!   z_t, Ravi & Larochelle's gated cell sets theta_t = f_t theta_{t-1} +
+//!   i_t z_t; z_t = -g_t gives Ravi's rule and f = i = 1 Andrychowicz's,
+//!   bit for bit.
 //!
-//! A new coordinate-wise rule (Andrychowicz et al.'s two-layer LSTM
-//! optimizer, theta_t = theta_{t-1} + W h_t over the preprocessed
-//! gradient) is one file here: its weights struct (two [`LstmLayer`]s and
-//! an output layer, `from_params`/`to_params` by name), its state struct,
-//! and `impl Rule`. docs/algorithms.md ("Learned update rules") has the
-//! recipe.
+//! Andrychowicz et al.'s meta-loss, f summed along the unroll with the
+//! gradients constant, is [`unroll_segment`]'s: one segment of truncated
+//! backpropagation through time, continued from a given state, with a
+//! surrogate scalar whose gradient is that meta-loss's.
+//!
+//! A new coordinate-wise rule is one file here: its weights struct
+//! (`from_params`/`to_params` by name), its state struct, and `impl
+//! Rule`. docs/algorithms.md ("Learned update rules") has the recipe.
 
+pub mod andrychowicz;
 pub mod lstm;
 pub mod objective;
 pub mod preprocess;
 pub mod ravi;
 pub mod rule;
+pub mod two_level;
 pub mod unroll;
 
 pub use lstm::{LstmLayer, LstmState};
 pub use objective::Objective;
 pub use preprocess::{preprocess, Inputs, Preprocess};
 pub use rule::{Rule, Step};
-pub use unroll::{unroll, UnrollOptions, Unrolled};
+pub use unroll::{unroll, unroll_segment, Segment, UnrollOptions, Unrolled};

@@ -12,6 +12,11 @@
 //! rule's weights and theta_0. [`UnrollOptions`] gathers how: the number of
 //! steps, truncation points, gradient checkpointing, kernels and whether
 //! the rule's series are recorded.
+//!
+//! [`unroll_segment`] runs one segment of truncated backpropagation through
+//! time from a given theta and rule state, with Andrychowicz et al.'s
+//! meta-loss along it (f at every theta visited, gradients constant) and a
+//! surrogate scalar whose gradient is that meta-loss's ([`Segment`]).
 
 use candle_core::Tensor;
 
@@ -99,5 +104,104 @@ pub fn unroll<R: Rule>(
         theta,
         recorded,
         inputs,
+    })
+}
+
+/// One segment of an unroll continued from a given state, with Andrychowicz
+/// et al.'s meta-loss along it (what [`unroll_segment`] returns).
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// theta_T, `[1, n]`, in the graph.
+    pub theta: Tensor,
+    /// f at each theta visited, in the reference's order: f(theta_0), ...,
+    /// f(theta_T), T + 1 values (`meta.py:332-333` writes f before each
+    /// update, `meta.py:360-362` the final one; `meta.py:364` sums them).
+    pub losses: Vec<f64>,
+    /// The scalar `sum_{t=0..=T} <stopgrad(grad f(theta_t)), theta_t>`,
+    /// whose gradient with respect to the rule's weights (and theta_0, if
+    /// in the graph) is that of `sum_t f(theta_t)` with the gradients
+    /// constant (see [`unroll_segment`]); its value is not a loss.
+    pub surrogate: Tensor,
+    /// The `(gradient [1, n], loss)` the objective gave at theta_0, ...,
+    /// theta_T (T + 1: the last one at theta_T); `objective::Replay` plays
+    /// them back.
+    pub inputs: Vec<(Tensor, f64)>,
+    /// With `record`: per step 1..=T, the rule's series (`[1, n]` each).
+    pub recorded: Vec<Vec<Tensor>>,
+}
+
+/// `steps` updates of `rule` from `theta` (`[1, n]`) and `state`, which it
+/// continues and leaves at the segment's end, with Andrychowicz et al.'s
+/// meta-loss along the way: one segment of truncated backpropagation
+/// through time (the reference unrolls 20 steps at a time over 100,
+/// `train.py:43-45, 52`, updating the optimizer after each unroll,
+/// `util.py:30-36`, and carrying theta and the state into the next,
+/// `meta.py:375-377`).
+///
+/// It cuts nothing: theta and `state` go on in whatever graph they carry.
+/// For truncated BPTT, cut them at the segment's start (`theta.detach()`,
+/// [`Rule::detach`]); the reference's segment starts from variables, which
+/// carry no gradient. Two segments of T/2 with the state carried give the
+/// values of one segment of T.
+///
+/// **The meta-loss** (`meta.py:326-364`) is the unweighted sum of f at
+/// every theta of the segment, the start included:
+///
+/// ```text
+/// L = sum_{t=0..=T} f(theta_t)
+/// ```
+///
+/// with the gradients fed to the rule constant (`second_derivatives =
+/// False`: `tf.stop_gradient`, `meta.py:317-318`). Consecutive segments
+/// both count f at their common theta, as the reference's do (each
+/// `fx_array` begins with f at its start). Differentiating L with the
+/// gradient inputs g_t constant, each theta_t depends on the weights phi
+/// only through the rule, so
+///
+/// ```text
+/// dL/dphi = sum_t grad f(theta_t)^T dtheta_t/dphi
+///         = d/dphi sum_t <stopgrad(g_t), theta_t>,   g_t = grad f(theta_t)
+/// ```
+///
+/// exactly: the surrogate's gradient is the reference's meta-gradient,
+/// with no second derivatives of f (the objective gives g_t as a
+/// constant, and this is the only place f's derivative enters). The term
+/// of f(theta_T) needs g_T = grad f(theta_T), which no update uses: one
+/// more objective call at theta_T (T + 1 in all), as the reference builds
+/// f at `x_final` (`meta.py:361`) and differentiates it.
+pub fn unroll_segment<R: Rule>(
+    rule: &R,
+    state: &mut R::State,
+    theta: &Tensor,
+    objective: &mut dyn Objective,
+    steps: usize,
+    record: bool,
+) -> Result<Segment> {
+    let mut theta = theta.clone();
+    let mut losses = Vec::with_capacity(steps + 1);
+    let mut inputs = Vec::with_capacity(steps + 1);
+    let mut recorded = Vec::new();
+    let mut terms = Vec::with_capacity(steps + 1);
+    for t in 0..=steps {
+        // (g_t, f(theta_t)): constants.
+        let (grad, loss) = objective.loss_and_grad(&theta)?;
+        let grad = grad.detach();
+        // <stopgrad(g_t), theta_t>
+        terms.push((&theta * &grad)?.sum_all()?);
+        losses.push(loss);
+        if t < steps {
+            let step = rule.step(state, &theta, &grad, loss, record)?;
+            theta = step.theta;
+            recorded.extend(step.series);
+        }
+        inputs.push((grad, loss));
+    }
+    let surrogate = Tensor::stack(&terms, 0)?.sum_all()?;
+    Ok(Segment {
+        theta,
+        losses,
+        surrogate,
+        inputs,
+        recorded,
     })
 }

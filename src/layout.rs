@@ -12,7 +12,10 @@
 //! - [`EVAL_DIR`]`/<name>/`: the run's evaluations on other benchmarks or
 //!   episode files (`bench eval`), each a results folder of its own;
 //! - `<label>/`: one algorithm's [`CHECKPOINTS`], [`CURVE`],
-//!   [`TEST_EPISODES`] and gate traces ([`GATES_JSONL`] ...).
+//!   [`TEST_EPISODES`] and gate traces ([`GATES_JSONL`] ...);
+//! - optimisation benchmarks: [`LOSS_CURVES`] and [`LOSS_CURVES_SVG`] at
+//!   the top (every optimiser's loss curve over the T steps), and
+//!   [`TEST_PROBLEMS`] in each `<label>/` instead of [`TEST_EPISODES`].
 //!
 //! A multi-seed run folder holds [`PLAN`] and one unit folder per (run
 //! seed, algorithm): [`unit_dir`].
@@ -36,10 +39,22 @@ pub const LOCK: &str = ".lock";
 pub const EVAL_DIR: &str = "eval";
 /// The plan file of a multi-seed run folder.
 pub const PLAN: &str = "plan.json";
+/// An optimisation run's loss curves (mean and spread per step).
+pub const LOSS_CURVES: &str = "loss_curves.csv";
+/// See [`LOSS_CURVES`]: the figure.
+pub const LOSS_CURVES_SVG: &str = "loss_curves.svg";
 
 /// The files a run writes at the top of its folder (algorithm labels may
 /// not take these names, nor [`EVAL_DIR`]'s).
-pub const RUN_FILES: [&str; 5] = [RESOLVED, RESULTS, LEADERBOARD_MD, LEADERBOARD_CSV, LOG];
+pub const RUN_FILES: [&str; 7] = [
+    RESOLVED,
+    RESULTS,
+    LEADERBOARD_MD,
+    LEADERBOARD_CSV,
+    LOG,
+    LOSS_CURVES,
+    LOSS_CURVES_SVG,
+];
 
 /// An algorithm folder's checkpoints.
 pub const CHECKPOINTS: &str = "checkpoints";
@@ -47,8 +62,10 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const CURVE: &str = "curve.csv";
 /// An algorithm folder's score of every test episode.
 pub const TEST_EPISODES: &str = "test_episodes.csv";
+/// An optimiser folder's final loss on every test problem.
+pub const TEST_PROBLEMS: &str = "test_problems.csv";
 /// What marks a folder as an algorithm's: any of these inside it.
-pub const ALGORITHM_FILES: [&str; 3] = [CHECKPOINTS, CURVE, TEST_EPISODES];
+pub const ALGORITHM_FILES: [&str; 4] = [CHECKPOINTS, CURVE, TEST_EPISODES, TEST_PROBLEMS];
 
 /// Gate traces inside an algorithm folder (docs/traces.md).
 pub const GATES_JSONL: &str = "gates.jsonl";

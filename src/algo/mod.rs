@@ -12,9 +12,13 @@
 //! `pub const ENTRY: Entry`, plus one line in [`registry`]. See
 //! `docs/algorithms.md`.
 
+pub mod hand;
 pub mod learned;
+pub mod learned_optimizer;
 pub mod maml;
 pub mod meta_lstm;
+pub mod optimizer;
+pub mod problem;
 pub mod reptile;
 
 use std::collections::HashMap;
@@ -312,6 +316,22 @@ fn in_entry(field: &str, err: Error) -> Error {
 
 /// Check that the algorithm entry at `field` can run tasks of `kind`.
 pub fn check_task(entry: &Value, kind: TaskKind, field: &str) -> Result<()> {
+    let name = entry
+        .get("algorithm")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if kind == TaskKind::Episodic
+        && optimizer::runs_optimisation(name)
+        && !registry().iter().any(|e| e.name == name)
+    {
+        return Err(Error::Config {
+            source_name: format!("{field}.algorithm"),
+            reason: format!(
+                "`{name}` cannot run `{kind}` tasks, which this benchmark's `task` is (it runs: {})",
+                TaskKind::Optimisation
+            ),
+        });
+    }
     let e = entry_for(entry, field)?;
     supports(e, kind, field)
 }
@@ -527,5 +547,25 @@ mod tests {
         for e in registry() {
             assert!(e.tasks.contains(&TaskKind::Episodic), "{}", e.name);
         }
+    }
+
+    #[test]
+    fn the_two_registries_agree_on_who_runs_optimisation_problems() {
+        // An entry that lists `optimisation` has an optimiser entry of the
+        // same name, and an optimiser entry that shares a name with a
+        // few-shot entry is listed there as running optimisation.
+        for e in registry() {
+            assert_eq!(
+                e.tasks.contains(&TaskKind::Optimisation),
+                optimizer::runs_optimisation(e.name),
+                "{}",
+                e.name
+            );
+        }
+        let mut names: Vec<&str> = optimizer::optimizers().iter().map(|e| e.name).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "an optimiser is registered twice");
     }
 }

@@ -16,6 +16,11 @@
 //!   ([`crate::data::sampler::Sampler`]); an instance is a [`Batch`]
 //!   (support and query set), its objective the learner's loss on the
 //!   support set, its score the accuracy on the query set.
+//! - [`TaskKind::Optimisation`]: optimisation problems (random quadratics,
+//!   an MLP on MNIST; `crate::algo::problem`); an instance is a problem
+//!   (a starting point and an objective), its score the loss after T
+//!   steps. Served by `crate::algo::optimizer::Problems`, since a problem
+//!   couples data and a model.
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -30,16 +35,19 @@ pub enum TaskKind {
     /// N-way K-shot classification episodes from a dataset.
     #[default]
     Episodic,
+    /// Optimisation problems: minimise a drawn function for T steps.
+    Optimisation,
 }
 
 impl TaskKind {
     /// Every kind, in the order errors list them.
-    pub const ALL: [TaskKind; 1] = [TaskKind::Episodic];
+    pub const ALL: [TaskKind; 2] = [TaskKind::Episodic, TaskKind::Optimisation];
 
     /// The name benchmark files use.
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Episodic => "episodic",
+            TaskKind::Optimisation => "optimisation",
         }
     }
 }

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+pub mod optimisation;
 pub mod results;
 pub mod stats;
 pub mod trace;

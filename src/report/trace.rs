@@ -823,7 +823,7 @@ fn draw<DB: DrawingBackend>(
 
 /// Register a TrueType font for the bitmap backend once per process; true
 /// when one was found.
-fn font_available() -> bool {
+pub(crate) fn font_available() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         const CANDIDATES: &[&str] = &[

@@ -48,9 +48,16 @@ pub struct CurvePoint {
     pub train_seconds: f64,
     /// Mean training loss over the steps since the previous point.
     pub train_loss: f64,
-    pub train_accuracy: f64,
+    /// Few-shot runs: mean training accuracy over the same steps (none on
+    /// optimisation problems).
+    #[serde(default)]
+    pub train_accuracy: Option<f64>,
     pub val_accuracy: Option<f64>,
     pub val_ci95: Option<f64>,
+    /// Optimisation benchmarks: the mean final loss on the validation
+    /// problems (their score; absent for few-shot runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
 }
 
 /// Bookkeeping saved with every checkpoint.
@@ -67,6 +74,10 @@ pub struct TrainState {
     /// every checkpoint).
     pub best_step: Option<u64>,
     pub best_val_accuracy: Option<f64>,
+    /// Optimisation benchmarks: the lowest mean final validation loss
+    /// (at `best_step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_loss: Option<f64>,
     pub finished: bool,
     /// Sums over the steps since the last curve point (so that a resumed
     /// run's curve is identical to an uninterrupted one's).

@@ -12,6 +12,9 @@
 //!   episodes;
 //! - [`catalogue`]: the runs under a folder, as `bench show` and `bench
 //!   report` read them;
+//! - [`optimise`]: optimisation benchmarks (`task: optimisation`):
+//!   hand-designed optimisers tuned and learned ones meta-trained on
+//!   training problems, all tested on the same fixed problems;
 //! - [`logfile`]: the run's log file;
 //! - [`selftest`]: the gradient checks on any device;
 //! - [`perf`]: speed measurements (data pipeline, algorithms, learner).
@@ -20,6 +23,7 @@ pub mod catalogue;
 pub mod checkpoint;
 pub mod eval;
 pub mod logfile;
+pub mod optimise;
 pub mod perf;
 pub mod plan;
 pub mod rundir;

@@ -270,11 +270,14 @@ pub(crate) fn row(
 
 /// Default run folder: `runs/<benchmark>/<unix seconds>`.
 pub fn default_run_dir(bench: &Benchmark) -> PathBuf {
+    default_run_dir_of(&bench.name)
+}
+
+/// `runs/<name>/<unix time>`: the default run folder of benchmark `name`.
+pub fn default_run_dir_of(name: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    PathBuf::from("runs")
-        .join(&bench.name)
-        .join(secs.to_string())
+    PathBuf::from("runs").join(name).join(secs.to_string())
 }

@@ -125,12 +125,12 @@ fn write_curve(curve: &[CurvePoint], path: &Path) -> Result<()> {
     for p in curve {
         let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
         s.push_str(&format!(
-            "{},{},{:.3},{:.6},{:.6},{},{}\n",
+            "{},{},{:.3},{:.6},{},{},{}\n",
             p.step,
             p.train_episodes,
             p.train_seconds,
             p.train_loss,
-            p.train_accuracy,
+            opt(p.train_accuracy),
             opt(p.val_accuracy),
             opt(p.val_ci95)
         ));
@@ -296,9 +296,10 @@ pub fn meta_train(
                 train_episodes: state.train_episodes,
                 train_seconds: state.train_seconds,
                 train_loss: state.pending_loss / state.pending_steps as f64,
-                train_accuracy: state.pending_accuracy / state.pending_steps as f64,
+                train_accuracy: Some(state.pending_accuracy / state.pending_steps as f64),
                 val_accuracy,
                 val_ci95,
+                val_loss: None,
             };
             tracing::info!(
                 step = point.step,

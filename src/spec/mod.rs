@@ -14,11 +14,15 @@
 //!   (dataset facts from the data registry, the learner, the batch-norm
 //!   protocol, the evaluation schedule, the algorithms and the task kinds
 //!   they run, published numbers);
+//! - [`optimisation`]: optimisation benchmarks (`task: optimisation`),
+//!   their own file shape resolved into an
+//!   [`optimisation::OptBenchmark`];
 //! - `summary`: a folder's benchmark files summarised, every profile
 //!   resolved ([`summaries`], `bench list`).
 
 mod budget;
 mod file;
+pub mod optimisation;
 mod profile;
 mod resolve;
 mod summary;
@@ -38,7 +42,10 @@ use crate::model::norm::NormProtocol;
 pub use crate::yaml::{from_str, from_value, to_string, variant_name};
 
 pub use budget::Budget;
-pub use file::{benchmarks_dir, list_benchmarks, BatchNormFile, BenchmarkFile, ProfileFile};
+pub use file::{
+    benchmarks_dir, list_benchmarks, parse_any, task_of_file, AnyBenchmark, BatchNormFile,
+    BenchmarkFile, ProfileFile,
+};
 pub use profile::{Overrides, DEFAULT_PROFILE};
 pub use resolve::{check_label, MAX_EPISODES};
 pub use summary::{broken, summaries, Listed, ProfileSummary, Summary};

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{list_benchmarks, Benchmark, Overrides};
-use crate::data::sampler::EpisodeSpec;
+use super::optimisation::OptBenchmark;
+use super::{list_benchmarks, AnyBenchmark, Benchmark, Overrides};
 use crate::error::Result;
 
 /// One benchmark file of the folder.
@@ -21,10 +21,11 @@ pub struct Listed {
 #[derive(Debug)]
 pub struct Summary {
     pub name: String,
+    /// The dataset (few-shot) or problem family (optimisation).
     pub dataset: String,
-    pub episode: EpisodeSpec,
-    /// Whether evaluation is transductive.
-    pub transductive: bool,
+    /// The episode shape (`5w1s15q`, ` T` when transductive) or the
+    /// horizon (`T=100`).
+    pub shape: String,
     /// Algorithm labels, in the file's order.
     pub labels: Vec<String>,
     /// The budgets on one line ([`Benchmark::describe_budget`]).
@@ -52,7 +53,8 @@ pub fn summaries(dir: &Path) -> Result<Vec<Listed>> {
     let mut out = vec![];
     for (path, b) in list_benchmarks(dir)? {
         let summary = match b {
-            Ok(b) => Ok(summary(&path, &b)?),
+            Ok(AnyBenchmark::Episodic(b)) => Ok(summary(&path, &b)?),
+            Ok(AnyBenchmark::Optimisation(b)) => Ok(opt_summary(&path, &b)?),
             Err(e) => Err(e),
         };
         out.push(Listed { path, summary });
@@ -79,10 +81,45 @@ fn summary(path: &Path, b: &Benchmark) -> Result<Summary> {
     Ok(Summary {
         name: b.name.clone(),
         dataset: b.dataset.clone(),
-        episode: b.episode,
-        transductive: b.transductive,
+        shape: format!(
+            "{}w{}s{}q{}",
+            b.episode.ways,
+            b.episode.shots,
+            b.episode.queries,
+            if b.transductive { " T" } else { "" }
+        ),
         labels: b.algorithms.iter().map(|a| a.label.clone()).collect(),
         budget: b.describe_budget(),
+        description: b.description.clone(),
+        profiles,
+    })
+}
+
+/// The summary of an optimisation benchmark, every other profile resolved.
+fn opt_summary(path: &Path, b: &OptBenchmark) -> Result<Summary> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::Error::io(path, e))?;
+    let file: super::optimisation::OptBenchmarkFile =
+        super::from_str(&text, &path.display().to_string())?;
+    let mut profiles = vec![];
+    for (name, p) in file.profiles.unwrap_or_default() {
+        let o = Overrides {
+            profile: Some(name.clone()),
+            ..Default::default()
+        };
+        let budget = OptBenchmark::parse_with(&text, &path.display().to_string(), &o)
+            .map(|p| p.budget.describe());
+        profiles.push(ProfileSummary {
+            name,
+            about: p.description.unwrap_or_default(),
+            budget,
+        });
+    }
+    Ok(Summary {
+        name: b.name.clone(),
+        dataset: b.problem.name().to_string(),
+        shape: format!("T={}", b.steps),
+        labels: b.algorithms.iter().map(|a| a.label.clone()).collect(),
+        budget: b.budget.describe(),
         description: b.description.clone(),
         profiles,
     })
@@ -142,11 +179,7 @@ mod tests {
             ("fewshot-5way1shot", "omniglot", "15 min")
         );
         assert_eq!(good.labels, ["fomaml", "reptile", "meta-lstm"]);
-        assert_eq!(
-            (good.episode.ways, good.episode.shots, good.episode.queries),
-            (5, 1, 15)
-        );
-        assert!(!good.transductive);
+        assert_eq!(good.shape, "5w1s15q");
         assert_eq!(good.profiles.len(), 1);
         let protocol = &good.profiles[0];
         assert_eq!(protocol.name, "protocol");

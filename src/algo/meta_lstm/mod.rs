@@ -110,7 +110,7 @@ use crate::rng::Rng;
 pub const ENTRY: Entry = Entry {
     name: "meta-lstm",
     about: "Meta-learner LSTM (Ravi & Larochelle 2017)",
-    tasks: &[TaskKind::Episodic],
+    tasks: &[TaskKind::Episodic, TaskKind::Optimisation],
     resolve: |v, ctx| super::resolve_as(v, ctx, MetaLstmConfig::resolve),
     build: |v, ctx| super::build_as(v, ctx, MetaLstmConfig::resolve, MetaLstm::new),
 };

@@ -17,7 +17,7 @@ pub struct Args {
     /// Only these algorithm labels (comma separated)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Override the number of test episodes of --on
+    /// Override the number of test episodes (test problems) of --on
     #[arg(long, conflicts_with = "episodes")]
     test_episodes: Option<usize>,
     /// Evaluate on the fixed episodes of this CSV file instead
@@ -27,6 +27,22 @@ pub struct Args {
 }
 
 pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
+    if fewshot::spec::task_of_file(&a.on)? == fewshot::data::task::TaskKind::Optimisation {
+        anyhow::ensure!(
+            a.episodes.is_none(),
+            "--episodes is for few-shot benchmarks; {} is an optimisation benchmark",
+            a.on
+        );
+        let o = Overrides {
+            test_episodes: a.test_episodes,
+            ..Default::default()
+        };
+        let (target, _) = fewshot::spec::optimisation::OptBenchmark::load_with(&a.on, &o)?;
+        let r = fewshot::run::optimise::evaluate_on(&a.run, &target, data_dir, &a.only)?;
+        println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);
+        print!("{}", fewshot::report::optimisation::terminal(&r));
+        return Ok(());
+    }
     if let Some(n) = a.test_episodes {
         anyhow::ensure!(n >= 1, "--test-episodes must be at least 1");
     }

@@ -42,18 +42,11 @@ pub fn run(a: Args) -> Result<()> {
                 continue;
             }
         };
-        let e = b.episode;
         println!(
             "{:<34} {:<13} {:<10} {:<26} {:<18} {}",
             b.name,
             b.dataset,
-            format!(
-                "{}w{}s{}q{}",
-                e.ways,
-                e.shots,
-                e.queries,
-                if b.transductive { " T" } else { "" }
-            ),
+            b.shape,
             b.labels.join(","),
             b.budget,
             one_line(&b.description, 60)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use fewshot::data::task::TaskKind;
 use fewshot::device::DeviceSpec;
 use fewshot::run::rundir::Mode;
 use fewshot::run::runner::{self, RunOptions};
@@ -151,6 +152,9 @@ pub struct Args {
 }
 
 pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
+    if fewshot::spec::task_of_file(&a.spec.benchmark)? == TaskKind::Optimisation {
+        return run_optimisation(data_dir, a);
+    }
     let (bench, path) = a.spec.load()?;
     tracing::info!(
         "benchmark {} from {} (profile {})",
@@ -197,5 +201,54 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         },
     )?;
     print!("{}", fewshot::report::terminal(&results));
+    Ok(())
+}
+
+/// `bench run` of an optimisation benchmark (`task: optimisation`):
+/// one run seed, every optimiser tuned or meta-trained, then tested on
+/// the fixed test problems (fewshot::run::optimise).
+fn run_optimisation(data_dir: &Path, a: Args) -> Result<()> {
+    anyhow::ensure!(
+        a.spec.seeds.len() <= 1 && a.unit.is_none() && a.trace == 0,
+        "{}: optimisation benchmarks run one run seed per call (--seeds S with one seed), without --unit or --trace",
+        a.spec.benchmark
+    );
+    let o = Overrides {
+        run_seed: a.spec.seeds.first().copied(),
+        ..a.spec.overrides()?
+    };
+    let (bench, path) =
+        fewshot::spec::optimisation::OptBenchmark::load_with(&a.spec.benchmark, &o)?;
+    for l in &a.spec.only {
+        bench.algorithm(l).with_context(|| format!("--only {l}"))?;
+    }
+    tracing::info!(
+        "benchmark {} from {} (profile {})",
+        bench.name,
+        path.display(),
+        bench.profile
+    );
+    let mode = if a.resume {
+        Mode::Resume
+    } else if a.force {
+        Mode::Force
+    } else {
+        Mode::New
+    };
+    let run_dir = a
+        .run_dir
+        .unwrap_or_else(|| runner::default_run_dir_of(&bench.name));
+    let results = fewshot::run::optimise::run(
+        &bench,
+        data_dir,
+        &fewshot::run::optimise::OptRunOptions {
+            run_dir,
+            mode,
+            only: a.spec.only,
+            show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            stop_after_steps: None,
+        },
+    )?;
+    print!("{}", fewshot::report::optimisation::terminal(&results));
     Ok(())
 }

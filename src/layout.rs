@@ -62,6 +62,9 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const CURVE: &str = "curve.csv";
 /// An algorithm folder's score of every test episode.
 pub const TEST_EPISODES: &str = "test_episodes.csv";
+/// A learned optimiser's series (updates, gates) summarised per step and
+/// parameter group on test problems.
+pub const SERIES: &str = "series.csv";
 /// An optimiser folder's final loss on every test problem.
 pub const TEST_PROBLEMS: &str = "test_problems.csv";
 /// What marks a folder as an algorithm's: any of these inside it.

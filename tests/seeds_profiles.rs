@@ -35,6 +35,12 @@ fn every_profile_of_every_shipped_benchmark_resolves() {
         if p.extension().is_none_or(|x| x != "yaml") {
             continue;
         }
+        // Optimisation benchmarks have their own shape (tests/optimisation.rs).
+        if fewshot::spec::task_of_file(&p.display().to_string()).unwrap()
+            != fewshot::data::task::TaskKind::Episodic
+        {
+            continue;
+        }
         for (name, _) in Benchmark::profiles(&p).unwrap() {
             let (b, _) = Benchmark::load_with(&p.display().to_string(), &with(Some(&name)))
                 .unwrap_or_else(|e| panic!("{} --profile {name}: {e}", p.display()));

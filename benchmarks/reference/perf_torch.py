@@ -28,6 +28,19 @@ prints one JSON line {"case", "ms", "peak_mib"} for CASE:
   mini-ImageNet 5-way 1-shot as its benchmark runs them (FOMAML: 5 inner
   SGD steps, lr 0.01; Reptile: 15 shots, 8 inner Adam steps on
   mini-batches of 10; meta-LSTM: T = 12 on the 32,901-coordinate learner).
+- lstm-opt-quadratic, lstm-opt-mnist, two-level-quadratic,
+  two-level-mnist: one meta-training step of a learned optimiser as `bench
+  perf optimizers` times it: one fresh problem (quadratic-10d: 128 10-d
+  Gaussian quadratics, 1,280 coordinates; mnist-mlp: the 784-20-10 sigmoid
+  MLP, 15,910 coordinates, the mean cross-entropy on a minibatch of 128
+  drawn with replacement per evaluation from a fixed random [8000, 784]
+  "dataset") of T = 100 steps in 5 truncated unrolls of 20, each from the
+  carried (detached) theta and states: 20 steps of f(theta_t), its
+  gradient as a constant, preprocess (p = 10) into a two-layer 20-unit
+  coordinate-wise LSTM, read-out 20 -> 1 times 0.1 (lstm-optimizer:
+  theta + update; two-level: the candidate z_t of Ravi & Larochelle's
+  gated cell over [h_t, theta_{t-1}, previous pre-gate]), then the sum of
+  the 21 losses backward and one Adam step (lr 0.001) on the optimiser.
 
 Float32, torch.set_num_threads(2) (the project's 2-core machine), one
 warm-up repetition, then the median of --reps. Peak memory is the process's
@@ -211,6 +224,95 @@ def meta_lstm_case(T, form="omniglot"):
     return run
 
 
+def opt_problem(kind, gen):
+    """A learned-optimiser benchmark's problem family: returns (n, draw)
+    where draw() gives a fresh problem (theta_0, f)."""
+    if kind == "quadratic":
+        nf, d = 128, 10
+
+        def draw():
+            w = torch.randn(nf, d, d, generator=gen)
+            y = torch.randn(nf, d, generator=gen)
+
+            def f(theta):
+                r = torch.bmm(w, theta.reshape(nf, d, 1)).reshape(nf, d) - y
+                return (r * r).sum(1).mean()
+
+            return 0.01 * torch.randn(nf * d, generator=gen), f
+
+        return nf * d, draw
+    # mnist-mlp: 784-20-10 sigmoid MLP; a fixed random "dataset" (timing only).
+    x_all = torch.rand(8000, 784, generator=gen)
+    y_all = torch.randint(10, (8000,), generator=gen)
+    shapes = [(20, 784), (20,), (10, 20), (10,)]
+    sizes = [torch.Size(s).numel() for s in shapes]
+    n = sum(sizes)
+
+    def f(theta):
+        w1, b1, w2, b2 = (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))
+        idx = torch.randint(8000, (128,), generator=gen)
+        h = torch.sigmoid(F.linear(x_all[idx], w1, b1))
+        return F.cross_entropy(F.linear(h, w2, b2), y_all[idx])
+
+    def draw():
+        return 0.01 * torch.randn(n, generator=gen), f
+
+    return n, draw
+
+
+def learned_opt_case(kind, two_level, T=100, unroll=20):
+    gen = generator()
+    torch.manual_seed(0)  # the modules' default initialisation
+    n, draw = opt_problem(kind, gen)
+    H = 20
+    l1, l2, out = torch.nn.LSTMCell(2, H), torch.nn.LSTMCell(H, H), torch.nn.Linear(H, 1)
+    u = lambda *s, lo=-0.01, hi=0.01: lo + (hi - lo) * torch.rand(*s, generator=gen)
+    cell = {
+        "w_f": u(H + 2), "w_i": u(H + 2),
+        "b_f": u(1, lo=4.0, hi=5.0), "b_i": u(1, lo=-5.0, hi=-4.0),
+    }
+    cell = {k: v.requires_grad_(True) for k, v in cell.items()}
+    weights = [*l1.parameters(), *l2.parameters(), *out.parameters()]
+    if two_level:
+        weights += list(cell.values())
+    opt = torch.optim.Adam(weights, lr=1e-3)
+
+    def run():
+        theta, f = draw()
+        z = torch.zeros(n, H)
+        s1, s2 = (z, z), (z, z)
+        f_prev = i_prev = torch.zeros(n)
+        for _ in range(T // unroll):
+            theta = theta.detach().requires_grad_(True)
+            s1 = tuple(t.detach() for t in s1)
+            s2 = tuple(t.detach() for t in s2)
+            f_prev, i_prev = f_prev.detach(), i_prev.detach()
+            meta_loss = 0.0
+            for _ in range(unroll):
+                loss = f(theta)
+                meta_loss = meta_loss + loss
+                (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
+                ga, gb = preprocess(g.detach())
+                s1 = l1(torch.stack([ga, gb], 1), s1)
+                s2 = l2(s1[0], s2)
+                step = 0.1 * out(s2[0]).reshape(n)
+                if two_level:
+                    h = s2[0]
+                    wf, wi = cell["w_f"], cell["w_i"]
+                    f_pre = h @ wf[:H] + wf[H] * theta + wf[H + 1] * f_prev + cell["b_f"]
+                    i_pre = h @ wi[:H] + wi[H] * theta + wi[H + 1] * i_prev + cell["b_i"]
+                    theta = torch.sigmoid(f_pre) * theta + torch.sigmoid(i_pre) * step
+                    f_prev, i_prev = f_pre, i_pre
+                else:
+                    theta = theta + step
+            meta_loss = meta_loss + f(theta)
+            opt.zero_grad()
+            meta_loss.backward()
+            opt.step()
+
+    return run
+
+
 CASES = {
     "learner-omniglot-5": lambda: learner_case("omniglot", 5),
     "learner-omniglot-75": lambda: learner_case("omniglot", 75),
@@ -227,6 +329,11 @@ CASES = {
     "fomaml-task-mini": lambda: maml_case(False, "mini", steps=5, lr=0.01),
     "reptile-task-mini": lambda: reptile_case("mini", shots=15, iters=8),
     "meta-lstm-mini": lambda: meta_lstm_case(12, "mini"),
+    # learned optimisers, one meta-training step (T = 100, unrolls of 20)
+    "lstm-opt-quadratic": lambda: learned_opt_case("quadratic", False),
+    "lstm-opt-mnist": lambda: learned_opt_case("mnist", False),
+    "two-level-quadratic": lambda: learned_opt_case("quadratic", True),
+    "two-level-mnist": lambda: learned_opt_case("mnist", True),
 }
 
 

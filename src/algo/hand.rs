@@ -177,6 +177,18 @@ impl Optimizer for Hand {
                 )
             })?;
         self.rule.lr = best.0;
+        let (lo, hi) = grid
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), (lr, _)| {
+                (a.min(*lr), b.max(*lr))
+            });
+        if best.0 == lo || best.0 == hi {
+            tracing::warn!(
+                "{}: the tuned learning rate {} is at the edge of the grid; the best rate may lie beyond it (give `lr_grid`)",
+                self.config.label,
+                best.0
+            );
+        }
         tracing::info!(
             "{}: tuned lr = {} (mean final loss {:.4e} on {n} training problems)",
             self.config.label,

@@ -401,6 +401,52 @@ pub fn plot_curves(r: &OptResults, svg: &Path) -> Result<()> {
     crate::util::write_atomic(svg, out.as_bytes())
 }
 
+/// An observer ([`crate::algo::Observer`]) that summarises every series a
+/// learned optimiser reports (its proposed updates, its gates) per series,
+/// step and parameter group over the problems it watches: mean, standard
+/// deviation, mean absolute value and the 5th, 50th and 95th percentiles
+/// over all coordinates of all watched problems.
+#[derive(Default)]
+pub struct SeriesStats {
+    /// Per (series, step, group), every reported value.
+    cells: Vec<((String, usize, String), Vec<f32>)>,
+}
+
+impl crate::algo::Observer for SeriesStats {
+    fn record(&mut self, series: &str, step: usize, layer: &str, values: &[f32]) {
+        let key = (series.to_string(), step, layer.to_string());
+        match self.cells.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.extend_from_slice(values),
+            None => self.cells.push((key, values.to_vec())),
+        }
+    }
+}
+
+impl SeriesStats {
+    /// `series,step,group,n,mean,sd,mean_abs,p5,p50,p95`, one line per
+    /// reported (series, step, group), in report order.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("series,step,group,n,mean,sd,mean_abs,p5,p50,p95\n");
+        for ((series, step, group), v) in &self.cells {
+            let n = v.len().max(1) as f64;
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let mean_abs = v.iter().map(|&x| (x as f64).abs()).sum::<f64>() / n;
+            let mut sorted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            sorted.sort_by(f64::total_cmp);
+            let q = |p: f64| sorted[((p * (sorted.len() - 1) as f64).round()) as usize];
+            out += &format!(
+                "{series},{step},{group},{},{mean},{sd},{mean_abs},{},{},{}\n",
+                v.len(),
+                q(0.05),
+                q(0.5),
+                q(0.95)
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

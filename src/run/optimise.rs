@@ -259,6 +259,9 @@ fn run_one(
         csv += &format!("{i},{l}\n");
     }
     write_atomic(&dir.join(layout::TEST_PROBLEMS), csv.as_bytes())?;
+    if opt.learned() && !opt.series().is_empty() {
+        trace(bench, &*opt, &test, &dir)?;
+    }
     tracing::info!(
         "{}: log10 mean final loss {:.3} on {} test problems ({:.1} s)",
         row.label,
@@ -267,6 +270,42 @@ fn run_one(
         row.test_seconds
     );
     Ok(row)
+}
+
+/// Test problems whose series a learned optimiser's trace records.
+pub const TRACE_PROBLEMS: u64 = 3;
+
+/// Record `opt`'s series on the first [`TRACE_PROBLEMS`] test problems:
+/// their statistics per step and parameter group (`series.csv`), and for a
+/// gated rule the gate figure and files of the few-shot traces
+/// (`gates.*`, docs/traces.md).
+fn trace(bench: &OptBenchmark, opt: &dyn Optimizer, test: &Problems, dir: &Path) -> Result<()> {
+    use crate::report::optimisation::SeriesStats;
+    use crate::report::trace::{self, GateCollector};
+    let mut stats = SeriesStats::default();
+    let mut records = vec![];
+    for i in 0..TRACE_PROBLEMS.min(bench.test_problems as u64) {
+        opt.observe(&mut test.get(i)?, bench.steps, &mut stats)?;
+        if trace::traceable(opt.series()) {
+            let mut gates = GateCollector::new(&bench.name, opt.label(), i, 64);
+            opt.observe(&mut test.get(i)?, bench.steps, &mut gates)?;
+            records.extend(gates.records());
+        }
+    }
+    write_atomic(&dir.join(layout::SERIES), stats.csv().as_bytes())?;
+    if !records.is_empty() {
+        trace::write_all(
+            dir,
+            &records,
+            &format!(
+                "{}: {} on {}",
+                bench.name,
+                opt.label(),
+                bench.problem.name()
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 /// The loss curves of `n` problems of `problems`, in parallel (each

@@ -420,3 +420,75 @@ mod tests {
         assert!(t.forward_seconds > 0.0 && t.forward_backward_seconds > 0.0);
     }
 }
+
+/// One optimiser's meta-training speed on an optimisation benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OptimizerTiming {
+    pub label: String,
+    /// Median milliseconds of one meta-training step (one problem of T
+    /// steps, the optimiser updated after every unroll).
+    pub meta_step_ms: f64,
+    /// Median milliseconds to optimise one test problem for T steps.
+    pub optimise_ms: f64,
+}
+
+/// Time the learned optimisers of the optimisation benchmark `benchmark`
+/// (or the one labelled `only`): `steps` meta-steps after one warm-up, and
+/// as many test problems, one at a time on the caller's thread.
+pub fn optimizers(
+    data_dir: &Path,
+    benchmark: &str,
+    only: Option<&str>,
+    steps: u64,
+) -> Result<Vec<OptimizerTiming>> {
+    use crate::algo::optimizer::{self, Problems};
+    let (bench, _) = crate::spec::optimisation::OptBenchmark::load_with(
+        benchmark,
+        &crate::spec::Overrides::default(),
+    )?;
+    if let Some(l) = only {
+        bench.algorithm(l)?;
+    }
+    let data = bench.problem.open(data_dir)?;
+    let ctx = bench.context();
+    let train = Problems {
+        spec: &bench.problem,
+        data: &data,
+        seed: 0,
+        split: Split::Train,
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut out = vec![];
+    for (i, spec) in bench.algorithms.iter().enumerate() {
+        if only.is_some_and(|l| l != spec.label) {
+            continue;
+        }
+        let mut opt = optimizer::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;
+        if !opt.learned() {
+            continue;
+        }
+        let (mut meta, mut run) = (vec![], vec![]);
+        for s in 0..=steps {
+            let mut p = train.get(s)?;
+            let t0 = Instant::now();
+            opt.meta_train_step(&mut p)?;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let mut p = train.get(1000 + s)?;
+            let t1 = Instant::now();
+            opt.optimise(&mut p, bench.steps)?;
+            if s > 0 {
+                meta.push(ms);
+                run.push(t1.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        out.push(OptimizerTiming {
+            label: spec.label.clone(),
+            meta_step_ms: median(meta),
+            optimise_ms: median(run),
+        });
+    }
+    Ok(out)
+}

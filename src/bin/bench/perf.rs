@@ -38,6 +38,20 @@ pub enum PerfCommand {
         #[arg(long)]
         kernels: Option<String>,
     },
+    /// Milliseconds per meta-training step (one problem of T steps) and
+    /// per optimised test problem of every learned optimiser of an
+    /// optimisation benchmark, one at a time on one thread.
+    Optimizers {
+        /// Optimisation benchmark name or YAML path
+        #[arg(default_value = "quadratic-10d")]
+        benchmark: String,
+        /// Timed meta-steps per optimiser (after one warm-up step)
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        /// Only this optimiser label
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Forward and forward+backward time of the conv-4 learner.
     Learner {
         /// omniglot or mini-imagenet
@@ -54,6 +68,23 @@ pub enum PerfCommand {
 pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, cmd: PerfCommand) -> Result<()> {
     let device = device.open()?;
     match cmd {
+        PerfCommand::Optimizers {
+            benchmark,
+            steps,
+            only,
+        } => {
+            println!("{benchmark}: {steps} timed meta-steps per learned optimiser (medians)");
+            println!(
+                "{:<20} {:>16} {:>18}",
+                "optimiser", "ms/meta-step", "ms/test problem"
+            );
+            for t in perf::optimizers(data_dir, &benchmark, only.as_deref(), steps)? {
+                println!(
+                    "{:<20} {:>16.1} {:>18.1}",
+                    t.label, t.meta_step_ms, t.optimise_ms
+                );
+            }
+        }
         PerfCommand::Data { seconds } => {
             println!("threads: {} (rayon)", rayon::current_num_threads());
             println!("{:<44} {:>12} {:>14}", "measurement", "images", "result");

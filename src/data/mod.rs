@@ -11,6 +11,10 @@
 //! generic class-per-folder [`folder`]. See `docs/data.md` for layouts and
 //! splits. [`describe`] counts a dataset's splits and describes episodes
 //! for people.
+//!
+//! Beside the episode datasets: [`mnist`] (the four standard IDX files,
+//! read by [`idx`]) for the optimisation benchmarks' MLP problems, and
+//! [`task`], the task kinds.
 
 pub mod describe;
 pub mod episode_file;

@@ -7,7 +7,10 @@
 //! - [`params`]: an ordered, named collection of parameter tensors;
 //! - [`norm`]: where batch norm takes its statistics (the references'
 //!   protocols);
-//! - [`optim`]: Adam with checkpointable state;
+//! - [`optim`]: Adam with checkpointable state (the meta-optimiser);
+//! - [`hand`]: the five hand-designed updates of `torch.optim` (SGD,
+//!   momentum, Nesterov, RMSprop, Adam) on flat slices, the baselines of
+//!   the optimisation benchmarks;
 //! - [`kernels`]: the building blocks (composed candle ops and the fused
 //!   CPU kernels).
 

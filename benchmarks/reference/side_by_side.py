@@ -12,6 +12,10 @@ table for docs/perf.md. Our learner cases run candle with 2 threads
 (CANDLE_NUM_THREADS=2, one pass at a time, like PyTorch's); our algorithm
 cases run as `bench run` does (episodes in parallel on rayon's 2 threads,
 candle single-threaded), and their time is per training episode (task).
+Our learned-optimiser cases (lstm-opt-*, two-level-* on quadratic-10d and
+mnist-mlp) run `bench perf optimizers` and their time is per
+meta-training step (one problem of 100 steps in truncated unrolls of 20);
+that command reports no peak memory.
 With --rounds N every case runs N times, ours and PyTorch's alternating;
 the table shows each side's median, the ratio of the medians and the range
 of the N per-round ratios (this machine's run-to-run spread is large).
@@ -41,8 +45,24 @@ algorithms:
 """
 
 
+OPTIMIZERS = {
+    "lstm-opt-quadratic": ("quadratic-10d", "lstm-optimizer", "3"),
+    "lstm-opt-mnist": ("mnist-mlp", "lstm-optimizer", "2"),
+    "two-level-quadratic": ("quadratic-10d", "two-level", "3"),
+    "two-level-mnist": ("mnist-mlp", "two-level", "2"),
+}
+
+
 def ours(bench, data, case, tmp):
     env = dict(os.environ)
+    if case in OPTIMIZERS:
+        bm, label, steps = OPTIMIZERS[case]
+        env["CANDLE_NUM_THREADS"] = "2"
+        out = subprocess.run([bench, "--data-dir", data, "perf", "optimizers", bm, "--only", label, "--steps", steps],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        row = [l for l in out.splitlines() if l.startswith(label)][-1]
+        # columns: ms/meta-step, ms/test problem
+        return float(re.findall(r"[\d.]+", row[len(label):])[0]), None
     m = re.match(r"learner-(omniglot|mini)-(\d+)", case)
     if m:
         env["CANDLE_NUM_THREADS"] = "2"
@@ -81,7 +101,8 @@ def main():
     ap.add_argument("--data-dir", default="../shared/datasets")
     ap.add_argument("--cases", default="learner-omniglot-5,learner-omniglot-75,learner-mini-5,learner-mini-75,"
                                        "fomaml-task,maml-task,reptile-task,meta-lstm-10,meta-lstm-20,"
-                                       "fomaml-task-mini,reptile-task-mini,meta-lstm-mini")
+                                       "fomaml-task-mini,reptile-task-mini,meta-lstm-mini,"
+                                       "lstm-opt-quadratic,lstm-opt-mnist,two-level-quadratic,two-level-mnist")
     ap.add_argument("--rounds", type=int, default=1, help="times each case runs (medians)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()

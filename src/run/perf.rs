@@ -434,7 +434,8 @@ pub struct OptimizerTiming {
 
 /// Time the learned optimisers of the optimisation benchmark `benchmark`
 /// (or the one labelled `only`): `steps` meta-steps after one warm-up, and
-/// as many test problems, one at a time on the caller's thread.
+/// as many test problems, one at a time (candle's threads inside each
+/// operation, `CANDLE_NUM_THREADS`).
 pub fn optimizers(
     data_dir: &Path,
     benchmark: &str,

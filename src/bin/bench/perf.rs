@@ -40,7 +40,8 @@ pub enum PerfCommand {
     },
     /// Milliseconds per meta-training step (one problem of T steps) and
     /// per optimised test problem of every learned optimiser of an
-    /// optimisation benchmark, one at a time on one thread.
+    /// optimisation benchmark, one problem at a time (candle's own threads
+    /// inside each operation).
     Optimizers {
         /// Optimisation benchmark name or YAML path
         #[arg(default_value = "quadratic-10d")]

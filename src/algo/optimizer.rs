@@ -10,8 +10,8 @@
 //! f(theta_T).
 //!
 //! Adding an optimiser is one file with a config struct, a type
-//! implementing [`Optimizer`] and a `pub const OPT_ENTRY: OptEntry`, plus
-//! one line in [`optimizers`].
+//! implementing [`Optimizer`] and a `pub const` [`OptEntry`], plus one line
+//! in [`super::optimizers`].
 
 use std::collections::HashMap;
 
@@ -115,21 +115,6 @@ pub struct OptEntry {
     pub build: fn(&Value, &OptContext) -> Result<Box<dyn Optimizer>>,
 }
 
-/// Every optimiser that runs optimisation problems. Adding one is one line
-/// here.
-pub fn optimizers() -> &'static [OptEntry] {
-    &[
-        super::hand::SGD,
-        super::hand::MOMENTUM,
-        super::hand::NESTEROV,
-        super::hand::RMSPROP,
-        super::hand::ADAM,
-        super::learned_optimizer::LSTM_OPTIMIZER,
-        super::learned_optimizer::TWO_LEVEL,
-        super::learned_optimizer::META_LSTM,
-    ]
-}
-
 /// The optimiser entry an algorithm entry names, or an error naming the
 /// field and what runs `optimisation` tasks (an episodic-only algorithm
 /// is named as such).
@@ -141,10 +126,10 @@ fn entry_for(entry: &Value, field: &str) -> Result<&'static OptEntry> {
             source_name: field.to_string(),
             reason: "each algorithm entry needs `algorithm: <name>`".into(),
         })?;
-    if let Some(e) = optimizers().iter().find(|e| e.name == name) {
+    if let Some(e) = super::optimizers().iter().find(|e| e.name == name) {
         return Ok(e);
     }
-    let known: Vec<&str> = optimizers().iter().map(|e| e.name).collect();
+    let known: Vec<&str> = super::optimizers().iter().map(|e| e.name).collect();
     let reason = if super::registry().iter().any(|e| e.name == name) {
         format!(
             "`{name}` cannot run `{}` tasks, which this benchmark's `task` is (it runs: episodic); \
@@ -176,7 +161,7 @@ pub fn build(entry: &Value, ctx: &OptContext, field: &str) -> Result<Box<dyn Opt
 
 /// Whether `name` runs optimisation problems.
 pub fn runs_optimisation(name: &str) -> bool {
-    optimizers().iter().any(|e| e.name == name)
+    super::optimizers().iter().any(|e| e.name == name)
 }
 
 /// [`OptEntry::resolve`] for an optimiser whose entry parses as `C` and

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Benchmark, Budget, Published, Select};
+use super::{Budget, Published, Select};
 use crate::data::sampler::EpisodeSpec;
 use crate::data::task::TaskKind;
 use crate::data::DataOptions;
@@ -138,54 +138,6 @@ pub fn benchmarks_dir() -> PathBuf {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks")
     }
-}
-
-/// A benchmark file of either task kind, resolved.
-#[derive(Debug)]
-pub enum AnyBenchmark {
-    Episodic(Benchmark),
-    Optimisation(super::optimisation::OptBenchmark),
-}
-
-/// Every `*.yaml` of `dir` (not its subfolders), by name, each parsed as
-/// the task kind it declares: a broken file is listed with its error
-/// instead of hiding the others.
-pub fn list_benchmarks(dir: &Path) -> Result<Vec<(PathBuf, Result<AnyBenchmark>)>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    paths.sort();
-    Ok(paths
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read_to_string(&p)
-                .map_err(|e| Error::io(&p, e))
-                .and_then(|t| {
-                    parse_any(&t, &p.display().to_string(), &super::Overrides::default())
-                });
-            (p, b)
-        })
-        .collect())
-}
-
-/// Parse a benchmark file as the task kind its `task:` names.
-pub fn parse_any(text: &str, source: &str, o: &super::Overrides) -> Result<AnyBenchmark> {
-    Ok(match super::optimisation::task_of(text, source)? {
-        TaskKind::Episodic => AnyBenchmark::Episodic(Benchmark::parse_with(text, source, o)?),
-        TaskKind::Optimisation => AnyBenchmark::Optimisation(
-            super::optimisation::OptBenchmark::parse_with(text, source, o)?,
-        ),
-    })
-}
-
-/// The task kind of the benchmark file `name_or_path` (a name from
-/// `benchmarks/` or a path), read before it is parsed as one kind.
-pub fn task_of_file(name_or_path: &str) -> Result<TaskKind> {
-    let path = find(name_or_path)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    super::optimisation::task_of(&text, &path.display().to_string())
 }
 
 pub(super) fn find(name_or_path: &str) -> Result<PathBuf> {

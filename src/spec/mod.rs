@@ -42,10 +42,7 @@ use crate::model::norm::NormProtocol;
 pub use crate::yaml::{from_str, from_value, to_string, variant_name};
 
 pub use budget::Budget;
-pub use file::{
-    benchmarks_dir, list_benchmarks, parse_any, task_of_file, AnyBenchmark, BatchNormFile,
-    BenchmarkFile, ProfileFile,
-};
+pub use file::{benchmarks_dir, BatchNormFile, BenchmarkFile, ProfileFile};
 pub use profile::{Overrides, DEFAULT_PROFILE};
 pub use resolve::{check_label, MAX_EPISODES};
 pub use summary::{broken, summaries, Listed, ProfileSummary, Summary};
@@ -255,4 +252,50 @@ impl Benchmark {
             device: device.clone(),
         }
     }
+}
+
+/// A benchmark file of either task kind, resolved.
+#[derive(Debug)]
+pub enum AnyBenchmark {
+    Episodic(Benchmark),
+    Optimisation(optimisation::OptBenchmark),
+}
+
+/// Every `*.yaml` of `dir` (not its subfolders), by name, each parsed as
+/// the task kind it declares: a broken file is listed with its error
+/// instead of hiding the others.
+pub fn list_benchmarks(dir: &Path) -> Result<Vec<(PathBuf, Result<AnyBenchmark>)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read_to_string(&p)
+                .map_err(|e| Error::io(&p, e))
+                .and_then(|t| parse_any(&t, &p.display().to_string(), &Overrides::default()));
+            (p, b)
+        })
+        .collect())
+}
+
+/// Parse a benchmark file as the task kind its `task:` names.
+pub fn parse_any(text: &str, source: &str, o: &Overrides) -> Result<AnyBenchmark> {
+    Ok(match optimisation::task_of(text, source)? {
+        TaskKind::Episodic => AnyBenchmark::Episodic(Benchmark::parse_with(text, source, o)?),
+        TaskKind::Optimisation => {
+            AnyBenchmark::Optimisation(optimisation::OptBenchmark::parse_with(text, source, o)?)
+        }
+    })
+}
+
+/// The task kind of the benchmark file `name_or_path` (a name from
+/// `benchmarks/` or a path), read before it is parsed as one kind.
+pub fn task_of_file(name_or_path: &str) -> Result<TaskKind> {
+    let path = file::find(name_or_path)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    optimisation::task_of(&text, &path.display().to_string())
 }

@@ -14,6 +14,7 @@
 
 pub mod hand;
 pub mod learned;
+pub mod learned_fewshot;
 pub mod learned_optimizer;
 pub mod maml;
 pub mod meta_lstm;
@@ -271,7 +272,13 @@ pub struct Entry {
 
 /// All algorithms. Adding one is one line here.
 pub fn registry() -> &'static [Entry] {
-    &[maml::ENTRY, reptile::ENTRY, meta_lstm::ENTRY]
+    &[
+        maml::ENTRY,
+        reptile::ENTRY,
+        meta_lstm::ENTRY,
+        learned_fewshot::LSTM_OPTIMIZER_FEWSHOT,
+        learned_fewshot::TWO_LEVEL_FEWSHOT,
+    ]
 }
 
 /// Every optimiser that runs optimisation problems

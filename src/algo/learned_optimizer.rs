@@ -141,7 +141,7 @@ impl LearnedEntry {
             });
         }
         let unroll = super::at_least_one("unroll", self.unroll.unwrap_or(20))?;
-        if ctx.steps % unroll != 0 {
+        if !ctx.steps.is_multiple_of(unroll) {
             return Err(Error::Config {
                 source_name: "unroll".into(),
                 reason: format!(

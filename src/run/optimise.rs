@@ -430,7 +430,7 @@ fn meta_train(
             b.inc(1);
         }
         let done = state.done(&bench.budget);
-        if state.step % bench.validate_every == 0 || done {
+        if state.step.is_multiple_of(bench.validate_every) || done {
             let v = validate(bench, data, opt)?;
             let point = CurvePoint {
                 step: state.step,
@@ -461,7 +461,7 @@ fn meta_train(
         let stop = o
             .stop_after_steps
             .is_some_and(|n| state.step - session_start >= n);
-        if state.step % bench.checkpoint_every == 0 || done || stop {
+        if state.step.is_multiple_of(bench.checkpoint_every) || done || stop {
             state.finished = done;
             checkpoint::save(
                 dir,

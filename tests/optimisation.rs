@@ -70,6 +70,10 @@ fn every_shipped_optimisation_benchmark_and_profile_resolves_and_is_listed() {
             let (b, _) = OptBenchmark::load_with(&path, &o)
                 .unwrap_or_else(|e| panic!("{path} {profile:?}: {e}"));
             assert!(b.algorithms.len() >= 8, "{}", b.name);
+            assert_eq!(
+                Some(b.name.as_str()),
+                p.file_stem().and_then(|s| s.to_str())
+            );
             if profile.is_some() {
                 assert_eq!(b.budget.meta_steps, Some(10_000), "{}", b.name);
             }

@@ -238,13 +238,17 @@ fn serve_one(
     out.shutdown(std::net::Shutdown::Write)
 }
 
-/// Every `*.yaml` benchmark directly in `dir`, parsed and resolved; each
-/// must be named after its file.
+/// Every few-shot `*.yaml` benchmark directly in `dir` (optimisation
+/// benchmarks have their own shape: tests/optimisation.rs), parsed and
+/// resolved; each must be named after its file.
 pub fn load_benchmarks(dir: &Path) -> Vec<fewshot::spec::Benchmark> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "yaml") {
+        if p.extension().is_some_and(|x| x == "yaml")
+            && fewshot::spec::task_of_file(p.to_str().unwrap()).unwrap()
+                == fewshot::data::task::TaskKind::Episodic
+        {
             let (b, _) = fewshot::spec::Benchmark::load(p.to_str().unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert_eq!(

@@ -191,6 +191,25 @@ fn a_run_writes_its_files_and_a_killed_run_resumes_to_the_same_bits() {
     let back = OptResults::read(whole.path()).unwrap();
     assert_eq!(back.results[1].final_loss, a.results[1].final_loss);
 
+    // The trained optimisers on other problems (more coordinates, a longer
+    // horizon) without retraining: one column of the transfer matrix.
+    let other = OptBenchmark::parse_with(
+        &TINY
+            .replace("name: tiny-quadratic", "name: tiny-wider")
+            .replace("dims: 3", "dims: 6")
+            .replace("steps: 10", "steps: 20"),
+        "wider.yaml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let t = optimise::evaluate_on(whole.path(), &other, data, &[]).unwrap();
+    assert_eq!(t.results.len(), 3);
+    assert_eq!(t.results[1].curve_mean.len(), 21);
+    assert_eq!(t.results[1].selected, a.results[1].selected);
+    assert!(t.results[0].tuning.is_some());
+    assert!(whole.path().join("eval/tiny-wider/results.json").is_file());
+    assert!(t.results.iter().all(|r| r.log10_loss.is_finite()));
+
     // Killed after two meta-steps of the first learned optimiser, then
     // resumed (twice: the second learned optimiser is killed too).
     let split = common::tempdir();

@@ -541,6 +541,7 @@ pub fn evaluate_on(
             continue;
         }
         let mut opt = optimizer::build(&spec.config, &ctx, &format!("algorithms[{i}]"))?;
+        let mut selected = None;
         let tuning = if opt.learned() {
             let dir = run.join(&spec.label);
             let state = checkpoint::latest(&dir)?
@@ -550,7 +551,7 @@ pub fn evaluate_on(
                 })?
                 .checkpoint
                 .train;
-            select(&trained, opt.as_mut(), &dir, &state)?;
+            selected = Some(select(&trained, opt.as_mut(), &dir, &state)?);
             None
         } else {
             let train = Problems {
@@ -572,6 +573,7 @@ pub fn evaluate_on(
         let mut row = OptRow::scored(opt.label(), opt.kind(), opt.learned(), &curves);
         row.test_seconds = t0.elapsed().as_secs_f64();
         row.tuning = tuning;
+        row.selected = selected;
         out.results.push(row);
     }
     pair_with_best(&mut out.results);

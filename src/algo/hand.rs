@@ -235,7 +235,7 @@ macro_rules! hand_entry {
         pub const $const: OptEntry = OptEntry {
             name: $name,
             about: $about,
-            resolve: |v, ctx| super::optimizer::resolve_as(v, ctx, HandEntry::resolve),
+            resolve: |v, ctx| super::resolve_as(v, ctx, HandEntry::resolve),
             build: |v, ctx| super::optimizer::build_as(v, ctx, HandEntry::resolve, Hand::new),
         };
     };

@@ -423,7 +423,7 @@ macro_rules! learned_entry {
         pub const $const: OptEntry = OptEntry {
             name: $name,
             about: $about,
-            resolve: |v, ctx| super::optimizer::resolve_as(v, ctx, LearnedEntry::resolve),
+            resolve: |v, ctx| super::resolve_as(v, ctx, LearnedEntry::resolve),
             build: |v, ctx| {
                 super::optimizer::build_as(v, ctx, LearnedEntry::resolve, LearnedOptimizer::new)
             },

@@ -392,10 +392,12 @@ pub fn build(entry: &Value, ctx: &Context, field: &str) -> Result<Box<dyn Algori
 
 /// [`Entry::resolve`] for an algorithm whose entry parses as `C` and
 /// resolves with `f` into a struct that has a `label` field.
-pub fn resolve_as<C: serde::de::DeserializeOwned, R: serde::Serialize>(
+/// The context `X` is the task kind's: [`Context`] for episodes,
+/// [`optimizer::OptContext`] for optimisation problems.
+pub fn resolve_as<C: serde::de::DeserializeOwned, R: serde::Serialize, X>(
     entry: &Value,
-    ctx: &Context,
-    f: fn(&C, &Context) -> Result<R>,
+    ctx: &X,
+    f: fn(&C, &X) -> Result<R>,
 ) -> Result<Resolved> {
     let config = crate::yaml::to_value(&f(&parse_entry(entry)?, ctx)?)?;
     let label = config

@@ -164,22 +164,6 @@ pub fn runs_optimisation(name: &str) -> bool {
     super::optimizers().iter().any(|e| e.name == name)
 }
 
-/// [`OptEntry::resolve`] for an optimiser whose entry parses as `C` and
-/// resolves with `f` into a struct with a `label` field.
-pub fn resolve_as<C: serde::de::DeserializeOwned, R: serde::Serialize>(
-    entry: &Value,
-    ctx: &OptContext,
-    f: fn(&C, &OptContext) -> Result<R>,
-) -> Result<Resolved> {
-    let config = crate::yaml::to_value(&f(&super::parse_entry(entry)?, ctx)?)?;
-    let label = config
-        .get("label")
-        .and_then(|l| l.as_str())
-        .unwrap_or_default()
-        .to_string();
-    Ok(Resolved { label, config })
-}
-
 /// [`OptEntry::build`] from the config's `resolve` and the optimiser's
 /// `new`.
 pub fn build_as<C: serde::de::DeserializeOwned, R, A: Optimizer + 'static>(

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 use super::learned::andrychowicz::{AndrychowiczConfig, AndrychowiczRule, AndrychowiczWeights};
 use super::learned::objective::{self, Objective, Replay, Support};
-use super::learned::two_level::{Candidate, TwoLevelConfig, TwoLevelRule, TwoLevelWeights};
+use super::learned::two_level::{TwoLevelConfig, TwoLevelRule, TwoLevelWeights};
 use super::learned::{self, UnrollOptions, Unrolled};
 use super::learned_optimizer::Preset;
 use super::meta_lstm::MetaLstmConfig;
@@ -262,31 +262,14 @@ impl LearnedFewShotResolved {
     /// The LSTM stack's (the two-level rule's first level's) configuration:
     /// the preset's, with this entry's shape, preprocessing and scale.
     pub fn lstm_config(&self) -> AndrychowiczConfig {
-        let base = match self.preset {
-            Preset::Paper => AndrychowiczConfig::paper(),
-            Preset::Code => AndrychowiczConfig::code(),
-        };
-        AndrychowiczConfig {
-            hidden: self.hidden,
-            layers: self.layers,
-            preprocess: (self.preprocess > 0.0).then_some(self.preprocess),
-            scale: self.scale,
-            ..base
-        }
+        self.preset
+            .lstm_config(self.hidden, self.layers, self.preprocess, self.scale)
     }
 
     /// The two-level rule's configuration: learned gates, the entry's
     /// candidate.
     pub fn two_level_config(&self) -> TwoLevelConfig {
-        TwoLevelConfig {
-            lstm: self.lstm_config(),
-            candidate: if self.candidate.as_deref() == Some("gradient") {
-                Candidate::Gradient
-            } else {
-                Candidate::Learned
-            },
-            ..TwoLevelConfig::default()
-        }
+        super::learned_optimizer::two_level_config(self.lstm_config(), self.candidate.as_deref())
     }
 }
 

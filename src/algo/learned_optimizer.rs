@@ -189,29 +189,50 @@ impl LearnedEntry {
 impl LearnedResolved {
     /// The first level's (or the whole rule's) Andrychowicz configuration.
     fn lstm_config(&self) -> AndrychowiczConfig {
-        let base = match self.preset {
+        self.preset
+            .lstm_config(self.hidden, self.layers, self.preprocess, self.scale)
+    }
+
+    fn two_level_config(&self) -> TwoLevelConfig {
+        two_level_config(self.lstm_config(), self.candidate.as_deref())
+    }
+}
+
+impl Preset {
+    /// The Andrychowicz configuration of this preset with an entry's
+    /// shape, preprocessing constant (0: none) and output scale.
+    pub fn lstm_config(
+        self,
+        hidden: usize,
+        layers: usize,
+        preprocess: f64,
+        scale: f64,
+    ) -> AndrychowiczConfig {
+        let base = match self {
             Preset::Paper => AndrychowiczConfig::paper(),
             Preset::Code => AndrychowiczConfig::code(),
         };
         AndrychowiczConfig {
-            hidden: self.hidden,
-            layers: self.layers,
-            preprocess: (self.preprocess > 0.0).then_some(self.preprocess),
-            scale: self.scale,
+            hidden,
+            layers,
+            preprocess: (preprocess > 0.0).then_some(preprocess),
+            scale,
             ..base
         }
     }
+}
 
-    fn two_level_config(&self) -> TwoLevelConfig {
-        TwoLevelConfig {
-            lstm: self.lstm_config(),
-            candidate: if self.candidate.as_deref() == Some("gradient") {
-                Candidate::Gradient
-            } else {
-                Candidate::Learned
-            },
-            ..TwoLevelConfig::default()
-        }
+/// The two-level rule's configuration over the first level `lstm`, with
+/// learned gates and the entry's `candidate` (`gradient`, else learned).
+pub fn two_level_config(lstm: AndrychowiczConfig, candidate: Option<&str>) -> TwoLevelConfig {
+    TwoLevelConfig {
+        lstm,
+        candidate: if candidate == Some("gradient") {
+            Candidate::Gradient
+        } else {
+            Candidate::Learned
+        },
+        ..TwoLevelConfig::default()
     }
 }
 

@@ -298,15 +298,21 @@ pub fn optimizers() -> &'static [optimizer::OptEntry] {
     ]
 }
 
-/// The registry entry an algorithm entry names (`algorithm: <name>`).
-fn entry_for(entry: &Value, field: &str) -> Result<&'static Entry> {
-    let name = entry
+/// The name an algorithm entry gives (`algorithm: <name>`), or an error
+/// naming `field`.
+fn algorithm_name<'a>(entry: &'a Value, field: &str) -> Result<&'a str> {
+    entry
         .get("algorithm")
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::Config {
             source_name: field.to_string(),
             reason: "each algorithm entry needs `algorithm: <name>`".into(),
-        })?;
+        })
+}
+
+/// The registry entry an algorithm entry names (`algorithm: <name>`).
+fn entry_for(entry: &Value, field: &str) -> Result<&'static Entry> {
+    let name = algorithm_name(entry, field)?;
     let known: Vec<&str> = registry().iter().map(|e| e.name).collect();
     registry()
         .iter()

@@ -119,13 +119,7 @@ pub struct OptEntry {
 /// field and what runs `optimisation` tasks (an episodic-only algorithm
 /// is named as such).
 fn entry_for(entry: &Value, field: &str) -> Result<&'static OptEntry> {
-    let name = entry
-        .get("algorithm")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Config {
-            source_name: field.to_string(),
-            reason: "each algorithm entry needs `algorithm: <name>`".into(),
-        })?;
+    let name = super::algorithm_name(entry, field)?;
     if let Some(e) = super::optimizers().iter().find(|e| e.name == name) {
         return Ok(e);
     }

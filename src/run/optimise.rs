@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::algo::optimizer::{self, Optimizer, Problems};
 use crate::algo::problem::ProblemData;
+use crate::algo::Observer;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::layout;
@@ -285,11 +286,17 @@ fn trace(bench: &OptBenchmark, opt: &dyn Optimizer, test: &Problems, dir: &Path)
     let mut stats = SeriesStats::default();
     let mut records = vec![];
     for i in 0..TRACE_PROBLEMS.min(bench.test_problems as u64) {
-        opt.observe(&mut test.get(i)?, bench.steps, &mut stats)?;
         if trace::traceable(opt.series()) {
+            // One optimisation feeds both observers.
             let mut gates = GateCollector::new(&bench.name, opt.label(), i, 64);
-            opt.observe(&mut test.get(i)?, bench.steps, &mut gates)?;
+            opt.observe(
+                &mut test.get(i)?,
+                bench.steps,
+                &mut Both(&mut stats, &mut gates),
+            )?;
             records.extend(gates.records());
+        } else {
+            opt.observe(&mut test.get(i)?, bench.steps, &mut stats)?;
         }
     }
     write_atomic(&dir.join(layout::SERIES), stats.csv().as_bytes())?;
@@ -306,6 +313,16 @@ fn trace(bench: &OptBenchmark, opt: &dyn Optimizer, test: &Problems, dir: &Path)
         )?;
     }
     Ok(())
+}
+
+/// Two observers fed by one run.
+struct Both<'a>(&'a mut dyn Observer, &'a mut dyn Observer);
+
+impl Observer for Both<'_> {
+    fn record(&mut self, series: &str, step: usize, layer: &str, values: &[f32]) {
+        self.0.record(series, step, layer, values);
+        self.1.record(series, step, layer, values);
+    }
 }
 
 /// The loss curves of `n` problems of `problems`, in parallel (each

@@ -151,6 +151,19 @@ pub struct Args {
     trace: usize,
 }
 
+impl Args {
+    /// What `--resume` and `--force` ask of the run folder.
+    fn mode(&self) -> Mode {
+        if self.resume {
+            Mode::Resume
+        } else if self.force {
+            Mode::Force
+        } else {
+            Mode::New
+        }
+    }
+}
+
 pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
     if fewshot::spec::task_of_file(&a.spec.benchmark)? == TaskKind::Optimisation {
         return run_optimisation(data_dir, a);
@@ -162,13 +175,7 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         path.display(),
         bench.profile
     );
-    let mode = if a.resume {
-        Mode::Resume
-    } else if a.force {
-        Mode::Force
-    } else {
-        Mode::New
-    };
+    let mode = a.mode();
     let run_dir = a.run_dir.unwrap_or_else(|| runner::default_run_dir(&bench));
     if a.spec.seeds.is_empty() {
         let results = runner::run(
@@ -228,13 +235,7 @@ fn run_optimisation(data_dir: &Path, a: Args) -> Result<()> {
         path.display(),
         bench.profile
     );
-    let mode = if a.resume {
-        Mode::Resume
-    } else if a.force {
-        Mode::Force
-    } else {
-        Mode::New
-    };
+    let mode = a.mode();
     let run_dir = a
         .run_dir
         .unwrap_or_else(|| runner::default_run_dir_of(&bench.name));

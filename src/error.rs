@@ -101,6 +101,12 @@ pub enum Error {
         checkpoint: String,
     },
 
+    /// An algorithm whose whole meta-knowledge is the learner's
+    /// initialisation asked to start from a fresh one (a learner of another
+    /// shape, or `bench eval --fresh-init`).
+    #[error("{algorithm} has no update rule to apply from a fresh initialisation: {reason}")]
+    NotPortable { algorithm: String, reason: String },
+
     /// A checkpoint that cannot be used (torn, corrupt, from another run).
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },

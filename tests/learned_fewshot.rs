@@ -410,7 +410,8 @@ fn the_learned_benchmark_has_the_headline_test_episodes_and_a_protocol_profile()
         };
         assert_eq!(same(&b), same(&head), "{profile:?}");
         // The headline rows with the same hyperparameters, then the two
-        // learned rules.
+        // learned rules and the hand-designed baselines (2,000 tuning
+        // episodes each, in every profile).
         let labels: Vec<&str> = b.algorithms.iter().map(|a| a.label.as_str()).collect();
         assert_eq!(
             labels,
@@ -419,7 +420,9 @@ fn the_learned_benchmark_has_the_headline_test_episodes_and_a_protocol_profile()
                 "reptile",
                 "meta-lstm",
                 "lstm-optimizer",
-                "two-level"
+                "two-level",
+                "sgd",
+                "adam"
             ]
         );
         for (a, h) in b.algorithms.iter().zip(&head.algorithms) {
@@ -428,6 +431,15 @@ fn the_learned_benchmark_has_the_headline_test_episodes_and_a_protocol_profile()
         }
         for a in &b.algorithms[3..] {
             assert_eq!(a.config["steps"].as_u64(), Some(10), "{}", a.label);
+        }
+        let tuning = Budget {
+            minutes: None,
+            meta_steps: None,
+            episodes: Some(2_000),
+        };
+        for label in ["sgd", "adam"] {
+            let (_, a) = b.algorithm(label).unwrap();
+            assert_eq!(b.budget_of(a), tuning, "{label}");
         }
         if profile.is_some() {
             let episodes = Budget {
@@ -440,7 +452,11 @@ fn the_learned_benchmark_has_the_headline_test_episodes_and_a_protocol_profile()
                 assert_eq!(b.budget_of(a), episodes, "{label}");
             }
         } else {
-            assert_eq!(b.describe_budget(), "15 min");
+            assert_eq!(
+                b.describe_budget(),
+                "fomaml: 15 min; reptile: 15 min; meta-lstm: 15 min; lstm-optimizer: 15 min; \
+                 two-level: 15 min; sgd: 2000 episodes; adam: 2000 episodes"
+            );
         }
     }
     // The test episodes themselves: the same sampler seeds and shapes give

@@ -512,6 +512,10 @@ impl Algorithm for LearnedFewShot {
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
         super::load_params_and_adam(s, ("meta.", &mut self.params), ("adam.", &mut self.adam))
     }
+    /// The rule's weights; theta_0 stays this learner's fresh draw.
+    fn load_rule(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
+        super::load_rule_params(s, "meta.", &mut self.params, THETA0)
+    }
     /// The rule's series: `update` (lstm-optimizer); `forget`, `input`,
     /// `update` (two-level).
     fn series(&self) -> &[&'static str] {

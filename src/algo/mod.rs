@@ -13,6 +13,7 @@
 //! `docs/algorithms.md`.
 
 pub mod hand;
+pub mod hand_fewshot;
 pub mod learned;
 pub mod learned_fewshot;
 pub mod learned_optimizer;
@@ -224,6 +225,19 @@ pub trait Algorithm: Send + Sync {
     fn state(&self) -> Result<HashMap<String, Tensor>>;
     /// Restore [`Algorithm::state`].
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+    /// Restore only what of a trained [`Algorithm::state`] is an update
+    /// rule (a learned rule's weights, a tuned learning rate), keeping this
+    /// algorithm's own fresh learner initialisation: how a rule trained
+    /// with one learner is applied to a learner of another shape, or
+    /// tested without its learned initialisation. The default refuses
+    /// ([`Error::NotPortable`]): MAML's and Reptile's meta-knowledge is the
+    /// initialisation itself.
+    fn load_rule(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Err(Error::NotPortable {
+            algorithm: self.label().to_string(),
+            reason: "everything it learns is the learner's initialisation".into(),
+        })
+    }
     /// Names of the per-coordinate series [`Algorithm::observe`] reports
     /// (a learned optimizer's gates or updates, say). Empty, the default:
     /// nothing to observe.
@@ -278,6 +292,11 @@ pub fn registry() -> &'static [Entry] {
         meta_lstm::ENTRY,
         learned_fewshot::LSTM_OPTIMIZER_FEWSHOT,
         learned_fewshot::TWO_LEVEL_FEWSHOT,
+        hand_fewshot::SGD,
+        hand_fewshot::MOMENTUM,
+        hand_fewshot::NESTEROV,
+        hand_fewshot::RMSPROP,
+        hand_fewshot::ADAM,
     ]
 }
 
@@ -449,6 +468,22 @@ pub fn load_params_and_adam(
 ) -> Result<()> {
     *params.1 = params.1.from_named_like(params.0, state)?;
     adam.1.load_named(adam.0, state)
+}
+
+/// [`Algorithm::load_rule`] for meta-parameters that are a rule's weights
+/// plus a learned initialisation named `init`: every tensor of `params`
+/// but `init` from `state` (under `prefix`, shapes checked), `init` kept.
+pub fn load_rule_params(
+    state: &HashMap<String, Tensor>,
+    prefix: &str,
+    params: &mut Params,
+    init: &str,
+) -> Result<()> {
+    let mut full = state.clone();
+    let own = params.get(init)?.clone();
+    full.insert(format!("{prefix}{init}"), own);
+    *params = params.from_named_like(prefix, &full)?;
+    Ok(())
 }
 
 /// Parse an algorithm's config struct from its YAML entry

@@ -45,6 +45,9 @@ use crate::rng::Rng;
 /// Largest `learner.hidden` accepted (conv-4 with 1024 channels is
 /// already ~28M parameters; the references use 32 and 64).
 pub const MAX_HIDDEN: usize = 1024;
+/// Most conv blocks a benchmark may ask for (each halves the image side:
+/// 512 pixels become one after nine).
+pub const MAX_BLOCKS: usize = 9;
 
 /// How each conv block halves the resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +178,9 @@ pub const BLOCKS: usize = 4;
 #[serde(deny_unknown_fields)]
 pub struct LearnerOptions {
     pub hidden: Option<usize>,
+    /// Conv blocks before the head [default: 4]; each halves the feature
+    /// map, which must keep at least one pixel.
+    pub blocks: Option<usize>,
     pub bn_eps: Option<f64>,
     pub head: Option<Head>,
     pub bn_scale: Option<bool>,
@@ -257,6 +263,16 @@ impl Learner {
             }
             self.hidden = h;
         }
+        if let Some(b) = o.blocks {
+            if !(1..=MAX_BLOCKS).contains(&b) {
+                return Err(Error::invalid(
+                    "learner.blocks",
+                    b,
+                    format!("1..={MAX_BLOCKS} conv blocks"),
+                ));
+            }
+            self.blocks = b;
+        }
         if let Some(e) = o.bn_eps {
             if !(e.is_finite() && e > 0.0) {
                 return Err(Error::invalid("learner.bn_eps", e, "a positive number"));
@@ -277,6 +293,16 @@ impl Learner {
         }
         if let Some(p) = o.pool_padding {
             self.pool_padding = p;
+        }
+        if self.blocks > 0 && self.feature_side() == 0 {
+            return Err(Error::invalid(
+                "learner.blocks",
+                self.blocks,
+                format!(
+                    "at most as many blocks as keep a {0}x{0} image at least one pixel wide",
+                    self.image_size
+                ),
+            ));
         }
         Ok(self)
     }

@@ -210,6 +210,9 @@ pub fn terminal(r: &RunResults) -> String {
         ));
     }
     s.push_str(&sources(&t));
+    for n in &r.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
     let results = if r.run_seeds.is_empty() {
         r.run_dir.join(crate::layout::RESULTS).display().to_string()
     } else {
@@ -250,7 +253,10 @@ pub fn markdown(r: &RunResults) -> String {
         ));
     }
     s.push('\n');
-    for l in sources(&t).lines() {
+    for l in sources(&t)
+        .lines()
+        .chain(r.notes.iter().map(String::as_str))
+    {
         s.push_str(&format!("- {l}\n"));
     }
     s.push_str(&format!("\n{}\n", LEGEND.replace('*', "\\*")));

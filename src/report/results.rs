@@ -124,6 +124,11 @@ pub struct RunResults {
     pub device: Option<String>,
     pub run_dir: PathBuf,
     pub results: Vec<AlgoResult>,
+    /// What a reader must know to read the rows (an evaluation from fresh
+    /// initialisations, the algorithms it could not evaluate and why),
+    /// printed under the leaderboard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RunResults {
@@ -320,6 +325,7 @@ pub(crate) mod tests {
             device: None,
             run_dir: PathBuf::from("runs/t"),
             results: rows,
+            notes: vec![],
         }
     }
 

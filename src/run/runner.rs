@@ -138,6 +138,7 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         device: Some(opts.device.to_string()),
         run_dir: opts.run_dir.clone(),
         results: plan.previous.map(|p| p.results).unwrap_or_default(),
+        notes: vec![],
     };
     for (i, a) in bench.algorithms.iter().enumerate() {
         if !opts.only.is_empty() && !opts.only.contains(&a.label) {

@@ -89,6 +89,27 @@ pub fn load_selected(
     dir: &Path,
     select: Select,
 ) -> Result<(TrainState, String)> {
+    load_selected_as(algo, dir, select, Init::Trained)
+}
+
+/// What [`load_selected_as`] restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// The whole trained state ([`Algorithm::load_state`]).
+    Trained,
+    /// The update rule only, the learner's initialisation left fresh
+    /// ([`Algorithm::load_rule`]); an algorithm without a rule gives
+    /// [`Error::NotPortable`], unwrapped.
+    Fresh,
+}
+
+/// [`load_selected`], restoring the whole state or only the rule.
+pub fn load_selected_as(
+    algo: &mut dyn Algorithm,
+    dir: &Path,
+    select: Select,
+    init: Init,
+) -> Result<(TrainState, String)> {
     let Some(checkpoint::Found {
         path,
         checkpoint: c,
@@ -102,9 +123,16 @@ pub fn load_selected(
         });
     };
     let load = |algo: &mut dyn Algorithm, state| {
-        algo.load_state(state).map_err(|e| Error::Checkpoint {
-            path: path.clone(),
-            reason: e.to_string(),
+        let r = match init {
+            Init::Trained => algo.load_state(state),
+            Init::Fresh => algo.load_rule(state),
+        };
+        r.map_err(|e| match e {
+            e @ Error::NotPortable { .. } => e,
+            e => Error::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            },
         })
     };
     load(algo, &c.state)?;

@@ -24,7 +24,9 @@ use crate::algo::EpisodeScore;
 use crate::data::episode_file::EpisodeFile;
 use crate::data::ImageFormat;
 use crate::error::{Error, Result};
+use crate::model::learner::Learner;
 use crate::report::results::{pair_with_best, write_episode_scores, RunResults};
+use crate::run::train::Init;
 use crate::run::{eval, train};
 use crate::spec::Benchmark;
 use crate::{algo, data};
@@ -55,21 +57,47 @@ pub fn check_compatible(trained: &Benchmark, target: &Benchmark) -> Result<()> {
     Ok(())
 }
 
-/// Evaluate every algorithm of the run in `run` (or those in `only`) on
-/// `target`'s test episodes from `data_dir`; writes and returns the results.
+/// How [`evaluate_on`] evaluates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalOptions<'a> {
+    /// The episodes of this file instead of the target's test episodes,
+    /// preprocessed as the target's dataset; results go to
+    /// `<run>/eval/<file stem>/`.
+    pub file: Option<&'a EpisodeFile>,
+    /// Only these labels (all when empty).
+    pub only: &'a [String],
+    pub show_progress: bool,
+    /// Every algorithm starts from the learner's fresh initialisation
+    /// ([`Algorithm::load_rule`](crate::algo::Algorithm::load_rule)):
+    /// learned rules without their learned initialisation, MAML and Reptile
+    /// not at all. Implied when the target's learner is not the run's.
+    pub fresh_init: bool,
+}
+
+/// Evaluate every algorithm of the run in `run` (or those in `opts.only`)
+/// on `target`'s test episodes from `data_dir`; writes and returns the
+/// results.
 ///
-/// With `file`, the episodes are the file's instead of `target`'s test
-/// episodes, preprocessed as `target`'s dataset; results go to
-/// `<run>/eval/<file stem>/`.
+/// When `target`'s learner differs from the run's (wider, deeper: the
+/// architecture-transfer question), the target's learner is the one
+/// adapted, every algorithm starts from its fresh initialisation (the
+/// draw every learned rule of a run starts from), algorithms that learn
+/// only an initialisation are listed as not evaluated, and the results
+/// say so in their notes; `opts.fresh_init` does the same on the run's
+/// own learner (results in `<run>/eval/<name>-fresh-init/`).
 pub fn evaluate_on(
     run: &Path,
     target: &Benchmark,
-    file: Option<&EpisodeFile>,
     data_dir: &Path,
-    only: &[String],
-    show_progress: bool,
+    opts: EvalOptions,
     device: &candle_core::Device,
 ) -> Result<RunResults> {
+    let EvalOptions {
+        file,
+        only,
+        show_progress,
+        ..
+    } = opts;
     let trained = Benchmark::of_run(run)?;
     check_compatible(&trained, target)?;
     if let Some(f) = file {
@@ -84,6 +112,8 @@ pub fn evaluate_on(
             ));
         }
     }
+    let other_learner = !same_learner(&trained.learner, &target.learner);
+    let fresh = opts.fresh_init || other_learner;
     let name = match file {
         Some(f) => f
             .path
@@ -92,6 +122,11 @@ pub fn evaluate_on(
             .unwrap_or_else(|| "episodes".into()),
         None => target.name.clone(),
     };
+    let name = if opts.fresh_init && !other_learner {
+        format!("{name}-fresh-init")
+    } else {
+        name
+    };
     let episode = file.map(|f| f.spec).unwrap_or(target.episode);
     for l in only {
         trained.algorithm(l)?;
@@ -99,6 +134,12 @@ pub fn evaluate_on(
     // Trained as the run was; evaluated with the target's episode shape
     // and batch-norm evaluation protocol.
     let mut ctx = trained.context(device);
+    if other_learner {
+        ctx.learner = crate::model::learner::Learner {
+            kernels: ctx.learner.kernels,
+            ..target.learner.clone()
+        };
+    }
     ctx.spec = episode;
     ctx.norm.eval = target.batch_norm.eval;
     let ds = data::open(&target.dataset, data_dir, &target.data)?;
@@ -127,7 +168,23 @@ pub fn evaluate_on(
         }),
         run_dir: out.clone(),
         results: vec![],
+        notes: vec![],
     };
+    if fresh {
+        results.notes.push(format!(
+            "every algorithm started from the learner's fresh initialisation, not a learned one{}",
+            if other_learner {
+                format!(
+                    " (the learner of {}: {}; trained with {})",
+                    target.name,
+                    describe(&target.learner),
+                    describe(&trained.learner)
+                )
+            } else {
+                " (--fresh-init)".into()
+            }
+        ));
+    }
     for (i, a) in trained.algorithms.iter().enumerate() {
         if !only.is_empty() && !only.contains(&a.label) {
             continue;
@@ -135,7 +192,23 @@ pub fn evaluate_on(
         let _span = tracing::info_span!("eval", label = a.label.as_str()).entered();
         let mut algorithm = algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?;
         let dir = run.join(&a.label);
-        let (state, selected) = train::load_selected(&mut *algorithm, &dir, trained.select)?;
+        let init = if fresh { Init::Fresh } else { Init::Trained };
+        let (state, selected) =
+            match train::load_selected_as(&mut *algorithm, &dir, trained.select, init) {
+                Err(Error::NotPortable { algorithm, reason }) => {
+                    tracing::warn!("{algorithm} not evaluated: {reason}");
+                    results
+                        .notes
+                        .push(format!("not evaluated: {algorithm} ({reason})"));
+                    continue;
+                }
+                r => r?,
+            };
+        let selected = if fresh {
+            format!("{selected}, fresh init")
+        } else {
+            selected
+        };
         let ev = match (file, &pixels) {
             (Some(f), Some(px)) => evaluate_file(&*algorithm, f, px, &ds.format)?,
             _ => eval::evaluate(
@@ -159,6 +232,20 @@ pub fn evaluate_on(
     pair_with_best(&mut results.results);
     crate::report::write_files(&results, &out)?;
     Ok(results)
+}
+
+/// Whether two learners have the same function and parameter shapes (the
+/// kernels that compute it aside).
+fn same_learner(a: &Learner, b: &Learner) -> bool {
+    *a == Learner {
+        kernels: a.kernels,
+        ..b.clone()
+    }
+}
+
+/// `64 filters, 4 blocks` (the shape a reader compares).
+fn describe(l: &Learner) -> String {
+    format!("{} filters, {} blocks", l.hidden, l.blocks)
 }
 
 /// Score `algorithm` on every episode of `file` (parallel over episodes).

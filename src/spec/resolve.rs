@@ -220,7 +220,11 @@ fn check_learner_size(
         return Err(cfg_err(
             source,
             "data.image_size",
-            format!("{size} is too small for four halvings (>= 16)"),
+            format!(
+                "{size} is too small for {} halvings (>= {})",
+                learner.blocks,
+                1usize << learner.blocks
+            ),
         ));
     }
     let head = learner.features().saturating_mul(f.episode.ways);

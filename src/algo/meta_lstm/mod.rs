@@ -631,6 +631,10 @@ impl Algorithm for MetaLstm {
     fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
         super::load_params_and_adam(s, ("meta.", &mut self.params), ("adam.", &mut self.adam))
     }
+    /// The rule's weights; theta_0 stays this learner's fresh draw.
+    fn load_rule(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
+        super::load_rule_params(s, "meta.", &mut self.params, "theta0")
+    }
     /// The gates after the sigmoid, `forget` and `input`.
     fn series(&self) -> &[&'static str] {
         &SERIES

@@ -24,10 +24,21 @@ pub struct Args {
     /// (`episode,role,label,image`; images preprocessed as --on's dataset)
     #[arg(long)]
     episodes: Option<PathBuf>,
+    /// Start every algorithm from the learner's fresh initialisation:
+    /// learned rules without their learned initialisation, tuned
+    /// hand-designed optimisers as trained, MAML and Reptile not at all
+    /// (implied when --on's learner is not the run's: wider, deeper)
+    #[arg(long)]
+    fresh_init: bool,
 }
 
 pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
     if fewshot::spec::task_of_file(&a.on)? == fewshot::data::task::TaskKind::Optimisation {
+        anyhow::ensure!(
+            !a.fresh_init,
+            "--fresh-init is for few-shot benchmarks; {} is an optimisation benchmark (its rules never learn an initialisation)",
+            a.on
+        );
         anyhow::ensure!(
             a.episodes.is_none(),
             "--episodes is for few-shot benchmarks; {} is an optimisation benchmark",
@@ -57,15 +68,13 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         .as_deref()
         .map(fewshot::data::episode_file::EpisodeFile::read)
         .transpose()?;
-    let r = fewshot::run::transfer::evaluate_on(
-        &a.run,
-        &target,
-        file.as_ref(),
-        data_dir,
-        &a.only,
-        show,
-        &device.open()?,
-    )?;
+    let opts = fewshot::run::transfer::EvalOptions {
+        file: file.as_ref(),
+        only: &a.only,
+        show_progress: show,
+        fresh_init: a.fresh_init,
+    };
+    let r = fewshot::run::transfer::evaluate_on(&a.run, &target, data_dir, opts, &device.open()?)?;
     println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);
     print!("{}", fewshot::report::terminal(&r));
     Ok(())

@@ -449,3 +449,75 @@ fn eval_applies_a_runs_rules_to_other_learners_from_fresh_initialisations() {
         .iter()
         .all(|x| x["label"] != "reptile"));
 }
+
+#[test]
+fn eval_evaluates_what_was_trained_never_overwrites_and_waits_for_the_run() {
+    // A run of `--only sgd`: the other entries were never trained.
+    let tmp = common::tempdir();
+    let data = common::shared_datasets();
+    let text =
+        std::fs::read_to_string(common::repo_root().join("benchmarks/fewshot-5way1shot.yaml"))
+            .unwrap();
+    let head = text.split("\nalgorithms:").next().unwrap();
+    let yaml = tmp.path().join("b.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "{}\nalgorithms:\n  - {{algorithm: reptile}}\n  - {{algorithm: sgd, lr_grid: [0.1, 1.0], meta_batch: 2}}\n",
+            head.replace("name: fewshot-5way1shot", "name: small")
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let (d, r, y) = (
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        yaml.to_str().unwrap(),
+    );
+    common::assert_bench_ok(&common::bench(&[
+        "--data-dir",
+        d,
+        "run",
+        y,
+        "--smoke",
+        "--meta-steps",
+        "2",
+        "--test-episodes",
+        "6",
+        "--only",
+        "sgd",
+        "--run-dir",
+        r,
+    ]));
+    let eval = |extra: &[&str]| {
+        let mut v = vec![
+            "--data-dir",
+            d,
+            "eval",
+            r,
+            "--on",
+            y,
+            "--test-episodes",
+            "6",
+        ];
+        v.extend_from_slice(extra);
+        common::bench(&v)
+    };
+    let out = common::assert_bench_ok(&eval(&[]));
+    assert!(
+        out.contains("not trained in this run (not evaluated): reptile"),
+        "{out}"
+    );
+    let first = results(&run.join("eval/small"));
+    assert_eq!(first["results"].as_array().unwrap().len(), 1);
+    // Asking for it by name is an error that says why.
+    common::assert_bench_fails(&eval(&["--only", "reptile"]), &["reptile", "--only"]);
+    // The same evaluation again: refused, the first kept; --force replaces.
+    common::assert_bench_fails(&eval(&[]), &["eval/small", "--force"]);
+    assert_eq!(results(&run.join("eval/small")), first);
+    common::assert_bench_ok(&eval(&["--force"]));
+    // While a run holds the folder, nothing is evaluated or written.
+    let _held = fewshot::run::rundir::lock(&run).unwrap();
+    common::assert_bench_fails(&eval(&["--force", "--fresh-init"]), &["still", "lock"]);
+    assert!(!run.join("eval/small-fresh-init").exists());
+}

@@ -202,7 +202,7 @@ fn a_run_writes_its_files_and_a_killed_run_resumes_to_the_same_bits() {
         &Overrides::default(),
     )
     .unwrap();
-    let t = optimise::evaluate_on(whole.path(), &other, data, &[]).unwrap();
+    let t = optimise::evaluate_on(whole.path(), &other, data, &[], false).unwrap();
     assert_eq!(t.results.len(), 3);
     assert_eq!(t.results[1].curve_mean.len(), 21);
     assert_eq!(t.results[1].selected, a.results[1].selected);

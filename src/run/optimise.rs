@@ -529,15 +529,15 @@ pub fn evaluate_on(
     target: &OptBenchmark,
     data_dir: &Path,
     only: &[String],
+    force: bool,
 ) -> Result<OptResults> {
     let trained = OptBenchmark::of_run(run)?;
     for l in only {
         trained.algorithm(l)?;
     }
     let data = target.problem.open(data_dir)?;
-    let out_dir = layout::eval_dir(run, &target.name);
-    crate::util::create_dir_durable(&out_dir)?;
-    let _lock = rundir::lock(&out_dir)?;
+    let folder = rundir::eval_folder(run, &target.name, force)?;
+    let out_dir = folder.dir.clone();
     let mut ctx = target.context();
     ctx.run_seed = trained.run_seed;
     let mut out = OptResults {

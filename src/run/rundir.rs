@@ -339,6 +339,75 @@ pub fn lock(dir: &Path) -> Result<Lock> {
     }
 }
 
+/// A results folder of an evaluation of a finished run, ready to write:
+/// the run's own lock and the folder's, held until dropped.
+#[derive(Debug)]
+pub struct EvalFolder {
+    pub dir: PathBuf,
+    _run: Lock,
+    _eval: Lock,
+}
+
+/// Prepare `<run>/eval/<name>/` for an evaluation (`bench eval`): refused
+/// while a `bench run` holds the run folder (the lock is then held for the
+/// whole evaluation, so no run starts in it meanwhile), and when an
+/// earlier evaluation of that name is there, unless `force`, which
+/// discards it (and logs so).
+pub fn eval_folder(run: &Path, name: &str, force: bool) -> Result<EvalFolder> {
+    if !run.is_dir() {
+        return Err(Error::RunDir {
+            path: run.to_path_buf(),
+            reason: "no such run folder".into(),
+        });
+    }
+    let run_lock = lock(run).map_err(|e| match e {
+        Error::RunDir { path, .. } => Error::RunDir {
+            path,
+            reason: "a `bench run` (or another `bench eval`) is still using it: it holds the folder's lock; evaluate when it has finished".into(),
+        },
+        e => e,
+    })?;
+    let dir = layout::eval_dir(run, name);
+    if !entries(&dir).is_empty() {
+        if !force {
+            return Err(Error::RunDir {
+                path: dir,
+                reason: "holds an earlier evaluation of that name; give --force to replace it"
+                    .into(),
+            });
+        }
+        let eval_lock = lock(&dir)?;
+        tracing::warn!(
+            "--force: discarding the earlier evaluation in {}",
+            dir.display()
+        );
+        for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let p = e.map_err(|e| Error::io(&dir, e))?.path();
+            if p.file_name().is_some_and(|n| n == layout::LOCK) {
+                continue;
+            }
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|e| Error::io(&p, e))?;
+        }
+        return Ok(EvalFolder {
+            dir,
+            _run: run_lock,
+            _eval: eval_lock,
+        });
+    }
+    crate::util::create_dir_durable(&dir)?;
+    let eval_lock = lock(&dir)?;
+    Ok(EvalFolder {
+        dir,
+        _run: run_lock,
+        _eval: eval_lock,
+    })
+}
+
 impl Plan {
     /// Carry the plan out: create and lock the folder, discard what
     /// `--force` replaces (algorithm folders and results first, the old

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::model::learner::Learner;
 use crate::report::results::{pair_with_best, write_episode_scores, RunResults};
 use crate::run::train::Init;
-use crate::run::{eval, train};
+use crate::run::{checkpoint, eval, train};
 use crate::spec::Benchmark;
 use crate::{algo, data};
 
@@ -72,6 +72,8 @@ pub struct EvalOptions<'a> {
     /// learned rules without their learned initialisation, MAML and Reptile
     /// not at all. Implied when the target's learner is not the run's.
     pub fresh_init: bool,
+    /// Replace an earlier evaluation of the same name (else refused).
+    pub force: bool,
 }
 
 /// Evaluate every algorithm of the run in `run` (or those in `opts.only`)
@@ -145,8 +147,31 @@ pub fn evaluate_on(
     let ds = data::open(&target.dataset, data_dir, &target.data)?;
     // Every image of the file decoded before any evaluation.
     let pixels = file.map(|f| f.decode_all(&ds.format)).transpose()?;
-    let out = crate::layout::eval_dir(run, &name);
-    crate::util::create_dir_durable(&out)?;
+    // Which algorithms the run trained (a run of `--only` some).
+    let mut untrained = vec![];
+    for a in &trained.algorithms {
+        if (only.is_empty() || only.contains(&a.label))
+            && checkpoint::latest(&run.join(&a.label))?.is_none()
+        {
+            if only.contains(&a.label) {
+                return Err(Error::MissingData {
+                    what: format!("trained {}", a.label),
+                    path: checkpoint::folder(&run.join(&a.label)),
+                    hint: "the run has not trained it (was it run with --only?)".into(),
+                });
+            }
+            untrained.push(a.label.clone());
+        }
+    }
+    if untrained.len() == trained.algorithms.len() {
+        return Err(Error::MissingData {
+            what: "a trained algorithm".into(),
+            path: run.to_path_buf(),
+            hint: "the run has no checkpoints yet".into(),
+        });
+    }
+    let folder = crate::run::rundir::eval_folder(run, &name, opts.force)?;
+    let out = folder.dir.clone();
     let mut results = RunResults {
         benchmark: name.clone(),
         dataset: target.dataset.clone(),
@@ -170,6 +195,12 @@ pub fn evaluate_on(
         results: vec![],
         notes: vec![],
     };
+    if !untrained.is_empty() {
+        results.notes.push(format!(
+            "not trained in this run (not evaluated): {}",
+            untrained.join(", ")
+        ));
+    }
     if fresh {
         results.notes.push(format!(
             "every algorithm started from the learner's fresh initialisation, not a learned one{}",
@@ -186,7 +217,7 @@ pub fn evaluate_on(
         ));
     }
     for (i, a) in trained.algorithms.iter().enumerate() {
-        if !only.is_empty() && !only.contains(&a.label) {
+        if (!only.is_empty() && !only.contains(&a.label)) || untrained.contains(&a.label) {
             continue;
         }
         let _span = tracing::info_span!("eval", label = a.label.as_str()).entered();

@@ -30,6 +30,9 @@ pub struct Args {
     /// (implied when --on's learner is not the run's: wider, deeper)
     #[arg(long)]
     fresh_init: bool,
+    /// Replace an earlier evaluation of the same name (RUN/eval/NAME/)
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
@@ -49,7 +52,7 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
             ..Default::default()
         };
         let (target, _) = fewshot::spec::optimisation::OptBenchmark::load_with(&a.on, &o)?;
-        let r = fewshot::run::optimise::evaluate_on(&a.run, &target, data_dir, &a.only)?;
+        let r = fewshot::run::optimise::evaluate_on(&a.run, &target, data_dir, &a.only, a.force)?;
         println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);
         print!("{}", fewshot::report::optimisation::terminal(&r));
         return Ok(());
@@ -73,6 +76,7 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         only: &a.only,
         show_progress: show,
         fresh_init: a.fresh_init,
+        force: a.force,
     };
     let r = fewshot::run::transfer::evaluate_on(&a.run, &target, data_dir, opts, &device.open()?)?;
     println!("trained in {}, tested on {}:", a.run.display(), r.benchmark);

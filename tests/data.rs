@@ -1354,13 +1354,48 @@ fn mini_imagenet_csv_problems_name_the_file() {
     assert!(e.to_string().contains("line 17"), "{e}");
     write_csv(&csv("train"), "filename,label", &rows[0]);
 
-    // A class in two splits.
+    // A class in two splits: a test image labelled with a training class.
     let mut test_rows = rows[2].clone();
-    test_rows.push(rows[0][0].clone());
+    test_rows[0].1 = rows[0][0].1.clone();
     write_csv(&csv("test"), "filename,label", &test_rows);
     let e = open().unwrap_err();
     assert!(e.to_string().contains("disjoint"), "{e}");
+    // An image in two splits: a training image listed under a test class,
+    // refused with both lines (test.csv line 12, train.csv line 2).
+    let mut test_rows = rows[2].clone();
+    test_rows.push((rows[0][0].0.clone(), rows[2][0].1.clone()));
+    write_csv(&csv("test"), "filename,label", &test_rows);
+    let e = open().unwrap_err();
+    assert!(
+        matches!(&e, Error::Csv { path, .. } if path == &csv("test")),
+        "{e:?}"
+    );
+    let m = e.to_string();
+    assert!(
+        m.contains("line 12")
+            && m.contains(&rows[0][0].0)
+            && m.contains("train.csv line 2")
+            && m.contains("one split"),
+        "{m}"
+    );
+    let out = bench(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "data",
+        "info",
+        "mini-imagenet",
+    ]);
+    assert_bench_fails(&out, &["test.csv", "train.csv line 2"]);
     write_csv(&csv("test"), "filename,label", &rows[2]);
+    // A CSV as pandas writes it: a byte order mark, an index column,
+    // quoted fields and CRLF line ends.
+    let mut text = String::from("\u{feff},\"filename\",label\r\n");
+    for (i, (f, l)) in rows[1].iter().enumerate() {
+        text.push_str(&format!("{i},\"{f}\",{l}\r\n"));
+    }
+    std::fs::write(csv("val"), text).unwrap();
+    assert_eq!(open().unwrap().split(Split::Val).len(), 2);
+    write_csv(&csv("val"), "filename,label", &rows[1]);
 
     // A missing CSV.
     std::fs::remove_file(csv("val")).unwrap();

@@ -93,12 +93,22 @@ impl Reader for MiniImageNet {
         let mut classes = Vec::new();
         let mut splits: [Vec<EpisodeClass>; 3] = [vec![], vec![], vec![]];
         let mut seen: HashMap<String, Split> = HashMap::new();
+        // image -> the split CSV and line that listed it first
+        let mut listed: HashMap<String, (Split, usize)> = HashMap::new();
         for split in Split::ALL {
             let csv = root.join(format!("{split}.csv"));
             let rows = read_csv(&csv)?;
             let mut missing = Vec::new();
             let mut per_class: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (file, label) in rows {
+            for CsvRow { file, label, line } in rows {
+                if let Some((prev, prev_line)) = listed.insert(file.clone(), (split, line)) {
+                    return Err(Error::Csv {
+                        path: csv,
+                        reason: format!(
+                            "line {line}: {file} is also listed in {prev}.csv line {prev_line}; an image must belong to one split"
+                        ),
+                    });
+                }
                 if !lookup.contains_key(&file) {
                     missing.push(file);
                     continue;
@@ -198,8 +208,19 @@ impl Reader for MiniImageNet {
     }
 }
 
-/// Read a Ravi-Larochelle CSV: header `filename,label`, then one row per image.
-pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
+/// One row of a split CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvRow {
+    pub file: String,
+    pub label: String,
+    /// The file line (the header is line 1).
+    pub line: usize,
+}
+
+/// Read a Ravi-Larochelle CSV: columns `filename,label` (by header name,
+/// [`crate::data::table`]), then one row per image; an image listed twice
+/// is refused with both lines.
+pub fn read_csv(path: &Path) -> Result<Vec<CsvRow>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::MissingData {
@@ -211,47 +232,29 @@ pub fn read_csv(path: &Path) -> Result<Vec<(String, String)>> {
             Error::io(path, e)
         }
     })?;
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, h)) if h.trim() == "filename,label" => {}
-        other => {
-            return Err(Error::Csv {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "line 1: expected header `filename,label`, got `{}`",
-                    other.map(|o| o.1).unwrap_or("")
-                ),
-            })
-        }
-    }
     let mut rows = Vec::new();
     // file name -> line number where it was first listed
     let mut first_line: HashMap<String, usize> = HashMap::new();
     let mut duplicates = Vec::new();
-    for (n, line) in lines {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (f, l) = line.split_once(',').ok_or_else(|| Error::Csv {
-            path: path.to_path_buf(),
-            reason: format!("line {}: expected `filename,label`, got `{line}`", n + 1),
-        })?;
-        if f.is_empty() || l.is_empty() || l.contains(',') {
+    for row in crate::data::table::read(path, &text, &["filename", "label"])? {
+        let n = row.line;
+        let (f, l) = (&row.values[0], &row.values[1]);
+        if f.is_empty() || l.is_empty() {
             return Err(Error::Csv {
                 path: path.to_path_buf(),
-                reason: format!("line {}: expected `filename,label`, got `{line}`", n + 1),
+                reason: format!("line {n}: an empty filename or label"),
             });
         }
-        if let Some(first) = first_line.insert(f.to_string(), n + 1) {
+        if let Some(first) = first_line.insert(f.to_string(), n) {
             first_line.insert(f.to_string(), first);
-            duplicates.push(format!(
-                "line {}: {f} (first listed on line {first})",
-                n + 1
-            ));
+            duplicates.push(format!("line {n}: {f} (first listed on line {first})"));
             continue;
         }
-        rows.push((f.to_string(), l.to_string()));
+        rows.push(CsvRow {
+            file: f.to_string(),
+            label: l.to_string(),
+            line: n,
+        });
     }
     if !duplicates.is_empty() {
         return Err(Error::Csv {

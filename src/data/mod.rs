@@ -26,6 +26,7 @@ pub mod mnist;
 pub mod omniglot;
 pub mod sampler;
 pub mod store;
+pub mod table;
 pub mod task;
 
 use std::path::{Path, PathBuf};

@@ -516,8 +516,51 @@ fn eval_evaluates_what_was_trained_never_overwrites_and_waits_for_the_run() {
     common::assert_bench_fails(&eval(&[]), &["eval/small", "--force"]);
     assert_eq!(results(&run.join("eval/small")), first);
     common::assert_bench_ok(&eval(&["--force"]));
-    // While a run holds the folder, nothing is evaluated or written.
-    let _held = fewshot::run::rundir::lock(&run).unwrap();
+    // `show` says what is missing.
+    let shown = common::assert_bench_ok(&common::bench(&["show", r]));
+    assert!(
+        shown.contains("note: incomplete: no results yet for reptile"),
+        "{shown}"
+    );
+    // While a run holds the folder, nothing is evaluated or written, and
+    // `show` says the run is going.
+    let held = fewshot::run::rundir::lock(&run).unwrap();
     common::assert_bench_fails(&eval(&["--force", "--fresh-init"]), &["still", "lock"]);
     assert!(!run.join("eval/small-fresh-init").exists());
+    let shown = common::assert_bench_ok(&common::bench(&["show", r]));
+    assert!(shown.contains("still going"), "{shown}");
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let _going = fewshot::run::rundir::lock(&fresh).unwrap();
+    common::assert_bench_fails(
+        &common::bench(&["show", fresh.to_str().unwrap()]),
+        &["still going"],
+    );
+    drop(held);
+    // A multi-seed run with one of its two units done.
+    let seeds = tmp.path().join("seeds");
+    common::assert_bench_ok(&common::bench(&[
+        "--data-dir",
+        d,
+        "run",
+        y,
+        "--smoke",
+        "--meta-steps",
+        "2",
+        "--test-episodes",
+        "6",
+        "--only",
+        "sgd",
+        "--seeds",
+        "0,1",
+        "--unit",
+        "0",
+        "--run-dir",
+        seeds.to_str().unwrap(),
+    ]));
+    let shown = common::assert_bench_ok(&common::bench(&["show", seeds.to_str().unwrap()]));
+    assert!(
+        shown.contains("incomplete: 1 of 2 units have no results yet: sgd (seed 1)"),
+        "{shown}"
+    );
 }

@@ -427,6 +427,25 @@ impl Change {
     }
 }
 
+/// What decides a run's test episodes, in words: `fewshot-5way1shot
+/// (omniglot, 5-way 1-shot, 15 queries, episode seed 0, non-transductive)`.
+fn setting(r: &RunResults) -> String {
+    format!(
+        "`{}` ({}, {}-way {}-shot, {} queries, episode seed {}, {})",
+        r.benchmark,
+        r.dataset,
+        r.episode.ways,
+        r.episode.shots,
+        r.episode.queries,
+        r.seed.map_or("unrecorded".into(), |s| s.to_string()),
+        if r.transductive {
+            "transductive"
+        } else {
+            "non-transductive"
+        }
+    )
+}
+
 /// Per-algorithm paired changes from run `a` to run `b`. Both must have
 /// scored the same test episodes (benchmark, dataset, episode shape and
 /// count), else the differences cannot be paired and this is an error.
@@ -441,8 +460,9 @@ pub fn compare(a: &RunResults, b: &RunResults) -> Result<Vec<Change>> {
             field: "runs".into(),
             value: format!("{} and {}", a.run_dir.display(), b.run_dir.display()),
             allowed: format!(
-                "runs of one benchmark on the same test episodes (got `{}` {:?} and `{}` {:?})",
-                a.benchmark, a.episode, b.benchmark, b.episode
+                "runs of one benchmark on the same test episodes (got {} and {})",
+                setting(a),
+                setting(b)
             ),
         });
     }
@@ -479,6 +499,21 @@ mod tests {
     use super::*;
     use crate::report::results::pair_with_best;
     use crate::report::results::tests::{results, row};
+
+    #[test]
+    fn runs_that_cannot_be_paired_are_described_in_words() {
+        let a = results(vec![row("x", &[1.0, 0.0])]);
+        let mut b = a.clone();
+        b.benchmark = "u".into();
+        b.episode.shots = 5;
+        let e = compare(&a, &b).unwrap_err().to_string();
+        assert!(
+            e.contains("`t` (omniglot, 5-way 1-shot, 1 queries, episode seed 0, non-transductive)")
+                && e.contains("`u` (omniglot, 5-way 5-shot")
+                && !e.contains("EpisodeSpec"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn every_rendering_shows_the_same_rows() {

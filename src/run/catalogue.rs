@@ -15,11 +15,61 @@ use crate::spec::Benchmark;
 /// The results of the run folder `dir`: its `results.json`, or for a
 /// multi-seed run the merge of its finished units.
 pub fn load(dir: &Path) -> Result<RunResults> {
-    if seeds::is_multi_seed(dir) {
-        seeds::merge(dir)
+    let going = crate::run::rundir::in_progress(dir);
+    let mut r = if seeds::is_multi_seed(dir) {
+        let mut r = seeds::merge(dir)?;
+        let plan = seeds::read_plan(dir)?;
+        let missing: Vec<String> = plan
+            .units()
+            .iter()
+            .filter(|u| {
+                !RunResults::read(&u.dir(dir))
+                    .is_ok_and(|x| x.results.iter().any(|row| row.label == u.label))
+            })
+            .map(|u| format!("{} (seed {})", u.label, u.seed))
+            .collect();
+        if !missing.is_empty() {
+            r.notes.push(format!(
+                "incomplete: {} of {} units have no results yet: {}; the rows average the finished ones",
+                missing.len(),
+                plan.units().len(),
+                missing.join(", ")
+            ));
+        }
+        r
     } else {
-        RunResults::read(dir)
+        match RunResults::read(dir) {
+            Err(Error::Io { .. }) if going && !dir.join(crate::layout::RESULTS).is_file() => {
+                return Err(Error::RunDir {
+                    path: dir.to_path_buf(),
+                    reason: "a `bench run` is still going in it (it holds the folder's lock): results appear when its first algorithm has been tested".into(),
+                })
+            }
+            r => r?,
+        }
+    };
+    if !seeds::is_multi_seed(dir) {
+        if let Ok(b) = Benchmark::of_run(dir) {
+            let missing: Vec<&str> = b
+                .algorithms
+                .iter()
+                .filter(|a| !r.results.iter().any(|x| x.label == a.label))
+                .map(|a| a.label.as_str())
+                .collect();
+            if !missing.is_empty() {
+                r.notes.push(format!(
+                    "incomplete: no results yet for {}{}",
+                    missing.join(", "),
+                    if going {
+                        " (a `bench run` is still going in this folder)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
     }
+    Ok(r)
 }
 
 /// Whether a run has a row for every algorithm its `resolved.yaml` lists

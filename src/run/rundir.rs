@@ -319,6 +319,19 @@ pub struct Lock {
     _file: std::fs::File,
 }
 
+/// Whether a process holds `dir`'s lock (a `bench run` in progress), by a
+/// momentary try of it; a folder without a lock file is not in progress.
+pub fn in_progress(dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(layout::LOCK))
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 /// Lock `dir` for this process, or say that another run holds it.
 pub fn lock(dir: &Path) -> Result<Lock> {
     let p = dir.join(layout::LOCK);

@@ -20,8 +20,8 @@ pub struct Args {
     /// Query images per class (Q)
     #[arg(long, default_value_t = 15)]
     queries: usize,
-    /// How many episodes to describe
-    #[arg(long, default_value_t = 3)]
+    /// How many episodes to describe (at most 100,000)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     count: u64,
     /// Index of the first episode
     #[arg(long, default_value_t = 0)]
@@ -40,7 +40,18 @@ pub struct Args {
     no_rotations: bool,
 }
 
+/// The most episodes one command describes: the largest fixed episode
+/// sets in use hold 10,000 (a typo of a few zeros is refused, not run).
+const MAX_COUNT: u64 = 100_000;
+
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
+    let end = a.start.checked_add(a.count).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--start {} + --count {} is past the last episode index",
+            a.start,
+            a.count
+        )
+    })?;
     let options = DataOptions {
         split_scheme: a.split_scheme.clone(),
         rotations: a.no_rotations.then_some(false),
@@ -58,7 +69,7 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
         a.split,
         spec,
         a.seed,
-        a.start..a.start + a.count,
+        a.start..end,
     )?;
     println!("{}", episodes.dataset.description);
     println!(

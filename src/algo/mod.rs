@@ -225,6 +225,13 @@ pub trait Algorithm: Send + Sync {
     fn state(&self) -> Result<HashMap<String, Tensor>>;
     /// Restore [`Algorithm::state`].
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+    /// Whether meta-training follows a schedule over the whole budget
+    /// (Reptile's annealed outer step), so that the steps taken under one
+    /// budget are not those of another: a resumed run may then not change
+    /// its budget. Default: no.
+    fn schedule_spans_budget(&self) -> bool {
+        false
+    }
     /// Restore only what of a trained [`Algorithm::state`] is an update
     /// rule (a learned rule's weights, a tuned learning rate), keeping this
     /// algorithm's own fresh learner initialisation: how a rule trained

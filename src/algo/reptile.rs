@@ -271,6 +271,11 @@ impl Algorithm for Reptile {
     fn label(&self) -> &str {
         &self.config.label
     }
+    /// The outer step anneals from `meta_step` to `meta_step_final` over
+    /// the budget (unless the two are equal).
+    fn schedule_spans_budget(&self) -> bool {
+        self.config.meta_step != self.config.meta_step_final
+    }
     fn kind(&self) -> &'static str {
         "reptile"
     }

@@ -154,8 +154,16 @@ fn published_cell(p: &Option<crate::spec::Published>) -> String {
 }
 
 /// One line per published number: where it comes from.
-fn sources(t: &Table) -> String {
+fn sources(t: &Table, r: &RunResults) -> String {
     let mut s = String::new();
+    for x in r.results.iter().filter(|x| x.budgets.len() > 1) {
+        s.push_str(&format!(
+            "{} was meta-trained under {} budgets: {}\n",
+            x.label,
+            x.budgets.len(),
+            crate::spec::describe_spans(&x.budgets)
+        ));
+    }
     for x in &t.rows {
         if let Some(p) = &x.published {
             s.push_str(&format!(
@@ -209,7 +217,7 @@ pub fn terminal(r: &RunResults) -> String {
             published_cell(&x.published)
         ));
     }
-    s.push_str(&sources(&t));
+    s.push_str(&sources(&t, r));
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
     }
@@ -253,7 +261,7 @@ pub fn markdown(r: &RunResults) -> String {
         ));
     }
     s.push('\n');
-    for l in sources(&t)
+    for l in sources(&t, r)
         .lines()
         .chain(r.notes.iter().map(String::as_str))
     {

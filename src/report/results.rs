@@ -60,6 +60,11 @@ pub struct AlgoResult {
     /// two seeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_sd: Option<f64>,
+    /// Every budget the row was meta-trained under, in order (one, unless
+    /// a resumed run's budget changed; empty in results from before they
+    /// were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<spec::BudgetSpan>,
 }
 
 impl AlgoResult {
@@ -86,6 +91,7 @@ impl AlgoResult {
             seeds: vec![],
             seed_accuracy: vec![],
             seed_sd: None,
+            budgets: vec![],
         }
     }
 }
@@ -287,6 +293,7 @@ pub fn combine(per_seed: &[(u64, AlgoResult)]) -> AlgoResult {
         seeds: per_seed.iter().map(|(s, _)| *s).collect(),
         seed_sd: crate::report::stats::sample_sd(&seed_accuracy),
         seed_accuracy,
+        budgets: r0.budgets.clone(),
     }
 }
 

@@ -87,6 +87,10 @@ pub struct TrainState {
     pub pending_accuracy: f64,
     #[serde(default)]
     pub pending_steps: u64,
+    /// Every budget the steps were taken under, from the step it took
+    /// effect (empty in checkpoints from before they were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<crate::spec::BudgetSpan>,
 }
 
 impl TrainState {

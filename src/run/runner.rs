@@ -235,7 +235,9 @@ fn already_done(
     let traced = opts.trace_episodes == 0
         || !crate::report::trace::traceable(algorithm.series())
         || dir.join(crate::layout::GATES_JSONL).is_file();
-    Ok(c.train.done(&bench.budget_of(a))
+    let budget = bench.budget_of(a);
+    Ok(c.train.done(&budget)
+        && c.train.budgets.last().is_none_or(|s| s.budget == budget)
         && r.meta_steps == c.train.step
         && r.test_episodes == bench.test_episodes
         && traced)
@@ -266,6 +268,7 @@ pub(crate) fn row(
         seeds: vec![],
         seed_accuracy: vec![],
         seed_sd: None,
+        budgets: st.budgets.clone(),
     }
 }
 

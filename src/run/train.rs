@@ -146,6 +146,63 @@ pub fn load_selected_as(
     Ok((c.train, selected))
 }
 
+/// Record the budget the coming steps are taken under, and refuse a
+/// resumed run whose budget changed when the run would not be the one it
+/// claims: steps taken beyond the new budget, or an algorithm whose
+/// schedule spans the budget (its steps so far followed another one).
+fn check_budget_change(
+    algo: &mut dyn Algorithm,
+    state: &mut TrainState,
+    budget: &crate::spec::Budget,
+    dir: &Path,
+) -> Result<()> {
+    let last = state.budgets.last().map(|s| s.budget);
+    if last == Some(*budget) {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Error::RunDir {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "was trained for {} meta-steps under the budget {}; resuming under {} {why}. Resume with the original budget, or start over with --force",
+            state.step,
+            last.map_or("of an older fewshot".into(), |b| b.describe()),
+            budget.describe()
+        ),
+    }
+    };
+    if state.step > 0 && last.is_none() {
+        tracing::warn!(
+            "this checkpoint does not record the budget its {} steps were taken under (an older fewshot); the results record only the budget from here",
+            state.step
+        );
+    } else if state.step > 0 {
+        let over = budget.meta_steps.is_some_and(|m| state.step > m)
+            || budget.episodes.is_some_and(|e| state.train_episodes > e);
+        if over {
+            return Err(refuse(
+                "would report more steps than the budget allows".into(),
+            ));
+        }
+        if algo.schedule_spans_budget() {
+            return Err(refuse(format!(
+                "would not be the run it claims: {} follows a schedule over the whole budget, so the steps taken followed another one",
+                algo.label()
+            )));
+        }
+        tracing::warn!(
+            "budget changed on resume: steps from {} on run under {} (the results record both)",
+            state.step,
+            budget.describe()
+        );
+    }
+    state.budgets.push(crate::spec::BudgetSpan {
+        from_step: state.step,
+        budget: *budget,
+    });
+    Ok(())
+}
+
 fn write_curve(curve: &[CurvePoint], path: &Path) -> Result<()> {
     let mut s = String::from(
         "step,train_episodes,train_seconds,train_loss,train_accuracy,val_accuracy,val_ci95\n",
@@ -218,6 +275,7 @@ pub fn meta_train(
             ..Default::default()
         },
     };
+    check_budget_change(&mut *algo, &mut state, &opts.budget, &opts.dir)?;
     // curve.csv is derived from the checkpoint, written right after it: a
     // kill between the two leaves the file a point short, which a resumed
     // run that is already finished would never write again. Rewrite it

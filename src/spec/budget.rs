@@ -20,6 +20,23 @@ pub struct Budget {
     pub episodes: Option<u64>,
 }
 
+/// A budget a run was meta-trained under, from the meta-step at which it
+/// took effect (a resumed run whose budget grew has two).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BudgetSpan {
+    pub from_step: u64,
+    pub budget: Budget,
+}
+
+/// `2 meta-steps (steps 0-2), then 3 meta-steps (from step 2)`.
+pub fn describe_spans(spans: &[BudgetSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| format!("{} (from step {})", s.budget.describe(), s.from_step))
+        .collect::<Vec<_>>()
+        .join(", then ")
+}
+
 impl Budget {
     /// The limits that are set, e.g. `30 min` or `60000 meta-steps`.
     pub fn describe(&self) -> String {

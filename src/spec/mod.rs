@@ -41,7 +41,7 @@ use crate::model::learner::Learner;
 use crate::model::norm::NormProtocol;
 pub use crate::yaml::{from_str, from_value, to_string, variant_name};
 
-pub use budget::Budget;
+pub use budget::{describe_spans, Budget, BudgetSpan};
 pub use file::{benchmarks_dir, BatchNormFile, BenchmarkFile, ProfileFile};
 pub use profile::{Overrides, DEFAULT_PROFILE};
 pub use resolve::{check_label, MAX_EPISODES};

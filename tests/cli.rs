@@ -231,3 +231,57 @@ fn selftest_passes_on_the_cpu_and_cuda_needs_a_cuda_build() {
     let out = common::bench(&["--device", "tpu", "selftest"]);
     common::assert_bench_fails(&out, &["--device", "cpu, cuda or cuda:N"]);
 }
+
+#[test]
+fn an_installed_bench_finds_its_shipped_benchmarks_without_the_source_tree() {
+    // Run from a folder without benchmarks/: the embedded files, written
+    // once to the cache, are what `list` shows and what names resolve to.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |args: &[&str]| {
+        common::bench_cmd(args)
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap()
+    };
+    let listed = common::assert_bench_ok(&run(&["list"]));
+    let shipped = cache.join("fewshot");
+    assert!(listed.contains(&shipped.display().to_string()), "{listed}");
+    assert!(!listed.contains(env!("CARGO_MANIFEST_DIR")), "{listed}");
+    for e in std::fs::read_dir("benchmarks").unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            assert!(
+                listed.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name}: {listed}"
+            );
+        }
+    }
+    // The copies are the shipped files, byte for byte.
+    let copy = std::fs::read_dir(&shipped)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read(copy.join("fewshot-5way1shot.yaml")).unwrap(),
+        std::fs::read("benchmarks/fewshot-5way1shot.yaml").unwrap()
+    );
+    // A name resolves to them.
+    let r = dir.path().join("r");
+    let plan = common::assert_bench_ok(&run(&[
+        "plan",
+        "fewshot-5way1shot",
+        "--seeds",
+        "0,1",
+        "--run-dir",
+        r.to_str().unwrap(),
+    ]));
+    assert!(
+        plan.contains("fewshot-5way1shot (profile budgeted)"),
+        "{plan}"
+    );
+}

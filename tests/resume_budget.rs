@@ -16,11 +16,7 @@ fn bench_file(dir: &std::path::Path, algorithms: &str) -> std::path::PathBuf {
         .replace("test_episodes: 600", "test_episodes: 4")
         .replace("val_episodes: 100", "val_episodes: 2");
     let p = dir.join("b.yaml");
-    std::fs::write(
-        &p,
-        format!("{head}\nalgorithms:\n{algorithms}"),
-    )
-    .unwrap();
+    std::fs::write(&p, format!("{head}\nalgorithms:\n{algorithms}")).unwrap();
     p
 }
 

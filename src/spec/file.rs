@@ -129,15 +129,65 @@ pub struct BatchNormFile {
     pub momentum: Option<f64>,
 }
 
-/// The folder of shipped benchmarks: `./benchmarks` when it exists, else
-/// the crate's own.
+mod shipped {
+    include!(concat!(env!("OUT_DIR"), "/shipped_benchmarks.rs"));
+}
+
+/// The folder of shipped benchmarks: `./benchmarks` when it exists (a
+/// checkout, or a user's own folder), else the files embedded in this
+/// binary, written once to a folder of the user's cache named after their
+/// contents ([`shipped_dir`]): an installed `bench` never reads the source
+/// tree it was built from.
 pub fn benchmarks_dir() -> PathBuf {
     let here = PathBuf::from("benchmarks");
     if here.is_dir() {
         here
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks")
+        shipped_dir().unwrap_or(here)
     }
+}
+
+/// The embedded benchmark files as a folder:
+/// `$XDG_CACHE_HOME/fewshot/benchmarks-<version>-<hash>` (else
+/// `~/.cache/...`, else the temp folder), written atomically (a temporary
+/// folder renamed into place) the first time; `None` if it cannot be
+/// written.
+pub fn shipped_dir() -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, text) in shipped::SHIPPED {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    let hash: String = h
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("fewshot");
+    let dir = base.join(format!("benchmarks-{}-{hash}", env!("CARGO_PKG_VERSION")));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let tmp = base.join(format!(".benchmarks-{hash}-{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        for (name, text) in shipped::SHIPPED {
+            let p = tmp.join(name);
+            std::fs::create_dir_all(p.parent().unwrap_or(&tmp))?;
+            std::fs::write(p, text)?;
+        }
+        Ok(())
+    };
+    let ok = write().is_ok() && (std::fs::rename(&tmp, &dir).is_ok() || dir.is_dir());
+    let _ = std::fs::remove_dir_all(&tmp);
+    ok.then_some(dir)
 }
 
 pub(super) fn find(name_or_path: &str) -> Result<PathBuf> {
@@ -153,34 +203,32 @@ pub(super) fn find(name_or_path: &str) -> Result<PathBuf> {
             })
         };
     }
-    let candidates = [
-        PathBuf::from("benchmarks").join(format!("{name_or_path}.yaml")),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("benchmarks")
-            .join(format!("{name_or_path}.yaml")),
-    ];
-    for c in &candidates {
-        if c.is_file() {
-            return Ok(c.clone());
+    let file = format!("{name_or_path}.yaml");
+    let local = PathBuf::from("benchmarks").join(&file);
+    if local.is_file() {
+        return Ok(local);
+    }
+    if shipped::SHIPPED.iter().any(|(n, _)| *n == file) {
+        if let Some(p) = shipped_dir().map(|d| d.join(&file)).filter(|p| p.is_file()) {
+            return Ok(p);
         }
     }
-    let mut known: Vec<String> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .strip_suffix(".yaml")
-                            .map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let mut known: Vec<String> = std::fs::read_dir(benchmarks_dir())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".yaml")
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     known.sort();
     Err(Error::MissingData {
         what: format!("benchmark `{name_or_path}`"),
-        path: candidates[0].clone(),
+        path: local,
         hint: format!("known benchmarks: {}", known.join(", ")),
     })
 }

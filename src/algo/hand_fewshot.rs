@@ -305,6 +305,18 @@ impl HandFewShot {
 }
 
 impl Algorithm for HandFewShot {
+    /// `steps` support passes and the query scored, per episode of the
+    /// meta-batch; no tape.
+    fn step_cost(&self) -> super::StepCost {
+        super::StepCost::episodic(
+            self.config.steps,
+            self.config.steps_test,
+            self.ctx.spec,
+            self.ctx.spec,
+            self.config.meta_batch,
+            &format!("steps {}", self.config.steps),
+        )
+    }
     fn label(&self) -> &str {
         &self.config.label
     }

@@ -73,6 +73,12 @@ use crate::rng::Rng;
 /// The name of the learned initialisation among the meta-parameters.
 pub const THETA0: &str = "theta0";
 
+/// Bytes the composed unroll keeps per coordinate and update for its
+/// backward (two LSTM layers of 20 units: gates, cells, hidden states and
+/// their intermediates; measured with `bench run --dry-run` against the
+/// peak RSS, docs/benchmarks.md).
+pub const TAPE_BYTES_PER_STEP: f64 = 5_500.0;
+
 /// Registry entry of Andrychowicz et al.'s LSTM optimizer on few-shot
 /// episodes (its optimisation side is
 /// [`crate::algo::learned_optimizer::LSTM_OPTIMIZER`]).
@@ -455,6 +461,21 @@ impl LearnedFewShot {
 }
 
 impl Algorithm for LearnedFewShot {
+    /// `steps` support passes and the query pass per episode; the
+    /// composed graph keeps about [`TAPE_BYTES_PER_STEP`] per coordinate
+    /// and step.
+    fn step_cost(&self) -> super::StepCost {
+        let mut sc = super::StepCost::episodic(
+            self.config.steps,
+            self.config.steps_test,
+            self.ctx.spec,
+            self.ctx.spec,
+            1,
+            &format!("steps {}", self.config.steps),
+        );
+        sc.tape_bytes_per_param = TAPE_BYTES_PER_STEP * self.config.steps as f64;
+        sc
+    }
     fn label(&self) -> &str {
         &self.config.label
     }

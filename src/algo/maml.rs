@@ -319,6 +319,26 @@ impl Maml {
 }
 
 impl Algorithm for Maml {
+    /// Per episode `inner_steps` support passes and the query pass; second
+    /// order differentiates through them (twice the work, every inner
+    /// step's activations alive).
+    fn step_cost(&self) -> super::StepCost {
+        let c = &self.config;
+        let mut sc = super::StepCost::episodic(
+            c.inner_steps,
+            c.inner_steps_test,
+            self.ctx.spec,
+            self.train_spec(),
+            c.meta_batch,
+            &format!("inner_steps {}", c.inner_steps),
+        );
+        if !c.first_order {
+            sc.step_images *= 2.0;
+            let t = self.train_spec();
+            sc.alive_images = (c.inner_steps * t.ways * t.shots + t.ways * t.queries) as f64;
+        }
+        sc
+    }
     fn label(&self) -> &str {
         &self.config.label
     }

@@ -225,6 +225,9 @@ pub trait Algorithm: Send + Sync {
     fn state(&self) -> Result<HashMap<String, Tensor>>;
     /// Restore [`Algorithm::state`].
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+    /// What one meta-step and one evaluation episode ask of the learner
+    /// and of memory, for the cost check before a run (`run::cost`).
+    fn step_cost(&self) -> StepCost;
     /// Whether meta-training follows a schedule over the whole budget
     /// (Reptile's annealed outer step), so that the steps taken under one
     /// budget are not those of another: a resumed run may then not change
@@ -257,6 +260,56 @@ pub trait Algorithm: Send + Sync {
     /// this; it never branches inside an algorithm.
     fn observe(&self, _batch: &Batch, _obs: &mut dyn Observer) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The work and memory of an algorithm's meta-step and evaluation
+/// episode, in learner images and bytes (counts as `f64`: a typo of many
+/// zeros must not overflow before it is refused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCost {
+    /// Images through the learner per meta-step, each forward and backward
+    /// (second-order passes counted twice).
+    pub step_images: f64,
+    /// The same for adapting to and scoring one evaluation episode.
+    pub eval_images: f64,
+    /// Images whose activations one episode holds at once.
+    pub alive_images: f64,
+    /// Bytes per learner parameter one episode holds besides (a learned
+    /// rule's tape through its T updates).
+    pub tape_bytes_per_param: f64,
+    /// The entry's fields that set `step_images`, with their values
+    /// (`inner_iters 10 x inner_batch 10 x meta_batch 5`).
+    pub driver: String,
+}
+
+impl StepCost {
+    /// Episodes of `steps` support passes of `support` images and one
+    /// query pass of `query` images, `meta_batch` of them per meta-step.
+    pub fn episodic(
+        steps: usize,
+        steps_test: usize,
+        spec: EpisodeSpec,
+        train: EpisodeSpec,
+        meta_batch: usize,
+        fields: &str,
+    ) -> StepCost {
+        let s = (train.ways * train.shots) as f64;
+        let q = (train.ways * train.queries) as f64;
+        let (es, eq) = (
+            (spec.ways * spec.shots) as f64,
+            (spec.ways * spec.queries) as f64,
+        );
+        StepCost {
+            step_images: meta_batch as f64 * (steps as f64 * s + q),
+            eval_images: steps_test as f64 * es + eq,
+            alive_images: s.max(q).max(es).max(eq),
+            tape_bytes_per_param: 0.0,
+            driver: format!(
+                "{fields} x {} support + {} query images, x meta_batch {meta_batch}",
+                s, q
+            ),
+        }
     }
 }
 

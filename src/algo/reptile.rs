@@ -268,6 +268,23 @@ impl Reptile {
 }
 
 impl Algorithm for Reptile {
+    /// `inner_iters` mini-batches of `inner_batch` images per task,
+    /// `meta_batch` tasks; evaluation `eval_inner_iters` of
+    /// `eval_inner_batch`, then the queries.
+    fn step_cost(&self) -> super::StepCost {
+        let c = &self.config;
+        let q = (self.ctx.spec.ways * self.ctx.spec.queries) as f64;
+        super::StepCost {
+            step_images: c.meta_batch as f64 * c.inner_iters as f64 * c.inner_batch as f64,
+            eval_images: c.eval_inner_iters as f64 * c.eval_inner_batch as f64 + q,
+            alive_images: (c.inner_batch.max(c.eval_inner_batch) as f64).max(q),
+            tape_bytes_per_param: 0.0,
+            driver: format!(
+                "inner_iters {} x inner_batch {} x meta_batch {}",
+                c.inner_iters, c.inner_batch, c.meta_batch
+            ),
+        }
+    }
     fn label(&self) -> &str {
         &self.config.label
     }

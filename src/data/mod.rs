@@ -378,6 +378,11 @@ impl Dataset {
         })
     }
 
+    /// Bytes of the archives this dataset holds in memory.
+    pub fn archive_bytes(&self) -> usize {
+        self.zips.iter().map(|z| z.bytes).sum()
+    }
+
     /// Full path of an image for messages: `archive.zip:entry` or the file.
     pub fn image_path(&self, i: usize) -> String {
         match &self.images[i].location {

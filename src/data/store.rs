@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct ZipStore {
     pub path: PathBuf,
+    /// Size of the archive held in memory, bytes.
+    pub bytes: usize,
     archive: ZipArchive<Cursor<Arc<[u8]>>>,
 }
 
@@ -23,6 +25,7 @@ impl ZipStore {
     /// Read and parse a zip archive; errors name the file.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let len = bytes.len();
         let bytes: Arc<[u8]> = bytes.into();
         let archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| Error::Archive {
             path: path.to_path_buf(),
@@ -30,6 +33,7 @@ impl ZipStore {
         })?;
         Ok(ZipStore {
             path: path.to_path_buf(),
+            bytes: len,
             archive,
         })
     }

@@ -307,6 +307,50 @@ impl Learner {
         Ok(self)
     }
 
+    /// Sides of each block's input and output (before pooling) maps.
+    fn block_sides(&self) -> Vec<(usize, usize)> {
+        let mut s = self.image_size;
+        let mut v = Vec::with_capacity(self.blocks);
+        for _ in 0..self.blocks {
+            let (conv, next) = match self.downsample {
+                Downsample::Stride2 => (s.div_ceil(2), s.div_ceil(2)),
+                Downsample::MaxPool => (
+                    s,
+                    match self.pool_padding {
+                        PoolPadding::Valid => s / 2,
+                        PoolPadding::Same => s.div_ceil(2),
+                    },
+                ),
+            };
+            v.push((s, conv));
+            s = next;
+        }
+        v
+    }
+
+    /// Multiply-adds of one image's forward pass, times two (FLOPs): the
+    /// 3x3 convolutions and the head (cost estimates, `run::cost`).
+    pub fn forward_flops(&self) -> f64 {
+        let mut c_in = self.in_channels as f64;
+        let mut f = 0.0;
+        for (_, conv) in self.block_sides() {
+            f += 2.0 * c_in * self.hidden as f64 * 9.0 * (conv * conv) as f64;
+            c_in = self.hidden as f64;
+        }
+        f + 2.0 * (self.features() * self.ways) as f64
+    }
+
+    /// Bytes one image's forward pass keeps for its backward (float32): the
+    /// input, and per block the convolution's output, the normalised and
+    /// rectified maps and the pooled one (cost estimates, `run::cost`).
+    pub fn activation_bytes(&self) -> f64 {
+        let mut b = (self.in_channels * self.image_size * self.image_size) as f64;
+        for (_, conv) in self.block_sides() {
+            b += 4.0 * (self.hidden * conv * conv) as f64;
+        }
+        4.0 * b
+    }
+
     /// Side of the feature map after the four blocks.
     pub fn feature_side(&self) -> usize {
         let mut s = self.image_size;

@@ -15,12 +15,15 @@
 //! - [`optimise`]: optimisation benchmarks (`task: optimisation`):
 //!   hand-designed optimisers tuned and learned ones meta-trained on
 //!   training problems, all tested on the same fixed problems;
+//! - [`cost`]: the memory and time a run will take, checked before it
+//!   starts;
 //! - [`logfile`]: the run's log file;
 //! - [`selftest`]: the gradient checks on any device;
 //! - [`perf`]: speed measurements (data pipeline, algorithms, learner).
 
 pub mod catalogue;
 pub mod checkpoint;
+pub mod cost;
 pub mod eval;
 pub mod logfile;
 pub mod optimise;

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub trace_episodes: usize,
     /// Where the tensors live.
     pub device: crate::device::DeviceSpec,
+    /// What the run may cost ([`crate::run::cost`]).
+    pub limits: crate::run::cost::Limits,
 }
 
 /// Record the gates of `algo` on test episodes `0..episodes` and write
@@ -89,6 +91,54 @@ pub fn trace(
     Ok(records)
 }
 
+/// The cost of running `bench` (the algorithms `only` names, or all) on
+/// the opened dataset `ds`: built but untrained algorithms, no image
+/// decoded ([`crate::run::cost`]).
+pub fn estimate(
+    bench: &Benchmark,
+    ds: &data::Dataset,
+    only: &[String],
+    device: &candle_core::Device,
+) -> Result<crate::run::cost::Cost> {
+    let ctx = bench.context(device);
+    let mut built = vec![];
+    for (i, a) in bench.algorithms.iter().enumerate() {
+        if only.is_empty() || only.contains(&a.label) {
+            built.push((
+                a.label.clone(),
+                i,
+                algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?,
+            ));
+        }
+    }
+    crate::run::cost::estimate(
+        bench,
+        ds.images.len(),
+        ds.archive_bytes() as f64,
+        rayon::current_num_threads(),
+        &built,
+    )
+}
+
+/// Open the data of `bench` and estimate its cost without decoding an
+/// image or writing anything (`bench run --dry-run`).
+pub fn dry_run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<String> {
+    let device = opts.device.open()?;
+    let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
+    let cost = estimate(bench, &ds, &opts.only, &device)?;
+    let mut s = cost.describe();
+    match cost.check(bench, &opts.limits) {
+        Ok(warnings) => {
+            for w in warnings {
+                s.push_str(&format!("warning: {w}\n"));
+            }
+            s.push_str("within the limits: `bench run` would start\n");
+        }
+        Err(e) => s.push_str(&format!("refused: {e}\n")),
+    }
+    Ok(s)
+}
+
 /// Run a resolved benchmark on the data in `data_dir`.
 pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunResults> {
     let _span = tracing::info_span!("benchmark", name = %bench.name).entered();
@@ -107,6 +157,16 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     if bench.val_episodes > 0 && !ds.split(Split::Val).is_empty() {
         crate::data::sampler::Sampler::new(&ds, Split::Val, bench.episode, bench.seed)?;
     }
+    // What it will cost, before any image is decoded.
+    let cost = estimate(bench, &ds, &opts.only, &device)?;
+    for w in cost.check(bench, &opts.limits)? {
+        tracing::warn!("{w}");
+    }
+    let estimated = cost
+        .algorithms
+        .iter()
+        .map(|a| a.peak_bytes)
+        .fold(0.0, f64::max);
     check_images(&ds)?;
     // Held until the run ends: a second run on this folder is refused.
     let _lock = plan.commit(bench)?;
@@ -193,6 +253,13 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         out.results.sort_by_key(order);
         pair_with_best(&mut out.results);
         crate::report::write_files(&out, &opts.run_dir)?;
+    }
+    if let Some(peak) = crate::run::cost::peak_rss() {
+        tracing::info!(
+            "peak memory {} (estimated {})",
+            crate::run::cost::bytes(peak),
+            crate::run::cost::bytes(estimated)
+        );
     }
     Ok(out)
 }

@@ -324,6 +324,8 @@ pub struct SeedOptions {
     /// Gate traces on this many test episodes ([`RunOptions`]).
     pub trace_episodes: usize,
     pub device: DeviceSpec,
+    /// What a unit may cost ([`crate::run::cost`]).
+    pub limits: crate::run::cost::Limits,
 }
 
 /// Run the units of `plan` for `bench` (all of them, or `opts.unit`), each
@@ -369,6 +371,7 @@ pub fn run(
                 show_progress: opts.show_progress,
                 trace_episodes: opts.trace_episodes,
                 device: opts.device,
+                limits: opts.limits,
             },
         )?);
     }

@@ -582,6 +582,29 @@ impl MetaLstm {
 }
 
 impl Algorithm for MetaLstm {
+    /// `steps` support passes and the query pass per episode; the fused
+    /// kernel's tape keeps 128 float32 values per coordinate and step
+    /// (fused.rs), or with gradient checkpointing every k steps' state
+    /// (43 values) and per step the gradient and loss inputs (2).
+    fn step_cost(&self) -> super::StepCost {
+        let c = &self.config;
+        let mut sc = super::StepCost::episodic(
+            c.steps,
+            c.steps_test,
+            self.ctx.spec,
+            self.ctx.spec,
+            c.meta_batch,
+            &format!("steps {}", c.steps),
+        );
+        let k = c.grad_checkpoint_steps;
+        sc.tape_bytes_per_param = 4.0
+            * if k == 0 {
+                128.0 * c.steps as f64
+            } else {
+                43.0 * c.steps.div_ceil(k) as f64 + 2.0 * c.steps as f64 + 128.0 * k as f64
+            };
+        sc
+    }
     fn label(&self) -> &str {
         &self.config.label
     }

@@ -149,6 +149,47 @@ pub struct Args {
     /// many test episodes for algorithms that have gates (meta-lstm)
     #[arg(long, default_value_t = 0)]
     trace: usize,
+    /// Print the estimated peak memory and the time of one meta-step and
+    /// one test episode of every algorithm, check them against the limits,
+    /// and stop (nothing decoded, trained or written)
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse a run whose estimated peak memory exceeds this (e.g. 8G,
+    /// 512M; default: the memory available now)
+    #[arg(long, value_parser = parse_bytes)]
+    max_memory: Option<f64>,
+    /// Refuse a run one of whose meta-steps or test episodes is estimated
+    /// to take longer than this many minutes (or than a time budget)
+    #[arg(long, default_value_t = 60.0)]
+    max_step_minutes: f64,
+}
+
+/// `8G`, `512M`, `1.5GiB`, `1000000` (bytes).
+fn parse_bytes(s: &str) -> std::result::Result<f64, String> {
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| (&t[..i], &t[i..]));
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: a size such as 8G or 512M"))?;
+    let k = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        "T" => 1024f64.powi(4),
+        _ => return Err(format!("`{s}`: a size such as 8G or 512M")),
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("`{s}`: a positive size"));
+    }
+    Ok(v * k)
 }
 
 impl Args {
@@ -176,7 +217,28 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
         bench.profile
     );
     let mode = a.mode();
+    let limits = fewshot::run::cost::Limits {
+        max_memory: a.max_memory,
+        max_step_minutes: a.max_step_minutes,
+    };
+    anyhow::ensure!(
+        a.max_step_minutes.is_finite() && a.max_step_minutes > 0.0,
+        "--max-step-minutes must be a positive number"
+    );
     let run_dir = a.run_dir.unwrap_or_else(|| runner::default_run_dir(&bench));
+    if a.dry_run {
+        let opts = RunOptions {
+            run_dir,
+            mode,
+            only: a.spec.only,
+            show_progress: false,
+            trace_episodes: 0,
+            device,
+            limits,
+        };
+        print!("{}", runner::dry_run(&bench, data_dir, &opts)?);
+        return Ok(());
+    }
     if a.spec.seeds.is_empty() {
         let results = runner::run(
             &bench,
@@ -188,6 +250,7 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
                 show_progress: true,
                 trace_episodes: a.trace,
                 device,
+                limits,
             },
         )?;
         print!("{}", fewshot::report::terminal(&results));
@@ -205,6 +268,7 @@ pub fn run(data_dir: &Path, device: DeviceSpec, a: Args) -> Result<()> {
             show_progress: true,
             trace_episodes: a.trace,
             device,
+            limits,
         },
     )?;
     print!("{}", fewshot::report::terminal(&results));

@@ -159,4 +159,28 @@ fn the_valid_file_reads_and_the_binary_names_the_line_of_a_bad_one() {
         path.to_str().unwrap(),
     ]);
     common::assert_bench_fails(&out, &["eps.csv", "line 10", "label 7"]);
+    // The same image as support and as query of one episode.
+    std::fs::write(
+        &path,
+        valid().replace("0,query,0,img/e0c0q0.png", "0,query,0,img/e0c0s.png"),
+    )
+    .unwrap();
+    let out = common::bench(&[
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--on",
+        "fewshot-5way1shot",
+        "--episodes",
+        path.to_str().unwrap(),
+    ]);
+    common::assert_bench_fails(
+        &out,
+        &[
+            "eps.csv",
+            "line 3",
+            "img/e0c0s.png",
+            "line 2",
+            "once per episode",
+        ],
+    );
 }

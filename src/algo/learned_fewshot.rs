@@ -392,7 +392,8 @@ impl LearnedFewShot {
 
     /// `steps` updates of the rule with meta-parameters `mp` from their
     /// theta_0 on `objective`, as one candle graph (the rule's series at
-    /// every step when `record`).
+    /// every step when `record`): the fused kernel where the learner's
+    /// kernels are fused and it runs the rule, one op in the graph.
     pub fn unroll(
         &self,
         mp: &Params,
@@ -403,6 +404,7 @@ impl LearnedFewShot {
         let theta0 = mp.get(THETA0)?;
         let opts = UnrollOptions {
             record,
+            kernels: self.ctx.learner.kernels,
             ..UnrollOptions::new(steps)
         };
         with_rule!(&self.rule(mp)?, r => learned::unroll(r, theta0, objective, &opts))

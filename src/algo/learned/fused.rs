@@ -85,7 +85,7 @@ use super::preprocess::preprocess;
 use crate::error::Result;
 use crate::model::kernels::gemm::{matmul, Mat};
 use crate::model::kernels::scalar::Scalar;
-use crate::model::kernels::simd::simd;
+use crate::model::kernels::simd::simd_wide as simd;
 use crate::model::kernels::tile::{acc, acc_mul, lane_sum, ld, mac, map, prefetch, st, L};
 
 /// Hidden units per layer the kernel is compiled for: the paper's and the
@@ -395,8 +395,8 @@ struct Shared<T> {
 /// `pad` columns.
 #[derive(Debug, Default)]
 struct Tape<T> {
-    /// `[pad / L][layers][H][CELL][L]`: per tile, layer and hidden unit, the
-    /// gates i, f, g, o after their nonlinearities, c_t and tanh(c_t)
+    /// `[layers][pad / L][H][CELL][L]`: per layer, tile and hidden unit,
+    /// the gates i, f, g, o after their nonlinearities, c_t and tanh(c_t)
     /// ([`cell_at`]).
     cell: Vec<T>,
     /// `[I][pad]`: the first layer's features.
@@ -414,11 +414,12 @@ struct Tape<T> {
     i_in: Vec<T>,
 }
 
-/// Where the record of the tile at column `c0`, layer `k` of `layers` and
-/// hidden unit `m` starts in a tape's `cell`.
+/// Where the record of layer `k`, the tile at column `c0` and hidden unit
+/// `m` starts in a tape's `cell` of `pad` columns: layer-major, then tile
+/// by tile, so that the backward's pass over one layer reads one stream.
 #[inline(always)]
-fn cell_at(c0: usize, k: usize, m: usize, layers: usize) -> usize {
-    ((c0 / L * layers + k) * H + m) * CELL * L
+fn cell_at(c0: usize, k: usize, m: usize, pad: usize) -> usize {
+    ((k * (pad / L) + c0 / L) * H + m) * CELL * L
 }
 
 /// One block of coordinates: its recurrent state and tape. Every buffer
@@ -439,6 +440,8 @@ struct Block<T> {
     h0: Vec<Vec<T>>,
     c0: Vec<Vec<T>>,
     tape: Vec<Tape<T>>,
+    /// Tape entries of an earlier unroll, their buffers reused.
+    spare: Vec<Tape<T>>,
     /// The last step's entry when no tape is kept (its z, F, I recorded).
     last: Option<Tape<T>>,
 }
@@ -475,6 +478,7 @@ impl<T: Scalar> Block<T> {
             f_prev,
             i_prev,
             tape: vec![],
+            spare: vec![],
             last: None,
         }
     }
@@ -501,7 +505,7 @@ fn rows_of<T: Scalar>(
 
 /// An unroll of a rule over all coordinates.
 #[derive(Debug)]
-pub struct Unroll<T> {
+pub struct Unroll<T: Scalar> {
     /// θ_t after the steps taken so far.
     pub theta: Vec<T>,
     shared: Shared<T>,
@@ -528,6 +532,12 @@ impl<T: Scalar> Unroll<T> {
         let packs = (0..spec.layers)
             .map(|k| Packed::new(&w.layers[k], spec.inputs(k)))
             .collect();
+        let mut blocks: Vec<Block<T>> = blocks;
+        if keep {
+            for (b, spare) in blocks.iter_mut().zip(take_spare::<T>()) {
+                b.spare = spare;
+            }
+        }
         Unroll {
             theta: theta0,
             shared: Shared { spec, w, packs },
@@ -666,6 +676,41 @@ impl<T: Scalar> Unroll<T> {
     }
 }
 
+/// The tape entries of the last finished unroll that kept one, per block,
+/// for the next to reuse: a meta-training step then allocates (and
+/// page-faults and zeroes) no tape. One slot for the whole process (an
+/// unroll of another scalar type or started meanwhile allocates afresh);
+/// it holds one unroll's tape between unrolls.
+static SPARE: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>> = std::sync::Mutex::new(None);
+
+fn take_spare<T: Scalar>() -> Vec<Vec<Tape<T>>> {
+    let slot = SPARE.lock().ok().and_then(|mut s| s.take());
+    slot.and_then(|b| b.downcast::<Vec<Vec<Tape<T>>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default()
+}
+
+impl<T: Scalar> Drop for Unroll<T> {
+    /// The tape goes back to [`SPARE`].
+    fn drop(&mut self) {
+        if !self.keep {
+            return;
+        }
+        let tapes: Vec<Vec<Tape<T>>> = self
+            .blocks
+            .iter_mut()
+            .map(|b| {
+                let mut v = std::mem::take(&mut b.spare);
+                v.append(&mut b.tape);
+                v
+            })
+            .collect();
+        if let Ok(mut s) = SPARE.lock() {
+            *s = Some(Box::new(tapes));
+        }
+    }
+}
+
 /// [`block_step_body`] compiled for AVX2 when the CPU has it ([`simd`]).
 fn block_step<T: Scalar>(
     blk: &mut Block<T>,
@@ -693,7 +738,7 @@ fn layer_tile<T: Scalar, const K: usize>(
     hn: &mut [T],
     c0: usize,
     pad: usize,
-    mut rec: Option<(&mut [T], usize, usize)>,
+    mut rec: Option<(&mut [T], usize)>,
 ) -> [[T; L]; H] {
     let inp = &inp[..K];
     let mut out = [[T::zero(); L]; H];
@@ -726,8 +771,8 @@ fn layer_tile<T: Scalar, const K: usize>(
         }
         st(c, at, &cc);
         st(hn, at, &h);
-        if let Some((cell, k, layers)) = rec.as_mut() {
-            let r = cell_at(c0, *k, m, *layers);
+        if let Some((cell, k)) = rec.as_mut() {
+            let r = cell_at(c0, *k, m, pad);
             for (q, v) in [i, f, g, o, cc, tc].iter().enumerate() {
                 st(cell, r + q * L, v);
             }
@@ -747,7 +792,7 @@ fn layer_tile_any<T: Scalar>(
     hn: &mut [T],
     c0: usize,
     pad: usize,
-    rec: Option<(&mut [T], usize, usize)>,
+    rec: Option<(&mut [T], usize)>,
 ) -> [[T; L]; H] {
     match pk.inputs {
         1 => layer_tile::<T, { 1 + H }>(pk, inp, c, hn, c0, pad, rec),
@@ -783,7 +828,7 @@ fn block_step_body<T: Scalar>(
     // The entry's buffers are recycled when no tape is kept; every sized
     // buffer is overwritten in full below.
     let mut t = if keep {
-        Tape::default()
+        blk.spare.pop().unwrap_or_default()
     } else {
         blk.last.take().unwrap_or_default()
     };
@@ -824,7 +869,7 @@ fn block_step_body<T: Scalar>(
             for m in 0..H {
                 inp[kin + m] = ld(&blk.h[k], m * pad + c0);
             }
-            let rec = keep.then(|| (&mut t.cell[..], k, layers));
+            let rec = keep.then(|| (&mut t.cell[..], k));
             let h = layer_tile_any(
                 &sh.packs[k],
                 &inp,
@@ -1136,7 +1181,7 @@ fn block_backward_body<T: Scalar>(
                 }
                 for m in 0..H {
                     let at = m * pad + c0;
-                    let rec = cell_at(c0, k, m, layers);
+                    let rec = cell_at(c0, k, m, pad);
                     let row = |q: usize| ld(&t.cell, rec + q * L);
                     let (i, f, g, o, tc) = (row(0), row(1), row(2), row(3), row(5));
                     // dL/dh_t: through step t+1, and from above (the layer
@@ -1188,7 +1233,7 @@ fn block_backward_body<T: Scalar>(
                     };
                     st(xh, (kin + m) * pad + c0, &hp);
                     if k > 0 {
-                        let below = cell_at(c0, k - 1, m, layers);
+                        let below = cell_at(c0, k - 1, m, pad);
                         let (bo, btc) = (ld(&t.cell, below + 3 * L), ld(&t.cell, below + 5 * L));
                         let mut hb = [T::zero(); L];
                         for l in 0..L {
@@ -1446,7 +1491,7 @@ fn run_as<T: Scalar>(
 /// surrogate (1)]`. Its forward was run step by step with the objective
 /// ([`run`]) and is handed over as computed; its backward is
 /// [`Unroll::backward`].
-struct UnrollOp<T> {
+struct UnrollOp<T: Scalar> {
     unroll: Unroll<T>,
     out: Vec<T>,
     state: bool,

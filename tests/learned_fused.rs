@@ -294,7 +294,10 @@ fn full_unrolls_agree_with_the_composed_graph_in_float64_and_float32() {
             let c = full(w, &p, &theta0, 10, Kernels::Composed);
             let what = format!("{what} ({dtype:?})");
             assert!(
-                common::max_rel_diff(&[c.theta.clone()], &[f.theta.clone()]) < tol,
+                common::max_rel_diff(
+                    std::slice::from_ref(&c.theta),
+                    std::slice::from_ref(&f.theta)
+                ) < tol,
                 "{what}: theta_T"
             );
             assert!(rel_losses(&c.losses, &f.losses) < tol, "{what}: losses");
@@ -314,7 +317,10 @@ fn full_unrolls_agree_with_the_composed_graph_in_float64_and_float32() {
                 assert_eq!(size == 0.0, unused, "{what}: {name}");
             }
             // theta moved: the unroll is not a trivial one.
-            let moved = common::max_rel_diff(&[theta0.clone()], &[f.theta.clone()]);
+            let moved = common::max_rel_diff(
+                std::slice::from_ref(&theta0),
+                std::slice::from_ref(&f.theta),
+            );
             assert!(moved > 1e-3, "{what}: theta moved by {moved}");
         }
     }

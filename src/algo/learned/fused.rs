@@ -60,15 +60,20 @@
 //!
 //! **Tape** (what the backward needs, per step and coordinate): per layer
 //! and hidden unit the gates i, f, g, o after their nonlinearities, c_t and
-//! tanh(c_t) (tile-major records, in the order both passes walk them: 6H
-//! values per layer); the features (1 or 2) and the gradient; with learned
-//! gates θ_{t-1}, z_t, F_t, I_t and the fed-back f̃_{t-1}, ĩ_{t-1}; z_t
-//! always (it is also the recorded `update`). h is recomputed as o tanh(c).
-//! Two layers of 20 with learned gates: 248 values, about 1 KB per
-//! coordinate and step in float32 (113 MB per step for the 113k-coordinate
-//! Omniglot learner; 16 MB for the 15,910-coordinate MNIST MLP). The state
-//! at the unroll's start is kept beside it (4H + 2 values). Evaluation
-//! (no input in an autograd graph) keeps no tape.
+//! tanh(c_t) (records of 16 coordinates, layer-major, then tile by tile in
+//! the order both passes walk them: 6H values per layer); the features (1
+//! or 2), the gradient and z_t (also the recorded `update`); with learned
+//! gates θ_{t-1}, F_t, I_t and the fed-back f̃_{t-1}, ĩ_{t-1}. h is
+//! recomputed as o tanh(c). Two layers of 20, 2 features, learned gates:
+//! 249 values, 1 KB per coordinate and step in float32 (113 MB per step
+//! for the 113k-coordinate Omniglot learner; 16 MB for the
+//! 15,910-coordinate MNIST MLP): memory linear in T, no checkpointing. The
+//! h and c at the unroll's start are kept beside it (2H per layer).
+//! Evaluation (no input in an autograd graph) keeps no tape. When the
+//! unroll is dropped (its graph is), its tape entries go to a one-slot
+//! pool that the next unroll refills (`SPARE`): meta-training allocates
+//! no tape after its first unroll, and the process holds one tape between
+//! unrolls.
 //!
 //! **Thread independence.** Blocks are fixed by the coordinate count
 //! alone; weight gradients are summed per block (products with a fixed
@@ -130,7 +135,7 @@ impl Features {
     fn of<T: Scalar>(self, g: T) -> [T; 2] {
         match self {
             Features::Raw => [g, T::zero()],
-            Features::LogSign { p, eps } if eps == 0.0 => {
+            Features::LogSign { p, eps: 0.0 } => {
                 let (a, b) = preprocess(g.f64(), p);
                 [T::of(a), T::of(b)]
             }
@@ -526,13 +531,12 @@ impl<T: Scalar> Unroll<T> {
         if let Some(s) = state {
             assert_eq!(s.len(), spec.state_rows().iter().sum::<usize>() * n);
         }
-        let blocks = (0..n.div_ceil(CHUNK))
+        let mut blocks: Vec<Block<T>> = (0..n.div_ceil(CHUNK))
             .map(|b| Block::new(&spec, CHUNK.min(n - b * CHUNK), b * CHUNK, n, state, keep))
             .collect();
         let packs = (0..spec.layers)
             .map(|k| Packed::new(&w.layers[k], spec.inputs(k)))
             .collect();
-        let mut blocks: Vec<Block<T>> = blocks;
         if keep {
             for (b, spare) in blocks.iter_mut().zip(take_spare::<T>()) {
                 b.spare = spare;

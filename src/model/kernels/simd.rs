@@ -5,7 +5,9 @@
 //!
 //! Users: the fused blocks' per-chunk passes
 //! ([`crate::model::kernels::block`]) and the meta-LSTM kernel's block
-//! step and backward ([`crate::algo::meta_lstm::fused`]).
+//! step and backward ([`crate::algo::meta_lstm::fused`]); the learned
+//! rules' kernel ([`crate::algo::learned::fused`]) runs `simd_wide`, which
+//! adds an AVX-512 build.
 
 /// Whether this CPU runs the AVX2 builds of the kernels (checked once).
 #[cfg(target_arch = "x86_64")]

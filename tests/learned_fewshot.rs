@@ -257,6 +257,7 @@ fn meta_parameters_are_the_rules_weights_by_name_then_theta0() {
         problem: fewshot::algo::problem::ProblemSpec::Quadratic(Default::default()),
         steps: 20,
         run_seed: c.run_seed,
+        kernels: Default::default(),
     };
     let entry = LearnedEntry {
         algorithm: "two-level".into(),

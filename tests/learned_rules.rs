@@ -209,7 +209,14 @@ fn check_meta_gradient<R: Rule>(
     let (_v, pv) = vars(p);
     let rule = build(&pv);
     let mut state = rule.start(&theta0).unwrap();
-    let base = unroll_segment(&rule, &mut state, &theta0, q.as_mut(), steps, false).unwrap();
+    let base = unroll_segment(
+        &rule,
+        &mut state,
+        &theta0,
+        q.as_mut(),
+        &UnrollOptions::new(steps),
+    )
+    .unwrap();
     assert_eq!(
         (base.losses.len(), base.inputs.len()),
         (steps + 1, steps + 1)
@@ -222,7 +229,14 @@ fn check_meta_gradient<R: Rule>(
             replay: Replay::new(&base.inputs),
             quad,
         };
-        let seg = unroll_segment(&rule, &mut state, &theta0, &mut frozen, steps, false).unwrap();
+        let seg = unroll_segment(
+            &rule,
+            &mut state,
+            &theta0,
+            &mut frozen,
+            &UnrollOptions::new(steps),
+        )
+        .unwrap();
         seg.losses.iter().sum::<f64>()
     };
     // At the base point the frozen run is the run.
@@ -297,6 +311,14 @@ fn two_level_meta_gradient_matches_finite_differences() {
     assert!(norm(g.get("cell.w_f").unwrap()) > 0.0);
 }
 
+/// `steps` updates, recording the rule's series.
+fn recording(steps: usize) -> UnrollOptions {
+    UnrollOptions {
+        record: true,
+        ..UnrollOptions::new(steps)
+    }
+}
+
 /// The meta-gradient of `<c, theta_T>` for a fixed c.
 fn grad_of_theta(theta: &Tensor, pv: &Params) -> Params {
     let n = theta.dim(1).unwrap();
@@ -326,7 +348,7 @@ fn one_segment_is_the_unroll_and_two_halves_are_one_segment() {
     let rule = andrychowicz(&pv, config);
     let mut state = rule.start(&theta0).unwrap();
     let mut q = quad_clone(&quad);
-    let seg = unroll_segment(&rule, &mut state, &theta0, q.as_mut(), t, true).unwrap();
+    let seg = unroll_segment(&rule, &mut state, &theta0, q.as_mut(), &recording(t)).unwrap();
     let g_seg = grad_of_theta(&seg.theta, &pv);
     let (_v2, pv2) = vars(&p);
     let rule2 = andrychowicz(&pv2, config);
@@ -345,8 +367,22 @@ fn one_segment_is_the_unroll_and_two_halves_are_one_segment() {
     // Two halves with the state carried: the same theta_T and the same f
     // at every theta; the boundary's f counted by both halves.
     let mut state = rule.start(&theta0).unwrap();
-    let a = unroll_segment(&rule, &mut state, &theta0, q.as_mut(), t / 2, false).unwrap();
-    let b = unroll_segment(&rule, &mut state, &a.theta, q.as_mut(), t / 2, false).unwrap();
+    let a = unroll_segment(
+        &rule,
+        &mut state,
+        &theta0,
+        q.as_mut(),
+        &UnrollOptions::new(t / 2),
+    )
+    .unwrap();
+    let b = unroll_segment(
+        &rule,
+        &mut state,
+        &a.theta,
+        q.as_mut(),
+        &UnrollOptions::new(t / 2),
+    )
+    .unwrap();
     assert_eq!(common::bits(&b.theta), common::bits(&seg.theta));
     assert_eq!(a.losses.last(), b.losses.first());
     let joined: Vec<f64> = a.losses.iter().chain(&b.losses[1..]).copied().collect();
@@ -362,15 +398,21 @@ fn one_segment_is_the_unroll_and_two_halves_are_one_segment() {
     );
     // Cut between the halves (truncated BPTT): the same values again.
     let mut state = rule.start(&theta0).unwrap();
-    let a = unroll_segment(&rule, &mut state, &theta0, q.as_mut(), t / 2, false).unwrap();
+    let a = unroll_segment(
+        &rule,
+        &mut state,
+        &theta0,
+        q.as_mut(),
+        &UnrollOptions::new(t / 2),
+    )
+    .unwrap();
     rule.detach(&mut state);
     let b = unroll_segment(
         &rule,
         &mut state,
         &a.theta.detach(),
         q.as_mut(),
-        t / 2,
-        false,
+        &UnrollOptions::new(t / 2),
     )
     .unwrap();
     assert_eq!(common::bits(&b.theta), common::bits(&seg.theta));
@@ -395,8 +437,14 @@ fn truncated_bptt_carries_theta_and_state_across_optimizer_updates() {
             let (_v, pv) = vars(&p);
             let rule = andrychowicz(&pv, config);
             rule.detach(&mut state);
-            let seg =
-                unroll_segment(&rule, &mut state, &theta.detach(), q.as_mut(), 4, false).unwrap();
+            let seg = unroll_segment(
+                &rule,
+                &mut state,
+                &theta.detach(),
+                q.as_mut(),
+                &UnrollOptions::new(4),
+            )
+            .unwrap();
             let g = pv.grads(&seg.surrogate.backward().unwrap()).unwrap();
             assert!(g.all_finite().unwrap() && norm(g.get("l1.w_ih").unwrap()) > 0.0);
             p = p.zip_map(&g, |w, d| w - (d * lr)?).unwrap();

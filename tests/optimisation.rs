@@ -250,6 +250,7 @@ fn meta_training_improves_a_learned_optimiser_on_held_out_problems_and_it_transf
         problem: spec.clone(),
         steps: 40,
         run_seed: 1,
+        kernels: Default::default(),
     };
     let data = ProblemData::None;
     let (train, test) = (
@@ -306,6 +307,7 @@ fn the_mnist_mlp_reads_the_real_digits_and_adam_lowers_its_loss() {
         problem: spec.clone(),
         steps: 100,
         run_seed: 0,
+        kernels: Default::default(),
     };
     let entry: fewshot::yaml::Value =
         fewshot::yaml::from_str("{algorithm: adam, lr: 0.01}", "t").unwrap();

@@ -24,12 +24,15 @@
 //! by the support size as the meta-LSTM's reference does
 //! (`grad_div_batch`, [`crate::algo::learned::objective::Support`]), the
 //! query pass normalised as the benchmark's protocol says for
-//! meta-training ([`Context::predict_train`]). The unroll is the composed
-//! candle graph ([`crate::algo::learned::unroll()`]); candle's autograd
-//! gives the meta-gradient with respect to the rule's weights phi and
-//! theta_0 through every step (no second derivatives: g_t and L_t are
-//! inputs). One episode per meta-update, Adam (learning rate 1e-3) after a
-//! global gradient-norm clip of 0.25: the meta-LSTM's meta-training.
+//! meta-training ([`Context::predict_train`]). The unroll is
+//! [`crate::algo::learned::unroll()`]: the fused kernel
+//! ([`crate::algo::learned::fused`], one candle op) with the learner's
+//! fused kernels and the shipped shape, else the composed candle graph;
+//! candle's autograd gives the meta-gradient with respect to the rule's
+//! weights phi and theta_0 through every step (no second derivatives: g_t
+//! and L_t are inputs). One episode per meta-update, Adam (learning rate
+//! 1e-3) after a global gradient-norm clip of 0.25: the meta-LSTM's
+//! meta-training.
 //!
 //! The meta-parameters are the rule's weights under the names the rule
 //! gives them (`l1.w_ih`, ..., `out.w`, `out.b`; the two-level rule then
@@ -398,7 +401,8 @@ impl LearnedFewShot {
 
     /// `steps` updates of the rule with meta-parameters `mp` from their
     /// theta_0 on `objective`, as one candle graph (the rule's series at
-    /// every step when `record`).
+    /// every step when `record`): the fused kernel where the learner's
+    /// kernels are fused and it runs the rule, one op in the graph.
     pub fn unroll(
         &self,
         mp: &Params,
@@ -409,6 +413,7 @@ impl LearnedFewShot {
         let theta0 = mp.get(THETA0)?;
         let opts = UnrollOptions {
             record,
+            kernels: self.ctx.learner.kernels,
             ..UnrollOptions::new(steps)
         };
         with_rule!(&self.rule(mp)?, r => learned::unroll(r, theta0, objective, &opts))

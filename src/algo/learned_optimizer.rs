@@ -40,12 +40,13 @@ use super::learned::andrychowicz::{AndrychowiczConfig, AndrychowiczRule, Andrych
 use super::learned::lstm::LstmLayer;
 use super::learned::ravi::{MetaCell, RaviRule, RaviWeights};
 use super::learned::two_level::{Candidate, TwoLevelConfig, TwoLevelRule, TwoLevelWeights};
-use super::learned::unroll::unroll_segment;
+use super::learned::unroll::{unroll_segment, UnrollOptions};
 use super::learned::{Inputs, Preprocess, Rule};
 use super::optimizer::{OptContext, OptEntry, Optimizer};
 use super::problem::{Problem, ProblemSpec};
 use super::Observer;
 use crate::error::{Error, Result};
+use crate::model::kernels::Kernels;
 use crate::model::optim::{Adam, AdamConfig};
 use crate::model::params::Params;
 use crate::rng::Rng;
@@ -262,6 +263,8 @@ pub struct LearnedOptimizer {
     pub params: Params,
     adam: Adam,
     dev: Device,
+    /// The rules' fused kernel or the composed graph ([`OptContext::kernels`]).
+    kernels: Kernels,
 }
 
 impl LearnedOptimizer {
@@ -300,6 +303,7 @@ impl LearnedOptimizer {
             steps: ctx.steps,
             params,
             adam,
+            kernels: ctx.kernels.on(&dev),
             dev,
         })
     }
@@ -333,6 +337,15 @@ impl LearnedOptimizer {
         })
     }
 
+    /// `steps` updates with this optimiser's kernels.
+    fn options(&self, steps: usize, record: bool) -> UnrollOptions {
+        UnrollOptions {
+            kernels: self.kernels,
+            record,
+            ..UnrollOptions::new(steps)
+        }
+    }
+
     fn theta0(&self, problem: &Problem) -> Result<Tensor> {
         let v: Vec<f32> = problem.theta0.iter().map(|&x| x as f32).collect();
         let n = v.len();
@@ -351,7 +364,7 @@ impl LearnedOptimizer {
         let rule = self.rule(&self.params)?;
         with_rule!(&rule, r => {
             let mut state = r.start(&theta)?;
-            let seg = unroll_segment(r, &mut state, &theta, problem, steps, record)?;
+            let seg = unroll_segment(r, &mut state, &theta, problem, &self.options(steps, record))?;
             Ok((seg.losses, seg.recorded))
         })
     }
@@ -389,7 +402,8 @@ impl Optimizer for LearnedOptimizer {
                     })?,
                     None => r.start(&theta)?,
                 };
-                let seg = unroll_segment(r, &mut state, &theta, problem, self.config.unroll, false)?;
+                let opts = self.options(self.config.unroll, false);
+                let seg = unroll_segment(r, &mut state, &theta, problem, &opts)?;
                 r.detach(&mut state);
                 carried = Some(Box::new(state));
                 (seg.surrogate, seg.theta.detach(), *seg.losses.last().expect("T + 1 losses"))

@@ -33,6 +33,9 @@ pub struct OptContext {
     /// The run seed: initialisation of learned optimisers and training
     /// problems.
     pub run_seed: u64,
+    /// The learned rules' fused kernel or the composed candle graph
+    /// [default: fused].
+    pub kernels: crate::model::kernels::Kernels,
 }
 
 /// A numbered source of problems of one split under one seed: problem

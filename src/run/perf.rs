@@ -433,14 +433,16 @@ pub struct OptimizerTiming {
 }
 
 /// Time the learned optimisers of the optimisation benchmark `benchmark`
-/// (or the one labelled `only`): `steps` meta-steps after one warm-up, and
-/// as many test problems, one at a time (candle's threads inside each
-/// operation, `CANDLE_NUM_THREADS`).
+/// (or the one labelled `only`) with `kernels`: `steps` meta-steps after
+/// one warm-up, and as many test problems, one at a time (candle's threads
+/// inside each operation, `CANDLE_NUM_THREADS`; the fused kernel's on
+/// rayon's).
 pub fn optimizers(
     data_dir: &Path,
     benchmark: &str,
     only: Option<&str>,
     steps: u64,
+    kernels: crate::model::kernels::Kernels,
 ) -> Result<Vec<OptimizerTiming>> {
     use crate::algo::optimizer::{self, Problems};
     let (bench, _) = crate::spec::optimisation::OptBenchmark::load_with(
@@ -451,7 +453,10 @@ pub fn optimizers(
         bench.algorithm(l)?;
     }
     let data = bench.problem.open(data_dir)?;
-    let ctx = bench.context();
+    let ctx = crate::algo::optimizer::OptContext {
+        kernels,
+        ..bench.context()
+    };
     let train = Problems {
         spec: &bench.problem,
         data: &data,

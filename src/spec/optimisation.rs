@@ -165,6 +165,7 @@ impl OptBenchmark {
             problem: self.problem.clone(),
             steps: self.steps,
             run_seed: self.run_seed,
+            kernels: Default::default(),
         }
     }
 

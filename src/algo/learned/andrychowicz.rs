@@ -68,9 +68,10 @@
 
 use candle_core::{DType, Tensor};
 
+use super::fused::{self, Cell, Features, Spec};
 use super::lstm::{LstmLayer, LstmState};
 use super::preprocess::{Inputs, Preprocess};
-use super::rule::{Rule, Step};
+use super::rule::{Rule, StateParts, Step};
 use crate::error::{Error, Result};
 use crate::model::params::Params;
 use crate::rng::Rng;
@@ -442,6 +443,42 @@ impl AndrychowiczState {
     }
 }
 
+impl AndrychowiczState {
+    /// The layers' (h, c), bottom first: the first `2 * layers` of `parts`.
+    pub fn from_layer_parts(parts: &[Tensor]) -> Result<Self> {
+        if !parts.len().is_multiple_of(2) {
+            return Err(Error::invalid(
+                "LSTM state parts",
+                parts.len(),
+                "h and c per layer",
+            ));
+        }
+        Ok(AndrychowiczState {
+            layers: parts
+                .chunks(2)
+                .map(|hc| LstmState {
+                    h: hc[0].clone(),
+                    c: hc[1].clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl StateParts for AndrychowiczState {
+    /// h, c of every layer, bottom first.
+    fn parts(&self) -> Vec<Tensor> {
+        self.layers
+            .iter()
+            .flat_map(|s| [s.h.clone(), s.c.clone()])
+            .collect()
+    }
+
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self> {
+        Self::from_layer_parts(&parts)
+    }
+}
+
 /// Andrychowicz et al.'s rule: its weights and options.
 #[derive(Debug, Clone)]
 pub struct AndrychowiczRule {
@@ -479,6 +516,24 @@ impl AndrychowiczRule {
             x = state.h.clone();
         }
         Ok(x)
+    }
+
+    /// The fused kernel's description of the LSTM stack and read-out with
+    /// `cell`, when it can run them: [`fused::H`] hidden units, at least
+    /// one layer, the gradient as the only input.
+    pub fn fused_spec(&self, read_out: bool, cell: Cell) -> Option<Spec> {
+        let c = &self.config;
+        let features = match c.preprocess {
+            None => Features::Raw,
+            Some(p) => Features::LogSign { p, eps: c.log_eps },
+        };
+        (c.hidden == fused::H && c.layers >= 1 && c.inputs == Inputs::Gradient).then_some(Spec {
+            layers: c.layers,
+            features,
+            scale: c.scale,
+            read_out,
+            cell,
+        })
     }
 
     /// The read-out of the top hidden state: `scale * (W_out h + b_out)`,
@@ -521,5 +576,14 @@ impl Rule for AndrychowiczRule {
 
     fn detach(&self, s: &mut AndrychowiczState) {
         *s = s.detach();
+    }
+
+    /// The stack and read-out, θ_t = θ_{t-1} + u_t.
+    fn fused(&self) -> Option<(Spec, Vec<Tensor>)> {
+        let spec = self.fused_spec(true, Cell::None)?;
+        Some((
+            spec,
+            self.weights.named().into_iter().map(|(_, t)| t).collect(),
+        ))
     }
 }

@@ -41,6 +41,12 @@
 //!   i_t z_t; z_t = -g_t gives Ravi's rule and f = i = 1 Andrychowicz's,
 //!   bit for bit.
 //!
+//! - [`fused`](mod@fused): the LSTM stack, read-out and gated cell of the
+//!   two rules above as one tiled CPU kernel with a hand-written backward
+//!   through time, which [`unroll()`] and [`unroll_segment`] run in place
+//!   of the composed graph where it applies (one candle op, so the
+//!   callers differentiate the same tensors).
+//!
 //! Andrychowicz et al.'s meta-loss, f summed along the unroll with the
 //! gradients constant, is [`unroll_segment`]'s: one segment of truncated
 //! backpropagation through time, continued from a given state, with a
@@ -51,6 +57,7 @@
 //! Rule`. docs/algorithms.md ("Learned update rules") has the recipe.
 
 pub mod andrychowicz;
+pub mod fused;
 pub mod lstm;
 pub mod objective;
 pub mod preprocess;
@@ -62,5 +69,5 @@ pub mod unroll;
 pub use lstm::{LstmLayer, LstmState};
 pub use objective::Objective;
 pub use preprocess::{preprocess, Inputs, Preprocess};
-pub use rule::{Rule, Step};
+pub use rule::{Rule, StateParts, Step};
 pub use unroll::{unroll, unroll_segment, Segment, UnrollOptions, Unrolled};

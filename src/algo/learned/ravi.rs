@@ -30,7 +30,7 @@ use candle_core::Tensor;
 
 use super::lstm::{uniform, LstmLayer, LstmState};
 use super::preprocess::{Inputs, Preprocess};
-use super::rule::{Rule, Step};
+use super::rule::{Rule, StateParts, Step};
 use crate::error::{Error, Result};
 use crate::model::params::Params;
 use crate::rng::Rng;
@@ -116,6 +116,27 @@ pub struct RaviState {
     pub lstm: LstmState,
     /// Layer 2's fed-back gates.
     pub cell: CellState,
+}
+
+impl StateParts for RaviState {
+    /// h, c, f~, i~.
+    fn parts(&self) -> Vec<Tensor> {
+        vec![
+            self.lstm.h.clone(),
+            self.lstm.c.clone(),
+            self.cell.f_prev.clone(),
+            self.cell.i_prev.clone(),
+        ]
+    }
+
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self> {
+        let [h, c, f_prev, i_prev] = <[Tensor; 4]>::try_from(parts)
+            .map_err(|p| Error::invalid("meta-LSTM state parts", p.len(), "4"))?;
+        Ok(RaviState {
+            lstm: LstmState { h, c },
+            cell: CellState { f_prev, i_prev },
+        })
+    }
 }
 
 /// All of the rule's meta-parameters, by name.

@@ -13,11 +13,25 @@
 //! struct, read from and written to `Params` by name) and the state `s`
 //! a struct of `[features, n]` tensors. Everything is a candle graph, so
 //! the meta-gradient flows back through time by autograd; a rule may also
-//! have a fused kernel of its own (the meta-learner LSTM's `fused.rs`).
+//! say how the shared fused kernel runs it ([`Rule::fused`], the LSTM
+//! stack of [`super::fused`]; the meta-learner LSTM has a kernel of its
+//! own, `meta_lstm/fused.rs`).
 
 use candle_core::Tensor;
 
+use super::fused::Spec;
 use crate::error::Result;
+
+/// A rule's per-coordinate state as a list of `[rows, n]` tensors in a
+/// fixed order, and back: what the fused kernel reads at an unroll's start
+/// and hands back at its end ([`Spec::state_rows`]' order for the rules it
+/// runs).
+pub trait StateParts: Sized {
+    /// The tensors, in order.
+    fn parts(&self) -> Vec<Tensor>;
+    /// The state from tensors in [`StateParts::parts`]' order.
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self>;
+}
 
 /// One step's output.
 #[derive(Debug, Clone)]
@@ -32,7 +46,7 @@ pub struct Step {
 /// A coordinate-wise learned update rule.
 pub trait Rule {
     /// Per-coordinate state carried from step to step.
-    type State;
+    type State: StateParts;
 
     /// Names of the per-coordinate series a step can record (a gated
     /// rule's gates, say), in order; empty: none.
@@ -57,4 +71,12 @@ pub trait Rule {
     /// Cut `state` from the autograd graph (a truncation point): the
     /// meta-gradient flows back no further than here.
     fn detach(&self, state: &mut Self::State);
+
+    /// How the fused kernel ([`super::fused`]) runs this rule, and its
+    /// weights in [`Spec::weight_sizes`]' order, when the kernel can (its
+    /// shape: [`super::fused::H`] hidden units, the gradient as the only
+    /// input); `None`, the default, runs the composed graph.
+    fn fused(&self) -> Option<(Spec, Vec<Tensor>)> {
+        None
+    }
 }

@@ -48,8 +48,9 @@ use candle_core::Tensor;
 use super::andrychowicz::{
     AndrychowiczConfig, AndrychowiczRule, AndrychowiczState, AndrychowiczWeights,
 };
+use super::fused::{Cell, Spec};
 use super::ravi::{CellState, Gates, MetaCell};
-use super::rule::{Rule, Step};
+use super::rule::{Rule, StateParts, Step};
 use crate::error::{Error, Result};
 use crate::model::params::Params;
 use crate::rng::Rng;
@@ -139,6 +140,32 @@ pub struct TwoLevelState {
     pub lstm: AndrychowiczState,
     /// The fed-back pre-sigmoid gates f~_{t-1}, i~_{t-1} (zero at first).
     pub cell: CellState,
+}
+
+impl StateParts for TwoLevelState {
+    /// The first level's h, c of every layer, then f~, i~.
+    fn parts(&self) -> Vec<Tensor> {
+        let mut v = self.lstm.parts();
+        v.extend([self.cell.f_prev.clone(), self.cell.i_prev.clone()]);
+        v
+    }
+
+    fn from_parts(mut parts: Vec<Tensor>) -> Result<Self> {
+        let (i_prev, f_prev) = match (parts.pop(), parts.pop()) {
+            (Some(i), Some(f)) => (i, f),
+            _ => {
+                return Err(Error::invalid(
+                    "two-level state parts",
+                    parts.len(),
+                    "at least 2",
+                ))
+            }
+        };
+        Ok(TwoLevelState {
+            lstm: AndrychowiczState::from_layer_parts(&parts)?,
+            cell: CellState { f_prev, i_prev },
+        })
+    }
 }
 
 /// One gate's weight row split by what it multiplies: h, theta, the
@@ -289,6 +316,19 @@ impl Rule for TwoLevelRule {
             _ => None,
         };
         Ok(Step { theta, series })
+    }
+
+    /// The first level's stack, its read-out or -g_t, and the cell.
+    fn fused(&self) -> Option<(Spec, Vec<Tensor>)> {
+        let cell = match self.gates {
+            Gates::Learned => Cell::Learned,
+            Gates::Fixed { forget, input } => Cell::Fixed { forget, input },
+        };
+        let spec = self
+            .first
+            .fused_spec(self.candidate == Candidate::Learned, cell)?;
+        let weights = self.to_params().tensors;
+        Some((spec, weights))
     }
 
     fn detach(&self, s: &mut TwoLevelState) {

@@ -17,11 +17,20 @@
 //! time from a given theta and rule state, with Andrychowicz et al.'s
 //! meta-loss along it (f at every theta visited, gradients constant) and a
 //! surrogate scalar whose gradient is that meta-loss's ([`Segment`]).
+//!
+//! Both run a rule's fused kernel ([`super::fused`], [`Rule::fused`]) when
+//! the options ask for fused kernels, the rule has one that runs its
+//! shape, and theta is on the CPU in float32 or float64 (and `unroll` does
+//! not truncate within its steps); the kernel's outputs are the same
+//! tensors in the same graph (one candle op whose backward is the
+//! kernel's), to float tolerance. Otherwise they build the composed
+//! candle graph below, the reference.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use super::fused::{self, RunOptions, Spec};
 use super::objective::Objective;
-use super::rule::Rule;
+use super::rule::{Rule, StateParts};
 use crate::error::Result;
 use crate::model::kernels::Kernels;
 
@@ -40,8 +49,9 @@ pub struct UnrollOptions {
     /// the steps between in the backward; the meta-gradient is the same
     /// bit for bit. 0, the default: keep every step.
     pub checkpoint: usize,
-    /// A rule's fused kernel where it has one and can run it (CPU, no
-    /// truncation), or the composed candle graph (default: fused).
+    /// A rule's fused kernel where it has one and can run it (CPU, float32
+    /// or float64, no truncation within the unroll), or the composed
+    /// candle graph (default: fused).
     pub kernels: Kernels,
     /// Record the rule's series at every step (default: false).
     pub record: bool,
@@ -65,6 +75,26 @@ impl UnrollOptions {
     }
 }
 
+/// The fused kernel's description of `rule` and its weights, when `opts`
+/// ask for fused kernels and the kernel can run the rule on `theta`: the
+/// CPU, float32 or float64 (the weights too), no cut within the steps.
+fn fused_plan<R: Rule>(
+    rule: &R,
+    theta: &Tensor,
+    opts: &UnrollOptions,
+) -> Option<(Spec, Vec<Tensor>)> {
+    let dtype = theta.dtype();
+    let runs = opts.kernels == Kernels::Fused
+        && theta.device().is_cpu()
+        && matches!(dtype, DType::F32 | DType::F64)
+        && (opts.truncate == 0 || opts.truncate >= opts.steps);
+    if !runs {
+        return None;
+    }
+    rule.fused()
+        .filter(|(_, w)| w.iter().all(|t| t.dtype() == dtype && t.device().is_cpu()))
+}
+
 /// What an unroll produced.
 #[derive(Debug, Clone)]
 pub struct Unrolled {
@@ -76,15 +106,30 @@ pub struct Unrolled {
     pub inputs: Vec<(Tensor, f64)>,
 }
 
-/// Unroll `rule` from `theta0` (`[1, n]`) on `objective` as a candle graph
-/// (the composed path; `opts.kernels` and `opts.checkpoint` are for rules
-/// with kernels of their own, which dispatch before calling this).
+/// Unroll `rule` from `theta0` (`[1, n]`) on `objective`: the fused
+/// kernel of [`Rule::fused`] when it runs (see the module docs), else a
+/// candle graph (the composed path). `opts.checkpoint` is for the
+/// meta-LSTM's own kernel, which dispatches before calling this.
 pub fn unroll<R: Rule>(
     rule: &R,
     theta0: &Tensor,
     objective: &mut dyn Objective,
     opts: &UnrollOptions,
 ) -> Result<Unrolled> {
+    if let Some((spec, weights)) = fused_plan(rule, theta0, opts) {
+        let run = RunOptions {
+            steps: opts.steps,
+            record: opts.record,
+            segment: false,
+            state: false,
+        };
+        let out = fused::run(&spec, &weights, theta0, None, objective, run)?;
+        return Ok(Unrolled {
+            theta: out.theta,
+            recorded: out.recorded,
+            inputs: out.inputs,
+        });
+    }
     let mut state = rule.start(theta0)?;
     let mut theta = theta0.clone();
     let mut recorded = Vec::new();
@@ -130,8 +175,10 @@ pub struct Segment {
     pub recorded: Vec<Vec<Tensor>>,
 }
 
-/// `steps` updates of `rule` from `theta` (`[1, n]`) and `state`, which it
-/// continues and leaves at the segment's end, with Andrychowicz et al.'s
+/// `opts.steps` updates of `rule` from `theta` (`[1, n]`) and `state`, which it
+/// continues and leaves at the segment's end (recording the rule's series
+/// with `opts.record`; the fused kernel when `opts.kernels` asks for it and
+/// it runs the rule, see the module docs; `opts.truncate` is ignored), with Andrychowicz et al.'s
 /// meta-loss along the way: one segment of truncated backpropagation
 /// through time (the reference unrolls 20 steps at a time over 100,
 /// `train.py:43-45, 52`, updating the optimizer after each unroll,
@@ -174,9 +221,31 @@ pub fn unroll_segment<R: Rule>(
     state: &mut R::State,
     theta: &Tensor,
     objective: &mut dyn Objective,
-    steps: usize,
-    record: bool,
+    opts: &UnrollOptions,
 ) -> Result<Segment> {
+    let (steps, record) = (opts.steps, opts.record);
+    let whole = UnrollOptions {
+        truncate: 0,
+        ..*opts
+    };
+    if let Some((spec, weights)) = fused_plan(rule, theta, &whole) {
+        let run = RunOptions {
+            steps,
+            record,
+            segment: true,
+            state: true,
+        };
+        let parts = state.parts();
+        let out = fused::run(&spec, &weights, theta, Some(&parts), objective, run)?;
+        *state = R::State::from_parts(out.state)?;
+        return Ok(Segment {
+            theta: out.theta,
+            losses: out.losses,
+            surrogate: out.surrogate.expect("a segment's surrogate"),
+            inputs: out.inputs,
+            recorded: out.recorded,
+        });
+    }
     let mut theta = theta.clone();
     let mut losses = Vec::with_capacity(steps + 1);
     let mut inputs = Vec::with_capacity(steps + 1);

@@ -58,6 +58,13 @@ use super::{preprocess, Gates, HIDDEN as H};
 use crate::model::kernels::gemm::{matmul, Mat};
 use crate::model::kernels::scalar::Scalar;
 use crate::model::kernels::simd::simd;
+use crate::model::kernels::tile::{acc, acc_mul, lane_sum, ld, mac, map, prefetch, st, L};
+
+// Tiles are [`L`] coordinates ([`crate::model::kernels::tile`]): a tile's
+// four gate rows of one hidden unit (4 x 16 values) stay in registers while
+// the 22 inputs that differ by coordinate are multiplied in. Blocks are
+// padded to a multiple of L (the padding lanes start at zero and get a
+// zero gradient).
 
 /// Coordinates per block: the block's state and the backward's dz and
 /// carried gradients (about 150 values per coordinate) fit in L2.
@@ -66,11 +73,6 @@ pub const CHUNK: usize = 256;
 const Z: usize = 4 * H;
 /// Layer-1 inputs per coordinate.
 const IN: usize = 4;
-/// Coordinates per tile of the forward step: a tile's four gate rows of one
-/// hidden unit (4 x 16 values) stay in registers while the 22 inputs that
-/// differ by coordinate are multiplied in. Blocks are padded to a multiple
-/// of it (the padding lanes start at zero and get a zero gradient).
-const L: usize = 16;
 /// Layer-1 inputs that differ by coordinate: the preprocessed gradient
 /// (2) and h_{t-1} (20); the preprocessed loss (2) is the same for all.
 const KIN: usize = 2 + H;
@@ -505,49 +507,6 @@ fn cell(c0: usize, m: usize) -> usize {
     (c0 / L * H + m) * CELL * L
 }
 
-/// Ask for the cache lines of `v[at..at + n]` (any part may lie outside
-/// `v`: a prefetch reads nothing and never faults).
-#[inline(always)]
-fn prefetch<T>(v: &[T], at: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = v.as_ptr().wrapping_add(at) as *const i8;
-        for b in (0..n * std::mem::size_of::<T>()).step_by(64) {
-            // SAFETY: a prefetch is a hint; it does not access memory.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b)) };
-        }
-    }
-}
-
-/// Tile `at..at + L` of a row.
-#[inline(always)]
-fn ld<T: Copy>(v: &[T], at: usize) -> [T; L] {
-    v[at..at + L].try_into().expect("a whole tile")
-}
-
-#[inline(always)]
-fn st<T: Copy>(v: &mut [T], at: usize, a: &[T; L]) {
-    v[at..at + L].copy_from_slice(a);
-}
-
-/// a[q] += w[q] x for the four gate rows of a tile.
-#[inline(always)]
-fn mac<T: Scalar>(a: &mut [[T; L]; 4], w: &[T; 4], x: &[T; L]) {
-    for (aq, &wq) in a.iter_mut().zip(w) {
-        for (v, &xl) in aq.iter_mut().zip(x) {
-            *v += wq * xl;
-        }
-    }
-}
-
-#[inline(always)]
-fn map<T: Copy>(a: &mut [T; L], f: impl Fn(T) -> T) {
-    for v in a.iter_mut() {
-        *v = f(*v);
-    }
-}
-
 /// Forward of one step on one block (learned gates). Updates θ in place
 /// and the block's recurrent state; returns the tape entry if kept.
 ///
@@ -835,31 +794,6 @@ fn recompute_h<T: Scalar>(t: &Tape<T>, h: &mut [T], pad: usize) {
             st(h, m * pad + c0, &tape_h(t, c0, m));
         }
     }
-}
-
-/// The sum of a tile's lanes, in lane order.
-#[inline(always)]
-fn lane_sum<T: Scalar>(a: &[T; L]) -> T {
-    a.iter().fold(T::zero(), |s, &v| s + v)
-}
-
-/// a[l] += x[l] y[l] (through a copy: in place, the loop stayed scalar).
-#[inline(always)]
-fn acc_mul<T: Scalar>(a: &mut [T; L], x: &[T; L], y: &[T; L]) {
-    let mut v = *a;
-    for l in 0..L {
-        v[l] += x[l] * y[l];
-    }
-    *a = v;
-}
-
-#[inline(always)]
-fn acc<T: Scalar>(a: &mut [T; L], x: &[T; L]) {
-    let mut v = *a;
-    for l in 0..L {
-        v[l] += x[l];
-    }
-    *a = v;
 }
 
 /// Backward over consecutive steps `tape` (last first), whose first step

@@ -52,6 +52,9 @@ pub enum PerfCommand {
         /// Only this optimiser label
         #[arg(long)]
         only: Option<String>,
+        /// The learned rules' kernels: fused (default) or composed
+        #[arg(long)]
+        kernels: Option<String>,
     },
     /// Forward and forward+backward time of the conv-4 learner.
     Learner {
@@ -73,13 +76,22 @@ pub fn run(data_dir: &Path, device: fewshot::device::DeviceSpec, cmd: PerfComman
             benchmark,
             steps,
             only,
+            kernels,
         } => {
-            println!("{benchmark}: {steps} timed meta-steps per learned optimiser (medians)");
+            let kernels = match kernels {
+                Some(k) => fewshot::spec::from_str(&k, "--kernels")?,
+                None => Default::default(),
+            };
+            println!(
+                "{benchmark}: {steps} timed meta-steps per learned optimiser (medians), {} kernels, {} rayon threads",
+                fewshot::spec::variant_name(&kernels),
+                rayon::current_num_threads()
+            );
             println!(
                 "{:<20} {:>16} {:>18}",
                 "optimiser", "ms/meta-step", "ms/test problem"
             );
-            for t in perf::optimizers(data_dir, &benchmark, only.as_deref(), steps)? {
+            for t in perf::optimizers(data_dir, &benchmark, only.as_deref(), steps, kernels)? {
                 println!(
                     "{:<20} {:>16.1} {:>18.1}",
                     t.label, t.meta_step_ms, t.optimise_ms

@@ -15,7 +15,9 @@
 //!   `matmul_raw`);
 //! - [`simd`]: the SIMD switch and the one AVX2 dispatch of every kernel;
 //! - [`scalar`]: the one scalar trait of the kernels (f32, f64) and their
-//!   activations.
+//!   activations;
+//! - [`tile`]: register tiles of 16 coordinates and their loads, stores
+//!   and lane sums, shared by the coordinate-wise LSTM kernels.
 //!
 //! Here: [`Kernels`], the switch between the fused kernels and the
 //! composed ops (it chooses for the learner's blocks and the meta-LSTM
@@ -40,6 +42,7 @@ pub(crate) mod patches;
 pub mod pool;
 pub mod scalar;
 pub mod simd;
+pub mod tile;
 
 /// Which implementation of the hot paths runs: the fused kernels (one
 /// pass per block of work with a hand-written backward; the default) or

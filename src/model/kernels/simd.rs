@@ -5,7 +5,9 @@
 //!
 //! Users: the fused blocks' per-chunk passes
 //! ([`crate::model::kernels::block`]) and the meta-LSTM kernel's block
-//! step and backward ([`crate::algo::meta_lstm::fused`]).
+//! step and backward ([`crate::algo::meta_lstm::fused`]); the learned
+//! rules' kernel ([`crate::algo::learned::fused`]) runs `simd_wide`, which
+//! adds an AVX-512 build.
 
 /// Whether this CPU runs the AVX2 builds of the kernels (checked once).
 #[cfg(target_arch = "x86_64")]
@@ -52,5 +54,33 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Whether this CPU runs AVX-512 builds (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f") && has_avx2())
+}
+
+/// [`simd`] with AVX-512 (16-wide vectors: a whole float32 tile of
+/// [`super::tile::L`] in one register) where the CPU has it, else AVX2,
+/// else the baseline build; the same bits in all three (no fused
+/// multiply-adds, no reordered sums). For kernels whose inner loops are
+/// tiles of 16 coordinates.
+#[inline(always)]
+pub(crate) fn simd_wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() && has_avx512() {
+        // SAFETY: the CPU supports AVX-512F and AVX2 (checked above).
+        return unsafe { avx512(f) };
+    }
+    simd(f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }

@@ -78,9 +78,14 @@ pub const THETA0: &str = "theta0";
 
 /// Bytes the composed unroll keeps per coordinate and update for its
 /// backward (two LSTM layers of 20 units: gates, cells, hidden states and
-/// their intermediates; measured with `bench run --dry-run` against the
-/// peak RSS, docs/benchmarks.md).
+/// their intermediates; set from the peak RSS of a run, docs/benchmarks.md
+/// "Before any training").
 pub const TAPE_BYTES_PER_STEP: f64 = 5_500.0;
+
+/// The fused kernel's tape per coordinate, update and LSTM layer
+/// (`learned/fused.rs`: i, f, g, o, c and tanh c of 20 units in float32,
+/// with the per-step inputs and gates rounded in).
+pub const FUSED_TAPE_BYTES_PER_LAYER_STEP: f64 = 520.0;
 
 /// Registry entry of Andrychowicz et al.'s LSTM optimizer on few-shot
 /// episodes (its optimisation side is
@@ -466,9 +471,10 @@ impl LearnedFewShot {
 }
 
 impl Algorithm for LearnedFewShot {
-    /// `steps` support passes and the query pass per episode; the
-    /// composed graph keeps about [`TAPE_BYTES_PER_STEP`] per coordinate
-    /// and step.
+    /// `steps` support passes and the query pass per episode; the tape is
+    /// the fused kernel's ([`FUSED_TAPE_BYTES_PER_LAYER_STEP`] per layer)
+    /// where it runs, else the composed graph's
+    /// ([`TAPE_BYTES_PER_STEP`]), per coordinate and step.
     fn step_cost(&self) -> super::StepCost {
         let mut sc = super::StepCost::episodic(
             self.config.steps,
@@ -478,7 +484,17 @@ impl Algorithm for LearnedFewShot {
             1,
             &format!("steps {}", self.config.steps),
         );
-        sc.tape_bytes_per_param = TAPE_BYTES_PER_STEP * self.config.steps as f64;
+        let fused = self.ctx.learner.kernels == crate::model::kernels::Kernels::Fused
+            && self.ctx.device.is_cpu()
+            && self
+                .rule(&self.params)
+                .is_ok_and(|r| with_rule!(&r, x => learned::rule::Rule::fused(x).is_some()));
+        let per_step = if fused {
+            FUSED_TAPE_BYTES_PER_LAYER_STEP * self.config.layers as f64
+        } else {
+            TAPE_BYTES_PER_STEP
+        };
+        sc.tape_bytes_per_param = per_step * self.config.steps as f64;
         sc
     }
     fn label(&self) -> &str {

@@ -380,19 +380,27 @@ fn eval_applies_a_runs_rules_to_other_learners_from_fresh_initialisations() {
     ));
     let own = results(&run);
 
-    // The wide learner: rules from its fresh initialisation, Reptile not.
-    let a = args(&[
-        "eval",
-        run.to_str().unwrap(),
-        "--on",
-        "fewshot-5way1shot-wide",
-        "--test-episodes",
-        "12",
-    ]);
-    let out = common::assert_bench_ok(&common::bench(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    // The wide learner: rules from its fresh initialisation, Reptile not;
+    // in two passes, the second adding its row to the first's (`--only`).
+    let wide_eval = |only: &str| {
+        let a = args(&[
+            "eval",
+            run.to_str().unwrap(),
+            "--on",
+            "fewshot-5way1shot-wide",
+            "--test-episodes",
+            "12",
+            "--only",
+            only,
+        ]);
+        common::bench(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = common::assert_bench_ok(&wide_eval("reptile,meta-lstm"));
     assert!(out.contains("not evaluated: reptile"), "{out}");
+    let out = common::assert_bench_ok(&wide_eval("sgd"));
+    assert!(out.contains("not evaluated: reptile"), "{out}");
+    // A row it has already is not replaced without --force.
+    common::assert_bench_fails(&wide_eval("sgd"), &["--force", "--only"]);
     let wide = results(&run.join("eval/fewshot-5way1shot-wide"));
     let labels: Vec<&str> = wide["results"]
         .as_array()

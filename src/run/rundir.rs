@@ -367,6 +367,18 @@ pub struct EvalFolder {
 /// earlier evaluation of that name is there, unless `force`, which
 /// discards it (and logs so).
 pub fn eval_folder(run: &Path, name: &str, force: bool) -> Result<EvalFolder> {
+    eval_folder_with(run, name, force, &[])
+}
+
+/// [`eval_folder`], where an earlier evaluation of that name is kept
+/// (not refused) when it has a row for none of `adding` (non-empty): the
+/// new rows join it, as `bench run --only` joins a run's results.
+pub fn eval_folder_with(
+    run: &Path,
+    name: &str,
+    force: bool,
+    adding: &[String],
+) -> Result<EvalFolder> {
     if !run.is_dir() {
         return Err(Error::RunDir {
             path: run.to_path_buf(),
@@ -381,11 +393,23 @@ pub fn eval_folder(run: &Path, name: &str, force: bool) -> Result<EvalFolder> {
         e => e,
     })?;
     let dir = layout::eval_dir(run, name);
+    if !force && !adding.is_empty() {
+        if let Ok(Some(prev)) = load_results(&dir) {
+            if !prev.results.iter().any(|r| adding.contains(&r.label)) {
+                let eval_lock = lock(&dir)?;
+                return Ok(EvalFolder {
+                    dir,
+                    _run: run_lock,
+                    _eval: eval_lock,
+                });
+            }
+        }
+    }
     if !entries(&dir).is_empty() {
         if !force {
             return Err(Error::RunDir {
                 path: dir,
-                reason: "holds an earlier evaluation of that name; give --force to replace it"
+                reason: "holds an earlier evaluation of that name (with a row of an algorithm asked for, or unreadable); give --force to replace it, or --only algorithms it lacks to add them"
                     .into(),
             });
         }

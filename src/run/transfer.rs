@@ -170,8 +170,27 @@ pub fn evaluate_on(
             hint: "the run has no checkpoints yet".into(),
         });
     }
-    let folder = crate::run::rundir::eval_folder(run, &name, opts.force)?;
+    let folder = crate::run::rundir::eval_folder_with(run, &name, opts.force, only)?;
     let out = folder.dir.clone();
+    // Rows of an earlier evaluation that this one adds to (`--only` of
+    // algorithms it lacks).
+    let previous = if opts.force {
+        None
+    } else {
+        RunResults::read(&out).ok()
+    };
+    let count = file.map_or(target.test_episodes, |f| f.len());
+    if let Some(p) = previous.as_ref().and_then(|p| p.results.first()) {
+        if p.test_episodes != count {
+            return Err(Error::RunDir {
+                path: out.clone(),
+                reason: format!(
+                    "holds an evaluation on {} test episodes; this one would score {count}, so its rows could not be paired with them: give the same --test-episodes, or --force to replace it",
+                    p.test_episodes
+                ),
+            });
+        }
+    }
     let mut results = RunResults {
         benchmark: name.clone(),
         dataset: target.dataset.clone(),
@@ -259,6 +278,42 @@ pub fn evaluate_on(
         results
             .results
             .push(crate::run::runner::row(a, &state, &ev, selected));
+    }
+    if let Some(prev) = previous {
+        let mut rows = prev.results;
+        rows.append(&mut results.results);
+        let order = |r: &crate::report::results::AlgoResult| {
+            trained.algorithms.iter().position(|x| x.label == r.label)
+        };
+        rows.sort_by_key(order);
+        results.results = rows;
+        for n in prev.notes {
+            if !results.notes.contains(&n) {
+                results.notes.push(n);
+            }
+        }
+        // Which entries are untrained is said again for the merged rows.
+        results
+            .notes
+            .retain(|n| !n.starts_with("not trained in this run"));
+        let still: Vec<&str> = trained
+            .algorithms
+            .iter()
+            .filter(|a| !results.results.iter().any(|r| r.label == a.label))
+            .filter(|a| {
+                checkpoint::latest(&run.join(&a.label))
+                    .ok()
+                    .flatten()
+                    .is_none()
+            })
+            .map(|a| a.label.as_str())
+            .collect();
+        if !still.is_empty() {
+            results.notes.push(format!(
+                "not trained in this run (not evaluated): {}",
+                still.join(", ")
+            ));
+        }
     }
     pair_with_best(&mut results.results);
     crate::report::write_files(&results, &out)?;

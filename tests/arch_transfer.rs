@@ -345,19 +345,11 @@ fn eval_applies_a_runs_rules_to_other_learners_from_fresh_initialisations() {
     // on the headline episodes.
     let tmp = common::tempdir();
     let data = common::shared_datasets();
-    let text =
-        std::fs::read_to_string(common::repo_root().join("benchmarks/fewshot-5way1shot.yaml"))
-            .unwrap();
-    let head = text.split("\nalgorithms:").next().unwrap();
-    let yaml = tmp.path().join("b.yaml");
-    std::fs::write(
-        &yaml,
-        format!(
-            "{}\nalgorithms:\n  - {{algorithm: reptile}}\n  - {{algorithm: meta-lstm}}\n  - {{algorithm: sgd, lr_grid: [0.1, 1.0], meta_batch: 2}}\n",
-            head.replace("name: fewshot-5way1shot", "name: small")
-        ),
-    )
-    .unwrap();
+    let yaml = common::headline_variant(
+        tmp.path(),
+        "  - {algorithm: reptile}\n  - {algorithm: meta-lstm}\n  - {algorithm: sgd, lr_grid: [0.1, 1.0], meta_batch: 2}\n",
+        &[],
+    );
     let run = tmp.path().join("run");
     let args = |extra: &[&str]| {
         let mut v = vec!["--data-dir", data.to_str().unwrap()];
@@ -463,19 +455,11 @@ fn eval_evaluates_what_was_trained_never_overwrites_and_waits_for_the_run() {
     // A run of `--only sgd`: the other entries were never trained.
     let tmp = common::tempdir();
     let data = common::shared_datasets();
-    let text =
-        std::fs::read_to_string(common::repo_root().join("benchmarks/fewshot-5way1shot.yaml"))
-            .unwrap();
-    let head = text.split("\nalgorithms:").next().unwrap();
-    let yaml = tmp.path().join("b.yaml");
-    std::fs::write(
-        &yaml,
-        format!(
-            "{}\nalgorithms:\n  - {{algorithm: reptile}}\n  - {{algorithm: sgd, lr_grid: [0.1, 1.0], meta_batch: 2}}\n",
-            head.replace("name: fewshot-5way1shot", "name: small")
-        ),
-    )
-    .unwrap();
+    let yaml = common::headline_variant(
+        tmp.path(),
+        "  - {algorithm: reptile}\n  - {algorithm: sgd, lr_grid: [0.1, 1.0], meta_batch: 2}\n",
+        &[],
+    );
     let run = tmp.path().join("run");
     let (d, r, y) = (
         data.to_str().unwrap(),

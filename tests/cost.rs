@@ -5,19 +5,15 @@
 
 mod common;
 
-fn small(dir: &std::path::Path, extra: &str, algorithms: &str) -> std::path::PathBuf {
-    let text =
-        std::fs::read_to_string(common::repo_root().join("benchmarks/fewshot-5way1shot.yaml"))
-            .unwrap();
-    let head = text.split("\nalgorithms:").next().unwrap();
-    let head = head
-        .replace("name: fewshot-5way1shot", "name: small")
-        .replace("test_episodes: 600", "test_episodes: 4")
-        .replace("val_episodes: 100", "val_episodes: 2")
-        .replace("  image_size: 28\n", &format!("  image_size: 28\n{extra}"));
-    let p = dir.join("b.yaml");
-    std::fs::write(&p, format!("{head}\nalgorithms:\n{algorithms}")).unwrap();
-    p
+fn small(dir: &std::path::Path, algorithms: &str) -> std::path::PathBuf {
+    common::headline_variant(
+        dir,
+        algorithms,
+        &[
+            ("test_episodes: 600", "test_episodes: 4"),
+            ("val_episodes: 100", "val_episodes: 2"),
+        ],
+    )
 }
 
 #[test]
@@ -29,7 +25,7 @@ fn a_benchmark_that_cannot_fit_is_refused_before_anything_runs() {
     let r = run.to_str().unwrap();
     // Case 1: 512-pixel Omniglot needs gigabytes; under a 2 GiB limit it is
     // refused naming data.image_size, without decoding a single image.
-    let yaml = small(tmp.path(), "", "  - {algorithm: reptile}\n");
+    let yaml = small(tmp.path(), "  - {algorithm: reptile}\n");
     let text = std::fs::read_to_string(&yaml)
         .unwrap()
         .replace("image_size: 28", "image_size: 512");
@@ -72,7 +68,6 @@ fn a_benchmark_that_cannot_fit_is_refused_before_anything_runs() {
     // Case 2: a meta-step that would take days, named by its field.
     let yaml = small(
         tmp.path(),
-        "",
         "  - {algorithm: reptile, inner_iters: 100000000000}\n",
     );
     let y = yaml.to_str().unwrap();
@@ -89,11 +84,7 @@ fn a_benchmark_that_cannot_fit_is_refused_before_anything_runs() {
     assert!(!run.exists());
     // A meta-step longer than a short time budget is refused too; a budget
     // that buys few steps is only warned about.
-    let yaml = small(
-        tmp.path(),
-        "",
-        "  - {algorithm: reptile, inner_iters: 20000}\n",
-    );
+    let yaml = small(tmp.path(), "  - {algorithm: reptile, inner_iters: 20000}\n");
     let y = yaml.to_str().unwrap();
     let text = std::fs::read_to_string(&yaml)
         .unwrap()

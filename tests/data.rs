@@ -1263,6 +1263,15 @@ fn mini_imagenet_csv_problems_name_the_file() {
     let rows = write_mini_imagenet(&root, [3, 2, 2], 5);
     let csv = |s: &str| root.join(format!("{s}.csv"));
     let open = || data::open("mini-imagenet", dir.path(), &DataOptions::default());
+    let info = || {
+        bench(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "data",
+            "info",
+            "mini-imagenet",
+        ])
+    };
 
     // The well-formed tiny copy opens and decodes (16x16 JPEGs -> 3x84x84).
     let ds = open().unwrap();
@@ -1311,13 +1320,7 @@ fn mini_imagenet_csv_problems_name_the_file() {
     );
     assert!(e.to_string().contains("n9999999900000001.jpg"), "{e}");
     assert!(e.to_string().contains("missing"), "{e}");
-    let out = bench(&[
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "data",
-        "info",
-        "mini-imagenet",
-    ]);
+    let out = info();
     assert_bench_fails(&out, &["test.csv", "n9999999900000001.jpg"]);
     write_csv(&csv("test"), "filename,label", &rows[2]);
 
@@ -1332,13 +1335,7 @@ fn mini_imagenet_csv_problems_name_the_file() {
         e.to_string().contains("line 1") && e.to_string().contains("filename,label"),
         "{e}"
     );
-    let out = bench(&[
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "data",
-        "info",
-        "mini-imagenet",
-    ]);
+    let out = info();
     assert_bench_fails(&out, &["val.csv", "filename,label"]);
     write_csv(&csv("val"), "filename,label", &rows[1]);
 
@@ -1378,13 +1375,7 @@ fn mini_imagenet_csv_problems_name_the_file() {
             && m.contains("one split"),
         "{m}"
     );
-    let out = bench(&[
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "data",
-        "info",
-        "mini-imagenet",
-    ]);
+    let out = info();
     assert_bench_fails(&out, &["test.csv", "train.csv line 2"]);
     write_csv(&csv("test"), "filename,label", &rows[2]);
     // A CSV as pandas writes it: a byte order mark, an index column,

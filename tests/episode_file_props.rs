@@ -145,19 +145,22 @@ fn the_valid_file_reads_and_the_binary_names_the_line_of_a_bad_one() {
     // else of the run is looked at, so no run folder is needed to see it.
     let dir = common::tempdir();
     let path = dir.path().join("eps.csv");
+    let eval = || {
+        common::bench(&[
+            "eval",
+            dir.path().to_str().unwrap(),
+            "--on",
+            "fewshot-5way1shot",
+            "--episodes",
+            path.to_str().unwrap(),
+        ])
+    };
     std::fs::write(
         &path,
         valid().replace("0,query,2,img/e0c2q1.png", "0,query,7,img/e0c2q1.png"),
     )
     .unwrap();
-    let out = common::bench(&[
-        "eval",
-        dir.path().to_str().unwrap(),
-        "--on",
-        "fewshot-5way1shot",
-        "--episodes",
-        path.to_str().unwrap(),
-    ]);
+    let out = eval();
     common::assert_bench_fails(&out, &["eps.csv", "line 10", "label 7"]);
     // The same image as support and as query of one episode.
     std::fs::write(
@@ -165,14 +168,7 @@ fn the_valid_file_reads_and_the_binary_names_the_line_of_a_bad_one() {
         valid().replace("0,query,0,img/e0c0q0.png", "0,query,0,img/e0c0s.png"),
     )
     .unwrap();
-    let out = common::bench(&[
-        "eval",
-        dir.path().to_str().unwrap(),
-        "--on",
-        "fewshot-5way1shot",
-        "--episodes",
-        path.to_str().unwrap(),
-    ]);
+    let out = eval();
     common::assert_bench_fails(
         &out,
         &[

@@ -74,24 +74,6 @@ impl Objective for Quad {
     }
 }
 
-/// `p` plus Gaussian noise of standard deviation `scale`.
-fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
-    let mut rng = Rng::new(seed);
-    let tensors = p
-        .tensors
-        .iter()
-        .map(|t| {
-            let noise: Vec<f64> = (0..t.elem_count()).map(|_| scale * rng.normal()).collect();
-            let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(t.dtype())
-                .unwrap();
-            (t + noise).unwrap()
-        })
-        .collect();
-    Params::new(p.names.clone(), tensors)
-}
-
 /// The shipped shape (2 layers of 20) with `preprocess` and `log_eps`.
 fn lstm(layers: usize, preprocess: Option<f64>, log_eps: f64) -> AndrychowiczConfig {
     AndrychowiczConfig {
@@ -149,14 +131,14 @@ fn two_level_configs() -> Vec<(TwoLevelConfig, &'static str)> {
 /// Fresh weights of `dtype`, moved off their initialisation.
 fn andrychowicz_params(c: &AndrychowiczConfig, seed: u64, dtype: DType) -> Params {
     let w = AndrychowiczWeights::init(c, &mut Rng::new(seed), &Device::Cpu).unwrap();
-    jitter(&w.to_params().to_dtype(dtype).unwrap(), 0.2, seed + 1)
+    common::jitter(&w.to_params().to_dtype(dtype).unwrap(), 0.2, seed + 1)
 }
 
 /// Fresh two-level weights of `dtype`, moved off their initialisation,
 /// with gates away from saturation (b_f ~ 1, b_i ~ -1).
 fn two_level_params(c: &TwoLevelConfig, seed: u64, dtype: DType) -> Params {
     let w = TwoLevelWeights::init(c, &mut Rng::new(seed), &Device::Cpu).unwrap();
-    let mut p = jitter(&w.to_params().to_dtype(dtype).unwrap(), 0.2, seed + 1);
+    let mut p = common::jitter(&w.to_params().to_dtype(dtype).unwrap(), 0.2, seed + 1);
     for (name, v) in [("cell.b_f", 1.0), ("cell.b_i", -1.0)] {
         let i = p.names.iter().position(|n| n == name).unwrap();
         p.tensors[i] = Tensor::new(&[[v]], &Device::Cpu)

@@ -122,24 +122,6 @@ impl Objective for Frozen<'_> {
     }
 }
 
-/// `p` plus Gaussian noise of standard deviation `scale`.
-fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
-    let mut rng = Rng::new(seed);
-    let tensors = p
-        .tensors
-        .iter()
-        .map(|t| {
-            let noise: Vec<f64> = (0..t.elem_count()).map(|_| scale * rng.normal()).collect();
-            let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(t.dtype())
-                .unwrap();
-            (t + noise).unwrap()
-        })
-        .collect();
-    Params::new(p.names.clone(), tensors)
-}
-
 /// Float64 parameters as autograd variables, and the `Params` over them.
 fn vars(p: &Params) -> (Vec<candle_core::Var>, Params) {
     let v = p.to_vars().unwrap();
@@ -171,13 +153,13 @@ fn two_level(p: &Params, config: TwoLevelConfig) -> TwoLevelRule {
 /// Fresh Andrychowicz weights in float64, moved off their initialisation.
 fn andrychowicz_params(config: &AndrychowiczConfig, seed: u64) -> Params {
     let w = AndrychowiczWeights::init(config, &mut Rng::new(seed), &Device::Cpu).unwrap();
-    jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.3, seed + 1)
+    common::jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.3, seed + 1)
 }
 
 /// Fresh two-level weights in float64, moved off their initialisation.
 fn two_level_params(config: &TwoLevelConfig, seed: u64) -> Params {
     let w = TwoLevelWeights::init(config, &mut Rng::new(seed), &Device::Cpu).unwrap();
-    jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.3, seed + 1)
+    common::jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.3, seed + 1)
 }
 
 /// The largest |a - b| over the coordinates.
@@ -482,7 +464,7 @@ fn two_level_with_the_negative_gradient_is_ravis_rule_bit_for_bit() {
     .unwrap();
     // Jittered so the gates and the LSTM do more than their initial
     // near-constant work; theta_0 is Ravi's learned one.
-    let p = jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.5, 18);
+    let p = common::jitter(&w.to_params().to_dtype(DType::F64).unwrap(), 0.5, 18);
     let (_v, pv) = vars(&p);
     let ravi = RaviRule::new(
         RaviWeights::from_params(&pv).unwrap(),

@@ -281,24 +281,6 @@ fn meta_gradient_matches_finite_differences() {
     }
 }
 
-/// `p` plus Gaussian noise of standard deviation `scale`.
-fn jitter(p: &Params, scale: f64, seed: u64) -> Params {
-    let mut rng = Rng::new(seed);
-    let tensors = p
-        .tensors
-        .iter()
-        .map(|t| {
-            let noise: Vec<f64> = (0..t.elem_count()).map(|_| scale * rng.normal()).collect();
-            let noise = Tensor::from_vec(noise, t.shape(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(t.dtype())
-                .unwrap();
-            (t + noise).unwrap()
-        })
-        .collect();
-    Params::new(p.names.clone(), tensors)
-}
-
 /// A 10-step meta-learner in `dtype` with weights moved off their
 /// initialisation (larger recurrent and cell weights exercise every path
 /// of the backward), and an episode for it: the tiny learner's, or a
@@ -308,7 +290,7 @@ fn ten_step_case(l: &Learner, dtype: DType) -> (MetaLstm, Batch) {
     if dtype == DType::F64 {
         m.to_dtype(DType::F64).unwrap();
     }
-    m.params = jitter(&m.params, 0.05, 11);
+    m.params = common::jitter(&m.params, 0.05, 11);
     let b = if l.image_size == 8 {
         batch(l, 4, dtype)
     } else {
@@ -400,7 +382,7 @@ fn fused_meta_gradient_matches_finite_differences() {
     // `meta_gradient_matches_finite_differences`.
     let mut m = meta(tiny(), false, 4);
     m.to_dtype(DType::F64).unwrap();
-    m.params = jitter(&m.params, 0.1, 21);
+    m.params = common::jitter(&m.params, 0.1, 21);
     assert_eq!(m.context().learner.kernels, Kernels::Fused);
     let b = batch(&tiny(), 9, DType::F64);
     let base = unroll(&m, &b, Kernels::Fused, 4, false);

@@ -5,19 +5,16 @@
 mod common;
 
 fn bench_file(dir: &std::path::Path, algorithms: &str) -> std::path::PathBuf {
-    let text =
-        std::fs::read_to_string(common::repo_root().join("benchmarks/fewshot-5way1shot.yaml"))
-            .unwrap();
-    let head = text.split("\nalgorithms:").next().unwrap();
-    let head = head
-        .replace("name: fewshot-5way1shot", "name: small")
-        .replace("budget: {minutes: 15}", "budget: {meta_steps: 3}")
-        .replace("validate_every_minutes: 1.5", "validate_every: 1")
-        .replace("test_episodes: 600", "test_episodes: 4")
-        .replace("val_episodes: 100", "val_episodes: 2");
-    let p = dir.join("b.yaml");
-    std::fs::write(&p, format!("{head}\nalgorithms:\n{algorithms}")).unwrap();
-    p
+    common::headline_variant(
+        dir,
+        algorithms,
+        &[
+            ("budget: {minutes: 15}", "budget: {meta_steps: 3}"),
+            ("validate_every_minutes: 1.5", "validate_every: 1"),
+            ("test_episodes: 600", "test_episodes: 4"),
+            ("val_episodes: 100", "val_episodes: 2"),
+        ],
+    )
 }
 
 fn run(data: &str, yaml: &str, dir: &str, extra: &[&str]) -> std::process::Output {

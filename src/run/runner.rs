@@ -91,15 +91,15 @@ pub fn trace(
     Ok(records)
 }
 
-/// The cost of running `bench` (the algorithms `only` names, or all) on
-/// the opened dataset `ds`: built but untrained algorithms, no image
-/// decoded ([`crate::run::cost`]).
-pub fn estimate(
+/// The algorithms of `bench` that `only` names (all when empty), built
+/// fresh for `device`: (label, entry index, algorithm).
+type Built = Vec<(String, usize, Box<dyn algo::Algorithm>)>;
+
+fn build_selected(
     bench: &Benchmark,
-    ds: &data::Dataset,
     only: &[String],
     device: &candle_core::Device,
-) -> Result<crate::run::cost::Cost> {
+) -> Result<Built> {
     let ctx = bench.context(device);
     let mut built = vec![];
     for (i, a) in bench.algorithms.iter().enumerate() {
@@ -111,12 +111,22 @@ pub fn estimate(
             ));
         }
     }
+    Ok(built)
+}
+
+/// The cost of running the `built` algorithms of `bench` on the opened
+/// dataset `ds`, no image decoded ([`crate::run::cost`]).
+fn estimate(
+    bench: &Benchmark,
+    ds: &data::Dataset,
+    built: &Built,
+) -> Result<crate::run::cost::Cost> {
     crate::run::cost::estimate(
         bench,
         ds.images.len(),
         ds.archive_bytes() as f64,
         rayon::current_num_threads(),
-        &built,
+        built,
     )
 }
 
@@ -125,7 +135,7 @@ pub fn estimate(
 pub fn dry_run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<String> {
     let device = opts.device.open()?;
     let ds = data::open(&bench.dataset, data_dir, &bench.data)?;
-    let cost = estimate(bench, &ds, &opts.only, &device)?;
+    let cost = estimate(bench, &ds, &build_selected(bench, &opts.only, &device)?)?;
     let mut s = cost.describe();
     match cost.check(bench, &opts.limits) {
         Ok(warnings) => {
@@ -158,7 +168,9 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         crate::data::sampler::Sampler::new(&ds, Split::Val, bench.episode, bench.seed)?;
     }
     // What it will cost, before any image is decoded.
-    let cost = estimate(bench, &ds, &opts.only, &device)?;
+    // Built once: estimated now, trained below.
+    let built = build_selected(bench, &opts.only, &device)?;
+    let cost = estimate(bench, &ds, &built)?;
     for w in cost.check(bench, &opts.limits)? {
         tracing::warn!("{w}");
     }
@@ -183,7 +195,6 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             opts.device
         );
     }
-    let ctx = bench.context(&device);
     let mut out = RunResults {
         benchmark: bench.name.clone(),
         dataset: bench.dataset.clone(),
@@ -200,11 +211,8 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         results: plan.previous.map(|p| p.results).unwrap_or_default(),
         notes: vec![],
     };
-    for (i, a) in bench.algorithms.iter().enumerate() {
-        if !opts.only.is_empty() && !opts.only.contains(&a.label) {
-            continue;
-        }
-        let mut algorithm = algo::build(&a.config, &ctx, &format!("algorithms[{i}]"))?;
+    for (_, i, mut algorithm) in built {
+        let a = &bench.algorithms[i];
         let _span = tracing::info_span!("algorithm", label = %a.label).entered();
         let dir = opts.run_dir.join(&a.label);
         if resume && already_done(bench, a, &dir, &out, opts, &*algorithm)? {

@@ -350,3 +350,48 @@ pub fn max_rel_diff(a: &[candle_core::Tensor], b: &[candle_core::Tensor]) -> f64
     }
     d / s.max(1e-30)
 }
+
+/// `benchmarks/fewshot-5way1shot.yaml` renamed `small`, its `algorithms:`
+/// replaced by `algorithms` (YAML list lines), each `(from, to)` of `edits`
+/// applied (every one must match), written to `dir/b.yaml`.
+pub fn headline_variant(dir: &Path, algorithms: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let text =
+        std::fs::read_to_string(repo_root().join("benchmarks/fewshot-5way1shot.yaml")).unwrap();
+    let mut head = text
+        .split("\nalgorithms:")
+        .next()
+        .unwrap()
+        .replace("name: fewshot-5way1shot", "name: small");
+    for (from, to) in edits {
+        assert!(
+            head.contains(from),
+            "`{from}` is not in the headline benchmark"
+        );
+        head = head.replace(from, to);
+    }
+    let p = dir.join("b.yaml");
+    std::fs::write(&p, format!("{head}\nalgorithms:\n{algorithms}")).unwrap();
+    p
+}
+
+/// `p` plus Gaussian noise of standard deviation `scale`.
+pub fn jitter(
+    p: &fewshot::model::params::Params,
+    scale: f64,
+    seed: u64,
+) -> fewshot::model::params::Params {
+    let mut rng = fewshot::rng::Rng::new(seed);
+    let tensors = p
+        .tensors
+        .iter()
+        .map(|t| {
+            let noise: Vec<f64> = (0..t.elem_count()).map(|_| scale * rng.normal()).collect();
+            let noise = candle_core::Tensor::from_vec(noise, t.shape(), &candle_core::Device::Cpu)
+                .unwrap()
+                .to_dtype(t.dtype())
+                .unwrap();
+            (t + noise).unwrap()
+        })
+        .collect();
+    fewshot::model::params::Params::new(p.names.clone(), tensors)
+}

@@ -22,9 +22,11 @@ pub fn load(dir: &Path) -> Result<RunResults> {
         let missing: Vec<String> = plan
             .units()
             .iter()
+            // A merged row lists the seeds whose unit it averages.
             .filter(|u| {
-                !RunResults::read(&u.dir(dir))
-                    .is_ok_and(|x| x.results.iter().any(|row| row.label == u.label))
+                !r.results
+                    .iter()
+                    .any(|row| row.label == u.label && row.seeds.contains(&u.seed))
             })
             .map(|u| format!("{} (seed {})", u.label, u.seed))
             .collect();

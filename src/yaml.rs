@@ -1,7 +1,7 @@
 //! YAML, behind one module: benchmark files, algorithm entries and
 //! resolved configurations are read and written only through these
-//! functions (serde_yaml is deprecated upstream; swapping it touches this
-//! file only).
+//! functions, on `yaml_serde` (the YAML organization's maintained fork of
+//! the deprecated serde_yaml; swapping it touches this file only).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -9,15 +9,15 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// A YAML value (an algorithm entry, a resolved configuration).
-pub type Value = serde_yaml::Value;
+pub type Value = yaml_serde::Value;
 /// A YAML mapping.
-pub type Mapping = serde_yaml::Mapping;
+pub type Mapping = yaml_serde::Mapping;
 
 /// Parse YAML text into `T`, naming `source` and the line in errors.
 pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| {
+    yaml_serde::from_str(text).map_err(|e| {
         let mut reason = e.to_string();
-        // serde_yaml places a duplicate key at its mapping's start: name the
+        // yaml_serde places a duplicate key at its mapping's start: name the
         // line of the key's second occurrence instead.
         if let Some(key) = duplicate_key(&reason) {
             let (line, column) = e
@@ -38,7 +38,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
         }
         if !reason.contains("line ") {
             let line = e.location().map(|l| l.line()).or_else(|| {
-                // serde_yaml gives no location for a control character.
+                // yaml_serde gives no location for a control character.
                 text.lines()
                     .position(|l| l.chars().any(|c| c.is_control() && c != '\t'))
                     .map(|i| i + 1)
@@ -58,7 +58,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T> {
     })
 }
 
-/// The key of a serde_yaml duplicate-key message (`duplicate field
+/// The key of a yaml_serde duplicate-key message (`duplicate field
 /// `seed``, `duplicate entry with key "seed"`).
 fn duplicate_key(reason: &str) -> Option<String> {
     if let Some(r) = reason.strip_prefix("duplicate field `") {
@@ -109,8 +109,8 @@ fn second_occurrence(text: &str, key: &str, from: usize, column: usize) -> Optio
 }
 
 /// Convert a YAML value into `T`, naming `source` in errors.
-pub fn from_value<T: DeserializeOwned>(v: serde_yaml::Value, source: &str) -> Result<T> {
-    serde_yaml::from_value(v).map_err(|e| Error::Config {
+pub fn from_value<T: DeserializeOwned>(v: yaml_serde::Value, source: &str) -> Result<T> {
+    yaml_serde::from_value(v).map_err(|e| Error::Config {
         source_name: source.to_string(),
         reason: e.to_string(),
     })
@@ -118,7 +118,7 @@ pub fn from_value<T: DeserializeOwned>(v: serde_yaml::Value, source: &str) -> Re
 
 /// Serialise to YAML.
 pub fn to_string<T: Serialize>(v: &T) -> Result<String> {
-    serde_yaml::to_string(v).map_err(|e| Error::Config {
+    yaml_serde::to_string(v).map_err(|e| Error::Config {
         source_name: "serialisation".into(),
         reason: e.to_string(),
     })
@@ -134,7 +134,7 @@ pub fn variant_name<T: Serialize>(v: &T) -> String {
 
 /// Convert `v` into a YAML value.
 pub fn to_value<T: Serialize>(v: &T) -> Result<Value> {
-    serde_yaml::to_value(v).map_err(|e| Error::Config {
+    yaml_serde::to_value(v).map_err(|e| Error::Config {
         source_name: "serialisation".into(),
         reason: e.to_string(),
     })

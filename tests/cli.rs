@@ -63,6 +63,111 @@ fn show_reprints_a_run_and_names_a_missing_one() {
     common::assert_bench_fails(&out, &["results.json"]);
 }
 
+#[test]
+fn show_report_and_list_print_json_that_agrees_with_their_tables() {
+    let acc: Vec<f64> = (0..20).map(|i| (40 + i) as f64 / 75.0).collect();
+    let worse: Vec<f64> = acc.iter().map(|a| a - 2.0 / 75.0).collect();
+    let run = write_run("b", &[("x", acc), ("y", worse)]);
+    let p = run.path().to_string_lossy().into_owned();
+    let out = common::bench(&["show", &p, "--format", "json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&common::bench(&["show", &p]).stdout).into_owned();
+    for row in j["results"].as_array().unwrap() {
+        // The table's accuracy cell is the JSON's, in percent.
+        let cell = format!(
+            "{:.2} +/- {:.2}",
+            100.0 * row["accuracy"].as_f64().unwrap(),
+            100.0 * row["ci95"].as_f64().unwrap()
+        );
+        let label = row["label"].as_str().unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == label))
+            .unwrap();
+        assert!(line.contains(&cell), "{cell} not in {line}");
+    }
+    let y = &j["results"][1];
+    assert!(
+        (y["vs_best"]["mean"].as_f64().unwrap() + 2.0 / 75.0).abs() < 1e-12,
+        "{y}"
+    );
+    assert_eq!(y["episode_accuracy"].as_array().unwrap().len(), 20);
+    // `report --format json`: one object per run given.
+    let out = common::bench(&["report", &p, &p, "--format", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j.as_array().unwrap().len(), 2);
+    assert_eq!(j[0]["results"][0]["label"], "x");
+    // `list --format json`: every shipped benchmark, with its algorithms.
+    let out = common::bench(&["list", "--format", "json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    let files = std::fs::read_dir("benchmarks")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "yaml")
+        })
+        .count();
+    assert_eq!(names.len(), files, "{names:?}");
+    let main = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "fewshot-5way1shot")
+        .unwrap();
+    assert_eq!(
+        main["algorithms"],
+        serde_json::json!(["fomaml", "reptile", "meta-lstm"])
+    );
+    assert!(main["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "protocol"));
+}
+
+#[test]
+fn tables_stay_aligned_with_labels_longer_than_their_columns() {
+    let acc: Vec<f64> = (0..20).map(|i| (40 + i) as f64 / 75.0).collect();
+    let long = "a-label-much-longer-than-fourteen";
+    let run = write_run("b", &[("x", acc.clone()), (long, acc)]);
+    let p = run.path().to_string_lossy().into_owned();
+    // Where the accuracy cell ends on each row (the first `+/-` cell) and
+    // where the row's `s` of the train seconds is: equal on every row.
+    let ends = |text: &str, labels: &[&str], cell: &str| -> Vec<usize> {
+        labels
+            .iter()
+            .map(|l| {
+                let line = text
+                    .lines()
+                    .find(|x| x.split_whitespace().any(|w| w == *l))
+                    .unwrap_or_else(|| panic!("{l} missing:\n{text}"));
+                let at = line.find(cell).unwrap_or_else(|| panic!("{cell}:\n{text}"));
+                line[..at].chars().count()
+            })
+            .collect()
+    };
+    let out = common::bench(&["show", &p]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let e = ends(&text, &["x", long], " +/- ");
+    assert_eq!(e[0], e[1], "{text}");
+    let out = common::bench(&["compare", &p, &p]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let e = ends(&text, &["x", long], "same");
+    assert_eq!(e[0], e[1], "{text}");
+}
+
 /// A results.json in a fresh folder: rows `(label, per-episode accuracy)`.
 fn write_run(benchmark: &str, rows: &[(&str, Vec<f64>)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -132,6 +237,26 @@ fn compare_flags_a_planted_regression_and_ignores_noise() {
         "{text}"
     );
     assert!(line("y ").ends_with("same"), "{text}");
+    // The same as JSON, with the same exit status.
+    let out = common::bench(&["compare", &p(&before), &p(&after), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["worse"], true);
+    let x = &j["changes"][0];
+    assert_eq!(
+        (x["label"].as_str(), x["verdict"].as_str()),
+        (Some("x"), Some("WORSE"))
+    );
+    assert!(
+        (x["change"]["mean"].as_f64().unwrap() + 0.04).abs() < 1e-12,
+        "{j}"
+    );
+    assert_eq!(j["changes"][1]["verdict"], "same");
+    // A run folder that is not one is an error, status 2 (not 1, which
+    // scripts read as "got worse").
+    let missing = before.path().join("no-such-run");
+    let out = common::bench(&["compare", &p(&before), &missing.to_string_lossy()]);
+    common::assert_bench_fails(&out, &["no-such-run"]);
     // The other way round nothing got worse: status 0.
     let out = common::bench(&["compare", &p(&after), &p(&before)]);
     assert!(

@@ -953,7 +953,7 @@ fn bad_images_in_an_omniglot_zip_are_all_listed() {
     let mut dst = zip::ZipWriter::new(std::fs::File::create(&bad_zip).unwrap());
     let mut spoiled: Vec<String> = Vec::new();
     for i in 0..src.len() {
-        let name = src.name_for_index(i).unwrap().to_string();
+        let name = src.name_for_index(i).unwrap().unwrap().to_string();
         let target = SPOILED.iter().position(|p| {
             name.starts_with(p)
                 && name.ends_with(".png")

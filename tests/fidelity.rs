@@ -26,7 +26,7 @@ fn bench(dataset: &str, ways: usize, shots: usize, algo: &str) -> Benchmark {
     .unwrap()
 }
 
-fn cfg(b: &Benchmark, key: &str) -> serde_yaml::Value {
+fn cfg(b: &Benchmark, key: &str) -> fewshot::yaml::Value {
     b.algorithms[0].config[key].clone()
 }
 

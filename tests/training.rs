@@ -30,8 +30,8 @@ fn omniglot_ctx() -> Context {
     }
 }
 
-fn entry(yaml: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(yaml).unwrap()
+fn entry(yaml: &str) -> fewshot::yaml::Value {
+    fewshot::yaml::from_str(yaml, "test").unwrap()
 }
 
 fn opts(dir: &Path, steps: u64, resume: bool, stop_after: Option<u64>) -> TrainOptions {
@@ -391,7 +391,7 @@ fn main_job_end_to_end_on_real_omniglot_writes_everything() {
     .unwrap();
     let mut by_char: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for i in 0..zip.len() {
-        let name = zip.by_index(i).unwrap().name().to_string();
+        let name = zip.by_index(i).unwrap().name().unwrap().to_string();
         if let Some((dir, _)) = name.rsplit_once('/').filter(|_| name.ends_with(".png")) {
             by_char.entry(dir.to_string()).or_default().push(name);
         }

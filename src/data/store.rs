@@ -42,7 +42,16 @@ impl ZipStore {
     pub fn file_names(&self) -> Vec<(usize, String)> {
         (0..self.archive.len())
             .filter_map(|i| {
-                let name = self.archive.name_for_index(i)?;
+                let name = match self.archive.name_for_index(i)? {
+                    Ok(name) => name,
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: entry {i} skipped: its name cannot be read ({e})",
+                            self.path.display()
+                        );
+                        return None;
+                    }
+                };
                 if name.ends_with('/') {
                     None
                 } else {

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+pub mod columns;
 pub mod optimisation;
 pub mod results;
 pub mod stats;
@@ -22,6 +23,7 @@ pub mod trace;
 use crate::error::Result;
 use crate::spec;
 use crate::util::write_atomic;
+use columns::Columns;
 use results::{best_row, RunResults};
 
 /// One row, formatted once for every renderer.
@@ -185,38 +187,37 @@ fn sources(t: &Table, r: &RunResults) -> String {
 pub fn terminal(r: &RunResults) -> String {
     let t = Table::of(r);
     let mut s = format!("{}\n", t.title);
-    s.push_str(&format!(
-        "{:<2}{:<14} {:>16} {:>13} {:>16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>10}  {}\n",
-        "",
-        "algorithm",
-        "accuracy (%)",
-        "run seeds",
-        "vs best (pp)",
-        "test ep",
-        "meta-steps",
-        "train ep",
-        "train",
-        "test",
-        "tested",
-        "published (%)"
-    ));
+    let mut table = Columns::new(vec![
+        columns::left("", 2).gap(""),
+        columns::left("algorithm", 14),
+        columns::right("accuracy (%)", 16),
+        columns::right("run seeds", 13),
+        columns::right("vs best (pp)", 16),
+        columns::right("test ep", 8),
+        columns::right("meta-steps", 10),
+        columns::right("train ep", 12),
+        columns::right("train", 10),
+        columns::right("test", 9),
+        columns::right("tested", 10).gap("  "),
+        columns::left("published (%)", 0),
+    ]);
     for x in &t.rows {
-        s.push_str(&format!(
-            "{:<2}{:<14} {:>16} {:>13} {:>16} {:>8} {:>10} {:>12} {:>9.0}s {:>8.1}s {:>10}  {}\n",
-            x.mark,
-            x.label,
+        table.row(vec![
+            x.mark.to_string(),
+            x.label.clone(),
             pm(x.accuracy, x.ci95),
             seeds_cell(x),
             x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
-            x.test_episodes,
-            x.meta_steps,
-            x.train_episodes,
-            x.train_seconds,
-            x.test_seconds,
-            x.tested,
-            published_cell(&x.published)
-        ));
+            x.test_episodes.to_string(),
+            x.meta_steps.to_string(),
+            x.train_episodes.to_string(),
+            format!("{:.0}s", x.train_seconds),
+            format!("{:.1}s", x.test_seconds),
+            x.tested.to_string(),
+            published_cell(&x.published),
+        ]);
     }
+    s.push_str(&table.render());
     s.push_str(&sources(&t, r));
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));
@@ -350,20 +351,19 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
     if md {
         s.push_str("| benchmark | | algorithm | accuracy (%) | run seeds | vs best (pp) | published (%) | meta-steps | train (s) | run |\n");
         s.push_str("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
-    } else {
-        s.push_str(&format!(
-            "{:<32} {:<2}{:<12} {:>16} {:>13} {:>16} {:>18} {:>10} {:>8}  run\n",
-            "benchmark",
-            "",
-            "algorithm",
-            "accuracy (%)",
-            "run seeds",
-            "vs best (pp)",
-            "published (%)",
-            "meta-steps",
-            "train"
-        ));
     }
+    let mut table = Columns::new(vec![
+        columns::left("benchmark", 32),
+        columns::left("", 2).gap(""),
+        columns::left("algorithm", 12),
+        columns::right("accuracy (%)", 16),
+        columns::right("run seeds", 13),
+        columns::right("vs best (pp)", 16),
+        columns::right("published (%)", 18),
+        columns::right("meta-steps", 10),
+        columns::right("train", 8).gap("  "),
+        columns::left("run", 0),
+    ]);
     for r in runs {
         let t = Table::of(r);
         for x in &t.rows {
@@ -385,20 +385,23 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
                     x.train_seconds
                 ));
             } else {
-                s.push_str(&format!(
-                    "{:<32} {:<2}{:<12} {:>16} {:>13} {:>16} {:>18} {:>10} {:>7.0}s  {run}\n",
-                    r.benchmark,
-                    x.mark,
-                    x.label,
+                table.row(vec![
+                    r.benchmark.clone(),
+                    x.mark.to_string(),
+                    x.label.clone(),
                     acc,
                     seeds_cell(x),
                     vs,
                     published,
-                    x.meta_steps,
-                    x.train_seconds
-                ));
+                    x.meta_steps.to_string(),
+                    format!("{:.0}s", x.train_seconds),
+                    run.to_string(),
+                ]);
             }
         }
+    }
+    if !md {
+        s.push_str(&table.render());
     }
     let legend = format!("{LEGEND}; published numbers are the papers' (T: transductive), not ours");
     if md {

@@ -26,6 +26,7 @@
 
 use crate::algo::StepCost;
 use crate::error::{Error, Result};
+use crate::report::columns::{self, Columns};
 use crate::spec::Benchmark;
 
 /// Learner throughput the time estimate assumes, FLOP/s: about half of
@@ -178,22 +179,27 @@ impl Cost {
             bytes(self.archive_bytes),
             self.threads
         );
-        s.push_str(&format!(
-            "{:<16} {:>12} {:>14} {:>12} {:>12} {:>12}  what sets a meta-step\n",
-            "algorithm", "peak memory", "activations", "tape", "meta-step", "test episode"
-        ));
+        let mut table = Columns::new(vec![
+            columns::left("algorithm", 16),
+            columns::right("peak memory", 12),
+            columns::right("activations", 14),
+            columns::right("tape", 12),
+            columns::right("meta-step", 12),
+            columns::right("test episode", 12).gap("  "),
+            columns::left("what sets a meta-step", 0),
+        ]);
         for a in &self.algorithms {
-            s.push_str(&format!(
-                "{:<16} {:>12} {:>14} {:>12} {:>12} {:>12}  {}\n",
-                a.label,
+            table.row(vec![
+                a.label.clone(),
                 bytes(a.peak_bytes),
                 bytes(a.activation_bytes),
                 bytes(a.tape_bytes),
                 duration(a.step_seconds),
                 duration(a.eval_seconds),
-                a.cost.driver
-            ));
+                a.cost.driver.to_string(),
+            ]);
         }
+        s.push_str(&table.render());
         s.push_str(&format!(
             "(estimates: activations and tape of one episode; times at {:.0} GFLOP/s, docs/benchmarks.md \"Before any training\")\n",
             FLOPS / 1e9

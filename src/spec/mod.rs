@@ -2,8 +2,8 @@
 //! rejected, then checked into a resolved [`Benchmark`] that is saved beside
 //! every result. Nothing else receives an unchecked spec.
 //!
-//! All YAML goes through [`crate::yaml`] (serde_yaml is deprecated
-//! upstream; that one module keeps it swappable).
+//! All YAML goes through [`crate::yaml`] (one module owns the YAML crate,
+//! so swapping it touches nothing else).
 //!
 //! - `file`: the file's shapes as serde parses them, and where benchmark
 //!   files are found;

@@ -117,12 +117,12 @@ pub fn bench_cmd(args: &[&str]) -> Command {
     c
 }
 
-/// Assert that `bench` failed with a non-zero exit status and that its
+/// Assert that `bench` failed with an error (exit status 2) and that its
 /// stderr mentions every one of `needles`; returns stderr.
 pub fn assert_bench_fails(out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        !out.status.success() && out.status.code().is_some_and(|c| c != 0),
+        out.status.code() == Some(2),
         "bench should fail, got {:?}\nstdout:\n{}\nstderr:\n{stderr}",
         out.status,
         String::from_utf8_lossy(&out.stdout)

@@ -43,6 +43,11 @@ struct Cli {
     #[arg(long, global = true, default_value = "cpu")]
     device: fewshot::device::DeviceSpec,
 
+    /// Colour in log lines on stderr: auto (when stderr is a terminal and
+    /// NO_COLOR is unset or empty), always or never
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +67,7 @@ enum Command {
     /// Reprint a run's leaderboard (with paired differences) from its folder.
     Show(show::Args),
     /// Compare two runs of one benchmark algorithm by algorithm (paired);
-    /// exit status 1 when one got significantly worse.
+    /// exit status 1 when one got significantly worse, 2 on an error.
     Compare(compare::Args),
     /// Test a run's trained algorithms on another benchmark's fixed test
     /// episodes (cross-dataset evaluation).
@@ -81,6 +86,39 @@ enum Command {
     #[command(subcommand)]
     Perf(perf::PerfCommand),
 }
+
+/// `--color`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether log lines on stderr carry ANSI colour: `auto` follows
+    /// <https://no-color.org> (a non-empty NO_COLOR turns colour off) and
+    /// colours only a terminal.
+    fn ansi(self) -> bool {
+        self.ansi_given(
+            std::env::var_os("NO_COLOR"),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+    }
+
+    fn ansi_given(self, no_color: Option<std::ffi::OsString>, terminal: bool) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => no_color.is_none_or(|v| v.is_empty()) && terminal,
+        }
+    }
+}
+
+/// Exit status of a command that failed (any error: bad input, a missing
+/// file, a run that could not finish). Status 1 is `bench compare`'s
+/// "an algorithm got significantly worse"; clap's usage errors are 2 too.
+const EXIT_ERROR: i32 = 2;
 
 /// mimalloc's `purge_delay` option (mimalloc.h, `mi_option_purge_delay`).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
@@ -109,6 +147,7 @@ fn main() {
     if std::env::var("FEWSHOT_SIMD").is_ok_and(|v| v == "0") {
         fewshot::model::kernels::simd::set_simd(false);
     }
+    let cli = Cli::parse();
     // Log lines go to stderr and, during a run, to <run-dir>/run.log
     // (plain text; fewshot::run::logfile).
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -122,7 +161,7 @@ fn main() {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(cli.color.ansi()),
         )
         .with(
             tracing_subscriber::fmt::layer()
@@ -131,7 +170,6 @@ fn main() {
                 .with_ansi(false),
         )
         .init();
-    let cli = Cli::parse();
     let data_dir = fewshot::data::data_dir(cli.data_dir.as_deref());
     let result = on_worker(move || match cli.command {
         Command::Run(a) => run::run(&data_dir, cli.device, a),
@@ -153,7 +191,7 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("error: {}", error_text(&e));
-        std::process::exit(1);
+        std::process::exit(EXIT_ERROR);
     }
 }
 
@@ -190,4 +228,21 @@ fn error_text(e: &anyhow::Error) -> String {
         s.push_str(&c);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Color;
+
+    #[test]
+    fn colour_follows_no_color_and_the_terminal_unless_forced() {
+        let set = || Some("1".into());
+        let empty = || Some("".into());
+        assert!(Color::Auto.ansi_given(None, true));
+        assert!(Color::Auto.ansi_given(empty(), true));
+        assert!(!Color::Auto.ansi_given(set(), true));
+        assert!(!Color::Auto.ansi_given(None, false));
+        assert!(Color::Always.ansi_given(set(), false));
+        assert!(!Color::Never.ansi_given(None, true));
+    }
 }

@@ -14,8 +14,9 @@ pub struct Args {
     /// Folder of runs, `<benchmark>/<run>/` below it (without RUNS)
     #[arg(long, default_value = "runs")]
     root: PathBuf,
-    /// text or md
-    #[arg(long, default_value = "text", value_parser = ["text", "md"])]
+    /// text, md or json (an array of the runs' results, as `bench show
+    /// --format json` prints each)
+    #[arg(long, default_value = "text", value_parser = ["text", "md", "json"])]
     format: String,
 }
 
@@ -34,6 +35,9 @@ pub fn run(a: Args) -> Result<()> {
         a.root.display()
     );
     runs.iter_mut().for_each(report::fill_published);
-    print!("{}", report::across(&runs, a.format == "md"));
+    match a.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&runs)?),
+        f => print!("{}", report::across(&runs, f == "md")),
+    }
     Ok(())
 }

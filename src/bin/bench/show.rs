@@ -9,8 +9,9 @@ use fewshot::report;
 pub struct Args {
     /// Run folder (holding results.json)
     run: PathBuf,
-    /// text (the terminal table), md or csv
-    #[arg(long, default_value = "text", value_parser = ["text", "md", "csv"])]
+    /// text (the terminal table), md, csv or json (the run's results with
+    /// every row, its interval, paired difference and per-episode scores)
+    #[arg(long, default_value = "text", value_parser = ["text", "md", "csv", "json"])]
     format: String,
 }
 
@@ -20,6 +21,7 @@ pub fn run(a: Args) -> Result<()> {
     let out = match a.format.as_str() {
         "md" => report::markdown(&r),
         "csv" => report::csv(&r),
+        "json" => format!("{}\n", serde_json::to_string_pretty(&r)?),
         _ => report::terminal(&r),
     };
     print!("{out}");

@@ -1542,6 +1542,34 @@ fn fetch_with_a_wrong_digest_keeps_nothing() {
 }
 
 #[test]
+fn fetch_retries_a_busy_server_and_gives_up_after_its_attempts() {
+    let d = shared_digests();
+    let manifest = vec![(d[0].0.clone(), fetch::Checksum::Sha256(d[0].1.clone()))];
+    let names = [d[0].0.as_str()];
+    let root = shared_datasets().join("omniglot");
+    // Two 503s, then the file: downloaded and verified on the third try.
+    let server = FileServer::start_failing(&root, &names, 3, Duration::from_secs(60), 2);
+    let dir = tempdir();
+    let dest = dir.path().join("omniglot");
+    let got = fetch::fetch_all(&server.url_base, &manifest, &dest).unwrap();
+    assert_eq!(got, vec![fetch::Fetched::Downloaded(dest.join(&d[0].0))]);
+    assert_eq!(server.requests(), 3);
+    // Busy for longer than the attempts: the error names the URL and the
+    // status, nothing is left behind.
+    let server = FileServer::start_failing(&root, &names, 10, Duration::from_secs(60), 10);
+    let dest = dir.path().join("again");
+    let e = fetch::fetch_all(&server.url_base, &manifest, &dest).unwrap_err();
+    assert!(e.to_string().contains("503"), "{e}");
+    assert!(e.to_string().contains(&server.url_base), "{e}");
+    assert_eq!(server.requests(), fetch::ATTEMPTS as usize);
+    assert!(
+        dir_names(&dest).is_empty(),
+        "left behind: {:?}",
+        dir_names(&dest)
+    );
+}
+
+#[test]
 fn bench_data_fetch_downloads_over_loopback() {
     let server = omniglot_server(4);
     let d = shared_digests();

@@ -313,9 +313,8 @@ pub fn curves_csv(r: &OptResults) -> String {
     out
 }
 
-/// The mean loss curves of every optimiser on a log scale, as SVG. Text
-/// needs a TrueType font (as the gate figures, [`super::trace`]); without
-/// one the figure is drawn without text and a warning says so.
+/// The mean loss curves of every optimiser on a log scale, as SVG (text
+/// measured with the figures' font, [`super::trace`]).
 pub fn plot_curves(r: &OptResults, svg: &Path) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| Error::Results {
@@ -392,7 +391,7 @@ pub fn plot_curves(r: &OptResults, svg: &Path) -> Result<()> {
                 .map_err(|e| err(&e))?;
         } else {
             tracing::warn!(
-                "{}: no TrueType font found, the figure has no text (see docs/traces.md)",
+                "{}: no font could be registered, the figure has no text (see docs/traces.md)",
                 svg.display()
             );
         }

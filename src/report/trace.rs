@@ -20,11 +20,10 @@
 //! ([`plot`]). `docs/traces.md` describes the files and how to read the
 //! figure.
 //!
-//! Text in the PNG needs a TrueType font: the first of `$FEWSHOT_FONT` and a
-//! few usual system paths (DejaVu Sans, Liberation Sans, Arial) that exists
-//! is used. Without one, the PNG is still drawn, with lines and axes but no
-//! text, and a warning is logged. The SVG writes `<text>` elements and needs
-//! no font file.
+//! Text in the figures is measured and (in the PNG) rasterised with DejaVu
+//! Sans compiled into the binary, or the font file named by `$FEWSHOT_FONT`;
+//! it never depends on the system's fonts. The SVG writes `<text>`
+//! elements (family `sans-serif`).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -821,47 +820,46 @@ fn draw<DB: DrawingBackend>(
     root.present()
 }
 
-/// Register a TrueType font for the bitmap backend once per process; true
-/// when one was found.
+/// Register the font of the figures' text once per process: the file named
+/// by `$FEWSHOT_FONT` when it is set and usable, else DejaVu Sans compiled
+/// into the binary (the `dejavu` crate), so text never depends on what the
+/// system has installed. True when a font is registered (false only if
+/// plotters rejects the embedded font, which would be a build fault).
 pub(crate) fn font_available() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
-        const CANDIDATES: &[&str] = &[
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-            "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-            "/System/Library/Fonts/Supplemental/Arial.ttf",
-            "/Library/Fonts/Arial.ttf",
-            "C:\\Windows\\Fonts\\arial.ttf",
-        ];
-        let from_env = std::env::var_os(FONT_ENV).map(PathBuf::from);
-        for path in from_env
-            .iter()
-            .cloned()
-            .chain(CANDIDATES.iter().map(PathBuf::from))
-        {
-            let Ok(bytes) = std::fs::read(&path) else {
-                if from_env.as_ref() == Some(&path) {
-                    tracing::warn!("{FONT_ENV}={} cannot be read", path.display());
+        if let Some(path) = std::env::var_os(FONT_ENV).map(PathBuf::from) {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    // plotters keeps fonts for the whole process: leak one copy.
+                    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                        .is_ok()
+                    {
+                        tracing::debug!("figure text uses the font {}", path.display());
+                        return true;
+                    }
+                    tracing::warn!(
+                        "{FONT_ENV}={} is not a usable TrueType font; using the embedded DejaVu Sans",
+                        path.display()
+                    );
                 }
-                continue;
-            };
-            // plotters keeps fonts for the whole process: leak one copy.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                tracing::debug!("PNG text uses the font {}", path.display());
-                return true;
+                Err(e) => tracing::warn!(
+                    "{FONT_ENV}={} cannot be read ({e}); using the embedded DejaVu Sans",
+                    path.display()
+                ),
             }
-            tracing::warn!("{} is not a usable TrueType font", path.display());
         }
-        tracing::warn!(
-            "no TrueType font found (set {FONT_ENV} to a .ttf file); PNG figures are drawn \
-             without text, the SVG keeps it"
-        );
-        false
+        let ok = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_ok();
+        if !ok {
+            tracing::warn!("the embedded DejaVu Sans was refused; figures are drawn without text");
+        }
+        ok
     })
 }
 
@@ -976,6 +974,28 @@ mod tests {
         assert_eq!(img.dimensions(), figure_size(2));
         let colours: std::collections::HashSet<_> = img.pixels().map(|p| p.0).collect();
         assert!(colours.len() > 2, "only {} colours", colours.len());
+    }
+
+    #[test]
+    fn png_text_is_drawn_with_the_embedded_font_whatever_the_system_has() {
+        // No system font is consulted: the embedded DejaVu Sans is
+        // registered (unless $FEWSHOT_FONT names another usable font).
+        assert!(font_available());
+        let r = records();
+        let fig = Figure::new(&r);
+        let dark = |text: bool| {
+            let png = render_png(&fig, "a title", text, Path::new("x.png")).unwrap();
+            let img = image::load_from_memory(&png).unwrap().to_rgb8();
+            img.pixels()
+                .filter(|p| p.0.iter().all(|&c| c < 128))
+                .count()
+        };
+        // Title, axis labels and tick numbers add many dark pixels.
+        let (with, without) = (dark(true), dark(false));
+        assert!(
+            with > without + 500,
+            "{with} dark pixels with text, {without} without"
+        );
     }
 
     #[test]

@@ -161,6 +161,18 @@ pub struct FileServer {
 
 impl FileServer {
     pub fn start(dir: &Path, names: &[&str], max_requests: usize, lifetime: Duration) -> Self {
+        Self::start_failing(dir, names, max_requests, lifetime, 0)
+    }
+
+    /// As [`FileServer::start`], but the first `fail_first` requests are
+    /// answered `503 Service Unavailable` (a server having a bad moment).
+    pub fn start_failing(
+        dir: &Path,
+        names: &[&str],
+        max_requests: usize,
+        lifetime: Duration,
+        fail_first: usize,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -175,7 +187,7 @@ impl FileServer {
                     Ok((stream, _)) => {
                         // A failed exchange is the client's problem; the
                         // test sees it as a download error.
-                        let _ = serve_one(stream, &dir, &names, &count);
+                        let _ = serve_one(stream, &dir, &names, &count, fail_first);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -200,6 +212,7 @@ fn serve_one(
     dir: &Path,
     names: &[String],
     count: &AtomicUsize,
+    fail_first: usize,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -216,7 +229,16 @@ fn serve_one(
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let name = path.trim_start_matches('/');
     let mut out = stream;
-    count.fetch_add(1, Ordering::SeqCst);
+    let earlier = count.fetch_add(1, Ordering::SeqCst);
+    if earlier < fail_first {
+        let body = b"busy\n";
+        write!(
+            out,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        return out.write_all(body);
+    }
     if method == "GET" && names.iter().any(|n| n == name) {
         let body = std::fs::read(dir.join(name))?;
         write!(

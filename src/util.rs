@@ -112,9 +112,35 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// CSV text: `header`, then `rows`, written by the `csv` crate (a field is
+/// quoted when it holds a comma, a quote or a line break; `\n` line ends).
+/// Every CSV file fewshot writes goes through here.
+pub fn csv_text<R, F>(header: &[&str], rows: impl IntoIterator<Item = R>) -> String
+where
+    R: IntoIterator<Item = F>,
+    F: AsRef<[u8]>,
+{
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing into memory cannot fail; a row of another length is a bug
+    // the tests of each writer catch.
+    w.write_record(header).expect("CSV header");
+    for row in rows {
+        w.write_record(row).expect("CSV row");
+    }
+    String::from_utf8(w.into_inner().expect("CSV flush")).expect("CSV of UTF-8 fields")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_text_quotes_only_what_needs_it() {
+        let t = csv_text(&["a", "b"], [["x,y", "plain"], ["say \"hi\"", "2"]]);
+        assert_eq!(t, "a,b\n\"x,y\",plain\n\"say \"\"hi\"\"\",2\n");
+    }
 
     #[test]
     fn only_our_temporary_names_match() {

@@ -277,36 +277,54 @@ pub fn markdown(r: &RunResults) -> String {
 pub fn csv(r: &RunResults) -> String {
     let t = Table::of(r);
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-    let mut s = String::from(
-        "benchmark,mark,label,accuracy_pct,ci95_pct,run_seeds,seed_sd_pp,vs_best_pp,vs_best_ci95_pp,test_episodes,meta_steps,train_episodes,train_seconds,test_seconds,tested,published_pct,published_ci95_pct,published_transductive\n",
-    );
-    for x in &t.rows {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.benchmark,
-            x.mark,
-            x.label,
-            x.accuracy,
+    let rows = t.rows.iter().map(|x| {
+        [
+            r.benchmark.clone(),
+            x.mark.to_string(),
+            x.label.clone(),
+            x.accuracy.to_string(),
             opt(x.ci95),
-            x.seeds,
+            x.seeds.to_string(),
             opt(x.seed_sd),
             opt(x.vs_best.map(|v| v.0)),
             opt(x.vs_best.and_then(|v| v.1)),
-            x.test_episodes,
-            x.meta_steps,
-            x.train_episodes,
-            x.train_seconds,
-            x.test_seconds,
-            x.tested,
+            x.test_episodes.to_string(),
+            x.meta_steps.to_string(),
+            x.train_episodes.to_string(),
+            x.train_seconds.to_string(),
+            x.test_seconds.to_string(),
+            x.tested.to_string(),
             opt(x.published.as_ref().map(|p| p.accuracy)),
             opt(x.published.as_ref().and_then(|p| p.ci95)),
             x.published
                 .as_ref()
                 .map(|p| p.transductive.to_string())
-                .unwrap_or_default()
-        ));
-    }
-    s
+                .unwrap_or_default(),
+        ]
+    });
+    crate::util::csv_text(
+        &[
+            "benchmark",
+            "mark",
+            "label",
+            "accuracy_pct",
+            "ci95_pct",
+            "run_seeds",
+            "seed_sd_pp",
+            "vs_best_pp",
+            "vs_best_ci95_pp",
+            "test_episodes",
+            "meta_steps",
+            "train_episodes",
+            "train_seconds",
+            "test_seconds",
+            "tested",
+            "published_pct",
+            "published_ci95_pct",
+            "published_transductive",
+        ],
+        rows,
+    )
 }
 
 /// Write a results folder's files: `results.json`, `leaderboard.md` and

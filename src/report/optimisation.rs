@@ -274,18 +274,14 @@ pub fn markdown(r: &OptResults) -> String {
 
 /// The leaderboard as CSV (one row per optimiser, in results order).
 pub fn csv(r: &OptResults) -> String {
-    let mut out = String::from(
-        "benchmark,label,algorithm,learned,log10_loss,log10_low,log10_high,vs_best,vs_best_ci95,chosen,meta_steps,selected,train_seconds,test_seconds\n",
-    );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
-    for x in &r.results {
-        out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.benchmark,
-            x.label,
-            x.algorithm,
-            x.learned,
-            x.log10_loss,
+    let rows = r.results.iter().map(|x| {
+        [
+            r.benchmark.clone(),
+            x.label.clone(),
+            x.algorithm.clone(),
+            x.learned.to_string(),
+            x.log10_loss.to_string(),
             f(x.log10_low),
             f(x.log10_high),
             f(x.vs_best.map(|d| d.mean)),
@@ -293,24 +289,43 @@ pub fn csv(r: &OptResults) -> String {
             x.tuning
                 .as_ref()
                 .map_or(String::new(), |t| t.chosen.clone()),
-            x.meta_steps,
+            x.meta_steps.to_string(),
             x.selected.clone().unwrap_or_default(),
-            x.train_seconds,
-            x.test_seconds,
-        );
-    }
-    out
+            x.train_seconds.to_string(),
+            x.test_seconds.to_string(),
+        ]
+    });
+    crate::util::csv_text(
+        &[
+            "benchmark",
+            "label",
+            "algorithm",
+            "learned",
+            "log10_loss",
+            "log10_low",
+            "log10_high",
+            "vs_best",
+            "vs_best_ci95",
+            "chosen",
+            "meta_steps",
+            "selected",
+            "train_seconds",
+            "test_seconds",
+        ],
+        rows,
+    )
 }
 
 /// Every optimiser's loss curve: `label,step,mean,sd`.
 pub fn curves_csv(r: &OptResults) -> String {
-    let mut out = String::from("label,step,mean_loss,sd_loss\n");
-    for x in &r.results {
-        for (t, (m, s)) in x.curve_mean.iter().zip(&x.curve_sd).enumerate() {
-            out += &format!("{},{t},{m},{s}\n", x.label);
-        }
-    }
-    out
+    let rows = r.results.iter().flat_map(|x| {
+        x.curve_mean
+            .iter()
+            .zip(&x.curve_sd)
+            .enumerate()
+            .map(|(t, (m, s))| [x.label.clone(), t.to_string(), m.to_string(), s.to_string()])
+    });
+    crate::util::csv_text(&["label", "step", "mean_loss", "sd_loss"], rows)
 }
 
 /// The mean loss curves of every optimiser on a log scale, as SVG (text
@@ -425,8 +440,7 @@ impl SeriesStats {
     /// `series,step,group,n,mean,sd,mean_abs,p5,p50,p95`, one line per
     /// reported (series, step, group), in report order.
     pub fn csv(&self) -> String {
-        let mut out = String::from("series,step,group,n,mean,sd,mean_abs,p5,p50,p95\n");
-        for ((series, step, group), v) in &self.cells {
+        let rows = self.cells.iter().map(|((series, step, group), v)| {
             let n = v.len().max(1) as f64;
             let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
             let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -434,15 +448,25 @@ impl SeriesStats {
             let mut sorted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
             sorted.sort_by(f64::total_cmp);
             let q = |p: f64| sorted[((p * (sorted.len() - 1) as f64).round()) as usize];
-            out += &format!(
-                "{series},{step},{group},{},{mean},{sd},{mean_abs},{},{},{}\n",
-                v.len(),
-                q(0.05),
-                q(0.5),
-                q(0.95)
-            );
-        }
-        out
+            [
+                series.clone(),
+                step.to_string(),
+                group.clone(),
+                v.len().to_string(),
+                mean.to_string(),
+                sd.to_string(),
+                mean_abs.to_string(),
+                q(0.05).to_string(),
+                q(0.5).to_string(),
+                q(0.95).to_string(),
+            ]
+        });
+        crate::util::csv_text(
+            &[
+                "series", "step", "group", "n", "mean", "sd", "mean_abs", "p5", "p50", "p95",
+            ],
+            rows,
+        )
     }
 }
 

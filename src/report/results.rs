@@ -186,27 +186,34 @@ impl RunResults {
     }
 }
 
-/// The accuracy column of a `test_episodes.csv` (episodes in order).
+/// The accuracy column of a `test_episodes.csv`, in episode order: columns
+/// found by header name (extra columns, quoting and a byte order mark are
+/// fine, [`crate::data::table`]); the `episode` column must count 0, 1, ...
 fn read_episode_accuracy(path: &Path) -> Result<Vec<f64>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad = |line: usize, why: &str| Error::Csv {
+    let bad = |line: usize, why: String| Error::Csv {
         path: path.to_path_buf(),
         reason: format!("line {line}: {why}"),
     };
-    let mut lines = text.lines();
-    if lines.next() != Some("episode,accuracy,loss") {
-        return Err(bad(1, "expected the header `episode,accuracy,loss`"));
-    }
-    lines
+    crate::data::table::read(path, &text, &["episode", "accuracy"])?
+        .into_iter()
         .enumerate()
-        .map(|(i, l)| {
-            let f: Vec<&str> = l.split(',').collect();
-            match (f.len(), f.first().and_then(|e| e.parse::<usize>().ok())) {
-                (3, Some(e)) if e == i => f[1]
-                    .parse::<f64>()
-                    .map_err(|_| bad(i + 2, "accuracy is not a number")),
-                _ => Err(bad(i + 2, &format!("expected `{i},<accuracy>,<loss>`"))),
+        .map(|(i, row)| {
+            if row.values[0].parse::<usize>().ok() != Some(i) {
+                return Err(bad(
+                    row.line,
+                    format!(
+                        "episode `{}`, expected {i} (episodes in order from 0)",
+                        row.values[0]
+                    ),
+                ));
             }
+            row.values[1].parse::<f64>().map_err(|_| {
+                bad(
+                    row.line,
+                    format!("accuracy `{}` is not a number", row.values[1]),
+                )
+            })
         })
         .collect()
 }
@@ -235,10 +242,14 @@ pub fn pair_with_best(rows: &mut [AlgoResult]) {
 
 /// `episode,accuracy,loss` for every test episode.
 pub fn write_episode_scores(scores: &[EpisodeScore], path: &Path) -> Result<()> {
-    let mut s = String::from("episode,accuracy,loss\n");
-    for (i, sc) in scores.iter().enumerate() {
-        s.push_str(&format!("{i},{:.6},{:.6}\n", sc.accuracy, sc.loss));
-    }
+    let rows = scores.iter().enumerate().map(|(i, sc)| {
+        [
+            i.to_string(),
+            format!("{:.6}", sc.accuracy),
+            format!("{:.6}", sc.loss),
+        ]
+    });
+    let s = crate::util::csv_text(&["episode", "accuracy", "loss"], rows);
     write_atomic(path, s.as_bytes())
 }
 
@@ -397,6 +408,17 @@ pub(crate) mod tests {
         let d = got.results[0].vs_best.unwrap();
         assert!((d.mean + 0.1).abs() < 1e-9, "{d:?}");
         assert!(d.ci95.unwrap() < 1e-12);
+        // Written by another tool (an index column, quoted, CRLF), the
+        // scores read the same.
+        std::fs::write(
+            dir.path().join("a/test_episodes.csv"),
+            "\u{feff},\"accuracy\",episode,loss\r\n0,0.5,0,1\r\n1,0.75,1,1\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::read_episode_accuracy(&dir.path().join("a/test_episodes.csv")).unwrap(),
+            [0.5, 0.75]
+        );
         // A damaged score file is named with its line.
         std::fs::write(
             dir.path().join("a/test_episodes.csv"),

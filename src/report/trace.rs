@@ -440,15 +440,6 @@ pub const CSV_HEADER: &[&str] = &[
     "input_percentiles",
 ];
 
-/// A CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn joined<T: ToString>(xs: &[T]) -> String {
     xs.iter().map(T::to_string).collect::<Vec<_>>().join(";")
 }
@@ -457,16 +448,14 @@ fn joined<T: ToString>(xs: &[T]) -> String {
 /// [`CSV_HEADER`]; the sample and percentile lists joined with `;`),
 /// atomically.
 pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
-    let mut out = CSV_HEADER.join(",");
-    out.push('\n');
-    for r in records {
-        let row = [
+    let rows = records.iter().map(|r| {
+        [
             r.version.to_string(),
-            csv_field(&r.benchmark),
-            csv_field(&r.algorithm),
+            r.benchmark.clone(),
+            r.algorithm.clone(),
             r.episode.to_string(),
             r.step.to_string(),
-            csv_field(&r.layer),
+            r.layer.clone(),
             r.coordinates.to_string(),
             r.forget_mean.to_string(),
             r.forget_std.to_string(),
@@ -481,10 +470,9 @@ pub fn write_csv(path: &Path, records: &[GateRecord]) -> Result<()> {
             joined(&r.input_samples),
             joined(&r.forget_percentiles),
             joined(&r.input_percentiles),
-        ];
-        out.push_str(&row.join(","));
-        out.push('\n');
-    }
+        ]
+    });
+    let out = crate::util::csv_text(CSV_HEADER, rows);
     crate::util::write_atomic(path, out.as_bytes())?;
     tracing::info!(records = records.len(), "wrote {}", path.display());
     Ok(())

@@ -255,10 +255,13 @@ fn run_one(
     row.meta_steps = state.step;
     row.train_seconds = state.train_seconds;
     row.selected = selected;
-    let mut csv = String::from("problem,final_loss\n");
-    for (i, l) in row.final_loss.iter().enumerate() {
-        csv += &format!("{i},{l}\n");
-    }
+    let csv = crate::util::csv_text(
+        &["problem", "final_loss"],
+        row.final_loss
+            .iter()
+            .enumerate()
+            .map(|(i, l)| [i.to_string(), l.to_string()]),
+    );
     write_atomic(&dir.join(layout::TEST_PROBLEMS), csv.as_bytes())?;
     if opt.learned() && !opt.series().is_empty() {
         trace(bench, &*opt, &test, &dir)?;
@@ -505,16 +508,23 @@ fn meta_train(
 }
 
 fn write_curve(dir: &Path, s: &TrainState) -> Result<()> {
-    let mut csv = String::from("step,train_seconds,train_final_loss,val_final_loss\n");
-    for p in &s.curve {
-        csv += &format!(
-            "{},{:.3},{},{}\n",
-            p.step,
-            p.train_seconds,
-            p.train_loss,
-            p.val_loss.map_or(String::new(), |v| v.to_string())
-        );
-    }
+    let rows = s.curve.iter().map(|p| {
+        [
+            p.step.to_string(),
+            format!("{:.3}", p.train_seconds),
+            p.train_loss.to_string(),
+            p.val_loss.map_or(String::new(), |v| v.to_string()),
+        ]
+    });
+    let csv = crate::util::csv_text(
+        &[
+            "step",
+            "train_seconds",
+            "train_final_loss",
+            "val_final_loss",
+        ],
+        rows,
+    );
     write_atomic(&dir.join(layout::CURVE), csv.as_bytes())
 }
 

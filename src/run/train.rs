@@ -204,22 +204,30 @@ fn check_budget_change(
 }
 
 fn write_curve(curve: &[CurvePoint], path: &Path) -> Result<()> {
-    let mut s = String::from(
-        "step,train_episodes,train_seconds,train_loss,train_accuracy,val_accuracy,val_ci95\n",
-    );
-    for p in curve {
-        let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-        s.push_str(&format!(
-            "{},{},{:.3},{:.6},{},{},{}\n",
-            p.step,
-            p.train_episodes,
-            p.train_seconds,
-            p.train_loss,
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let rows = curve.iter().map(|p| {
+        [
+            p.step.to_string(),
+            p.train_episodes.to_string(),
+            format!("{:.3}", p.train_seconds),
+            format!("{:.6}", p.train_loss),
             opt(p.train_accuracy),
             opt(p.val_accuracy),
-            opt(p.val_ci95)
-        ));
-    }
+            opt(p.val_ci95),
+        ]
+    });
+    let s = crate::util::csv_text(
+        &[
+            "step",
+            "train_episodes",
+            "train_seconds",
+            "train_loss",
+            "train_accuracy",
+            "val_accuracy",
+            "val_ci95",
+        ],
+        rows,
+    );
     write_atomic(path, s.as_bytes())
 }
 

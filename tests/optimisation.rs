@@ -332,3 +332,28 @@ fn the_mnist_mlp_reads_the_real_digits_and_adam_lowers_its_loss() {
         assert!(c[100] < 1.0, "{:?}", &c[90..]);
     }
 }
+
+#[test]
+fn a_dry_run_of_an_optimisation_benchmark_checks_it_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = common::bench(&[
+        "run",
+        "quadratic-10d",
+        "--profile",
+        "protocol",
+        "--dry-run",
+        "--run-dir",
+        &run.to_string_lossy(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("nothing run") && text.contains("lstm-optimizer"),
+        "{text}"
+    );
+    assert!(!run.exists(), "a dry run created {}", run.display());
+    // A bad --only is still an error before anything would run.
+    let out = common::bench(&["run", "quadratic-10d", "--dry-run", "--only", "nope"]);
+    common::assert_bench_fails(&out, &["nope"]);
+}

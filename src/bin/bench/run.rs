@@ -303,6 +303,28 @@ fn run_optimisation(data_dir: &Path, a: Args) -> Result<()> {
     let run_dir = a
         .run_dir
         .unwrap_or_else(|| runner::default_run_dir_of(&bench.name));
+    if a.dry_run {
+        // The benchmark is parsed and checked above; no cost model covers
+        // optimisation tasks, so the dry run says what would run.
+        let labels: Vec<&str> = bench
+            .algorithms
+            .iter()
+            .filter(|x| a.spec.only.is_empty() || a.spec.only.contains(&x.label))
+            .map(|x| x.label.as_str())
+            .collect();
+        println!(
+            "{} (profile {}): {} into {}; budget {}; {} test problems of {} steps",
+            bench.name,
+            bench.profile,
+            labels.join(", "),
+            run_dir.display(),
+            bench.budget.describe(),
+            bench.test_problems,
+            bench.steps
+        );
+        println!("(checked, nothing run: no time estimate for optimisation benchmarks)");
+        return Ok(());
+    }
     let results = fewshot::run::optimise::run(
         &bench,
         data_dir,

@@ -225,33 +225,20 @@ const HEADER: [&str; 7] = [
 
 /// The leaderboard for a terminal.
 pub fn terminal(r: &OptResults) -> String {
-    let rows = cells(r);
-    let mut widths: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        cells
+    let mut table = super::columns::Columns::new(
+        HEADER
             .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
+            .map(|h| super::columns::left(h, 0).gap("  "))
+            .collect(),
+    );
+    for row in cells(r) {
+        table.row(row.to_vec());
+    }
     let mut out = format!(
         "{}: {} steps of {}, {} test problems (seed {}), run seed {}\n",
         r.benchmark, r.steps, r.problem, r.test_problems, r.seed, r.run_seed
     );
-    out += &line(HEADER.to_vec());
-    out.push('\n');
-    for row in &rows {
-        out += &line(row.iter().map(|s| s.as_str()).collect());
-        out.push('\n');
-    }
+    out += &table.render();
     out += "* best; ~ paired 95% interval of the difference to the best includes 0\n";
     out
 }

@@ -112,6 +112,11 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// The time now, UTC, RFC 3339 to the second (`2026-12-06T17:34:36Z`).
+pub fn utc_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 /// CSV text: `header`, then `rows`, written by the `csv` crate (a field is
 /// quoted when it holds a comma, a quote or a line break; `\n` line ends).
 /// Every CSV file fewshot writes goes through here.

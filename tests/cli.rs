@@ -190,6 +190,8 @@ fn write_run_at(dir: &std::path::Path, benchmark: &str, rows: &[(&str, Vec<f64>)
         })
         .collect();
     let r = RunResults {
+        schema_version: fewshot::report::results::SCHEMA_VERSION,
+        provenance: None,
         benchmark: benchmark.into(),
         dataset: "omniglot".into(),
         episode: fewshot::data::sampler::EpisodeSpec {

@@ -18,7 +18,9 @@
 
 pub mod describe;
 pub mod episode_file;
+pub mod export;
 pub mod fetch;
+pub mod fingerprint;
 pub mod folder;
 pub mod idx;
 pub mod mini_imagenet;
@@ -424,18 +426,47 @@ impl Dataset {
                 r => {
                     for y in 0..s {
                         for x in 0..s {
-                            // Counter-clockwise quarter turns: out(y, x) = in(sy, sx).
-                            let (sy, sx) = match r {
-                                1 => (x, s - 1 - y),
-                                2 => (s - 1 - y, s - 1 - x),
-                                _ => (s - 1 - x, y),
-                            };
+                            let (sy, sx) = rotation_source(r, s, y, x);
                             dst[y * s + x] = src[sy * s + sx] as f32 * scale - shift;
                         }
                     }
                 }
             }
         }
+    }
+}
+
+impl Dataset {
+    /// Cached pixels of image `i` (`C x H x W`, `u8`, resized and inverted
+    /// as cached) turned by `rotation` quarter turns, as episodes see them
+    /// before normalisation (call [`Dataset::ensure`] first).
+    pub fn rotated_pixels(&self, i: usize, rotation: u8) -> Vec<u8> {
+        let px = self.pixels(i);
+        let r = rotation % 4;
+        if r == 0 {
+            return px.to_vec();
+        }
+        let s = self.format.size;
+        let mut out = vec![0u8; px.len()];
+        for (src, dst) in px.chunks(s * s).zip(out.chunks_mut(s * s)) {
+            for y in 0..s {
+                for x in 0..s {
+                    let (sy, sx) = rotation_source(r, s, y, x);
+                    dst[y * s + x] = src[sy * s + sx];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where pixel `(y, x)` of an `s x s` image turned `r` (1, 2 or 3)
+/// counter-clockwise quarter turns comes from: `out(y, x) = in(sy, sx)`.
+fn rotation_source(r: u8, s: usize, y: usize, x: usize) -> (usize, usize) {
+    match r {
+        1 => (x, s - 1 - y),
+        2 => (s - 1 - y, s - 1 - x),
+        _ => (s - 1 - x, y),
     }
 }
 
@@ -491,6 +522,32 @@ pub fn decode(bytes: &[u8], f: &ImageFormat) -> std::result::Result<Vec<u8>, Str
             Ok(out)
         }
         c => Err(format!("unsupported channel count {c}")),
+    }
+}
+
+/// Cached pixels (`C x H x W`, `u8`, as [`decode`] returns them) as a PNG
+/// file that [`decode`] turns back into exactly these pixels: inversion
+/// undone, channels interleaved, no resize needed.
+pub fn encode_png(px: &[u8], f: &ImageFormat) -> std::result::Result<Vec<u8>, String> {
+    let n = f.size * f.size;
+    let s = f.size as u32;
+    let v = |p: u8| if f.invert { 255 - p } else { p };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let written = match f.channels {
+        1 => image::GrayImage::from_raw(s, s, px.iter().map(|&p| v(p)).collect())
+            .map(|g| g.write_to(&mut out, image::ImageFormat::Png)),
+        3 => {
+            let raw = (0..n)
+                .flat_map(|p| (0..3).map(move |c| v(px[c * n + p])))
+                .collect();
+            image::RgbImage::from_raw(s, s, raw)
+                .map(|g| g.write_to(&mut out, image::ImageFormat::Png))
+        }
+        c => return Err(format!("unsupported channel count {c}")),
+    };
+    match written {
+        None => Err(format!("{} pixels are not a {s}x{s} image", px.len())),
+        Some(r) => r.map(|_| out.into_inner()).map_err(|e| e.to_string()),
     }
 }
 

@@ -15,6 +15,7 @@
 use std::path::Path;
 
 pub mod columns;
+pub mod import;
 pub mod optimisation;
 pub mod results;
 pub mod stats;
@@ -165,6 +166,18 @@ fn sources(t: &Table, r: &RunResults) -> String {
             x.budgets.len(),
             crate::spec::describe_spans(&x.budgets)
         ));
+    }
+    for x in &r.results {
+        if let Some(i) = &x.imported {
+            s.push_str(&format!(
+                "imported {}: {} from {} ({}, {})\n",
+                x.label,
+                i.scores,
+                i.file.display(),
+                i.sha256,
+                i.at
+            ));
+        }
     }
     for x in &t.rows {
         if let Some(p) = &x.published {

@@ -65,6 +65,77 @@ pub struct AlgoResult {
     /// were recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<spec::BudgetSpan>,
+    /// Set on a row added by `bench import`: scored outside fewshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
+}
+
+/// Where an imported row's scores came from (`bench import`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Imported {
+    /// The scores file as given.
+    pub file: PathBuf,
+    /// `sha256:<hex>` of the file's bytes.
+    pub sha256: String,
+    /// `episode accuracy` or `query predictions`.
+    pub scores: String,
+    /// The episode fingerprint the file was checked against.
+    pub fingerprint: String,
+    /// When it was imported (UTC, RFC 3339).
+    pub at: String,
+}
+
+/// The version of the `results.json` layout this fewshot writes
+/// (docs/results-schema.md). Files without the field are version 1.
+pub const SCHEMA_VERSION: u32 = 2;
+
+fn schema_v1() -> u32 {
+    1
+}
+
+/// What made a result: the program, the machine's threads and kernels,
+/// the data and the exact test episodes (docs/results-schema.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The fewshot version (Cargo.toml).
+    pub fewshot_version: String,
+    /// The git commit the binary was built from (`None` outside a git
+    /// checkout), with `-dirty` when its sources had uncommitted changes.
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    /// Worker threads (rayon) the run computed with.
+    pub threads: usize,
+    /// `fused` or `composed` (the learner's kernels on this device).
+    pub kernels: String,
+    /// When the results were written (UTC, RFC 3339).
+    pub written: String,
+    /// The data fingerprint of the dataset ([`crate::data::fingerprint`]).
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
+    /// The episode fingerprint of the test episodes the rows were scored on.
+    #[serde(default)]
+    pub episodes_fingerprint: Option<String>,
+}
+
+impl Provenance {
+    /// This program on this machine, now; the fingerprints as given.
+    pub fn here(
+        kernels: &str,
+        data_fingerprint: Option<String>,
+        episodes_fingerprint: Option<String>,
+    ) -> Provenance {
+        Provenance {
+            fewshot_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: option_env!("FEWSHOT_GIT_COMMIT")
+                .filter(|c| !c.is_empty())
+                .map(String::from),
+            threads: rayon::current_num_threads(),
+            kernels: kernels.into(),
+            written: crate::util::utc_now(),
+            data_fingerprint,
+            episodes_fingerprint,
+        }
+    }
 }
 
 impl AlgoResult {
@@ -92,6 +163,7 @@ impl AlgoResult {
             seed_accuracy: vec![],
             seed_sd: None,
             budgets: vec![],
+            imported: None,
         }
     }
 }
@@ -99,6 +171,12 @@ impl AlgoResult {
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
+    /// The layout version ([`SCHEMA_VERSION`]; absent: 1).
+    #[serde(default = "schema_v1")]
+    pub schema_version: u32,
+    /// What made these results (absent in files of schema 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
     pub benchmark: String,
     pub dataset: String,
     pub episode: crate::data::sampler::EpisodeSpec,
@@ -150,6 +228,15 @@ impl RunResults {
             path: path.clone(),
             reason: format!("not a fewshot results file: {e}"),
         })?;
+        if r.schema_version > SCHEMA_VERSION {
+            return Err(Error::Results {
+                path,
+                reason: format!(
+                    "written with results schema {}, newer than this fewshot reads ({SCHEMA_VERSION}): update fewshot",
+                    r.schema_version
+                ),
+            });
+        }
         r.run_dir = run_dir.to_path_buf();
         for row in &mut r.results {
             if row.episode_accuracy.is_empty() {
@@ -305,6 +392,7 @@ pub fn combine(per_seed: &[(u64, AlgoResult)]) -> AlgoResult {
         seed_sd: crate::report::stats::sample_sd(&seed_accuracy),
         seed_accuracy,
         budgets: r0.budgets.clone(),
+        imported: None,
     }
 }
 
@@ -326,6 +414,8 @@ pub(crate) mod tests {
     /// A run of `rows` on benchmark `t`, in folder `runs/t`.
     pub(crate) fn results(rows: Vec<AlgoResult>) -> RunResults {
         RunResults {
+            schema_version: SCHEMA_VERSION,
+            provenance: None,
             benchmark: "t".into(),
             dataset: "omniglot".into(),
             episode: crate::data::sampler::EpisodeSpec {

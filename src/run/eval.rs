@@ -80,3 +80,14 @@ pub fn evaluate(
         scores,
     })
 }
+
+/// The episode fingerprint of `bench`'s test episodes
+/// ([`crate::data::fingerprint`]), from the data in `data_dir`.
+pub fn test_fingerprint(
+    bench: &crate::spec::Benchmark,
+    data_dir: &std::path::Path,
+) -> Result<String> {
+    let ds = crate::data::open(&bench.dataset, data_dir, &bench.data)?;
+    let sampler = Sampler::new(&ds, Split::Test, bench.episode, bench.seed)?;
+    crate::data::fingerprint::episodes(&sampler, bench.test_episodes)
+}

@@ -195,7 +195,10 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
             opts.device
         );
     }
+    let provenance = provenance(bench, &ds, &device)?;
     let mut out = RunResults {
+        schema_version: crate::report::results::SCHEMA_VERSION,
+        provenance: Some(provenance),
         benchmark: bench.name.clone(),
         dataset: bench.dataset.clone(),
         episode: bench.episode,
@@ -272,6 +275,37 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
     Ok(out)
 }
 
+/// The provenance of a run's results: this program and machine, the data
+/// fingerprint and the fingerprint of the benchmark's test episodes
+/// ([`crate::data::fingerprint`]).
+pub(crate) fn provenance(
+    bench: &Benchmark,
+    ds: &data::Dataset,
+    device: &candle_core::Device,
+) -> Result<crate::report::results::Provenance> {
+    let t = std::time::Instant::now();
+    let data = crate::data::fingerprint::data(ds, &Split::ALL)?;
+    let sampler = crate::data::sampler::Sampler::new(ds, Split::Test, bench.episode, bench.seed)?;
+    let episodes = crate::data::fingerprint::episodes(&sampler, bench.test_episodes)?;
+    tracing::info!(
+        "test episodes {episodes}, data {data} ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(crate::report::results::Provenance::here(
+        &kernels_name(bench.kernels.on(device)),
+        Some(data),
+        Some(episodes),
+    ))
+}
+
+/// `fused` or `composed`.
+pub(crate) fn kernels_name(k: crate::model::kernels::Kernels) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{k:?}"))
+}
+
 /// Decode every image of every split before training: a corrupt file is
 /// found now, together with all the others, not after the budget.
 fn check_images(ds: &data::Dataset) -> Result<()> {
@@ -344,6 +378,7 @@ pub(crate) fn row(
         seed_accuracy: vec![],
         seed_sd: None,
         budgets: st.budgets.clone(),
+        imported: None,
     }
 }
 

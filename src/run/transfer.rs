@@ -191,7 +191,48 @@ pub fn evaluate_on(
             });
         }
     }
+    // The episodes' fingerprint; a file holding exactly the run's own test
+    // episodes is scored as them (the same per-episode random choices, so
+    // the same scores as the run's test).
+    let (episodes_fp, file_split) = match (file, &pixels) {
+        (Some(f), Some(px)) => {
+            let fp = file_fingerprint(f, px, &ds.format)?;
+            let own = RunResults::read(run)
+                .ok()
+                .and_then(|r| r.provenance)
+                .and_then(|p| p.episodes_fingerprint);
+            let same = own.as_deref() == Some(fp.as_str());
+            if same {
+                tracing::info!(
+                    "{} holds the run's own test episodes ({fp})",
+                    f.path.display()
+                );
+            }
+            (fp, same.then_some(data::Split::Test))
+        }
+        _ => {
+            let sampler = crate::data::sampler::Sampler::new(
+                &ds,
+                data::Split::Test,
+                target.episode,
+                target.seed,
+            )?;
+            (
+                crate::data::fingerprint::episodes(&sampler, target.test_episodes)?,
+                None,
+            )
+        }
+    };
+    let provenance = crate::report::results::Provenance::here(
+        &crate::run::runner::kernels_name(ctx.learner.kernels.on(device)),
+        file.is_none()
+            .then(|| crate::data::fingerprint::data(&ds, &[data::Split::Test]))
+            .transpose()?,
+        Some(episodes_fp),
+    );
     let mut results = RunResults {
+        schema_version: crate::report::results::SCHEMA_VERSION,
+        provenance: Some(provenance),
         benchmark: name.clone(),
         dataset: target.dataset.clone(),
         episode,
@@ -260,7 +301,7 @@ pub fn evaluate_on(
             selected
         };
         let ev = match (file, &pixels) {
-            (Some(f), Some(px)) => evaluate_file(&*algorithm, f, px, &ds.format)?,
+            (Some(f), Some(px)) => evaluate_file(&*algorithm, f, px, &ds.format, file_split)?,
             _ => eval::evaluate(
                 &*algorithm,
                 &ds,
@@ -334,12 +375,33 @@ fn describe(l: &Learner) -> String {
     format!("{} filters, {} blocks", l.hidden, l.blocks)
 }
 
-/// Score `algorithm` on every episode of `file` (parallel over episodes).
+/// The episode fingerprint of the episodes of `file`
+/// ([`crate::data::fingerprint`]).
+pub fn file_fingerprint(
+    file: &EpisodeFile,
+    pixels: &[Vec<Vec<u8>>],
+    f: &ImageFormat,
+) -> Result<String> {
+    use rayon::prelude::*;
+    let cpu = candle_core::Device::Cpu;
+    let digests: Vec<[u8; 32]> = (0..file.len())
+        .into_par_iter()
+        .zip(pixels)
+        .map(|(i, px)| crate::data::fingerprint::episode_digest(&file.batch(i, px, f, &cpu)?))
+        .collect::<Result<_>>()?;
+    Ok(crate::data::fingerprint::combine(&digests))
+}
+
+/// Score `algorithm` on every episode of `file` (parallel over episodes);
+/// `split`: the split whose episodes the file holds (the run's own test
+/// episodes, found by their fingerprint), which an algorithm's per-episode
+/// random choices derive from, as in the run's own test.
 pub fn evaluate_file(
     algorithm: &dyn algo::Algorithm,
     file: &EpisodeFile,
     pixels: &[Vec<Vec<u8>>],
     f: &ImageFormat,
+    split: Option<data::Split>,
 ) -> Result<eval::Evaluation> {
     use rayon::prelude::*;
     let t = std::time::Instant::now();
@@ -348,7 +410,9 @@ pub fn evaluate_file(
         .zip(pixels)
         .map(|(i, px)| {
             let dev = &algorithm.context().device;
-            algorithm.evaluate(&file.batch(i, px, f, dev)?)
+            let mut b = file.batch(i, px, f, dev)?;
+            b.id.split = split;
+            algorithm.evaluate(&b)
         })
         .collect::<Result<_>>()?;
     let accs: Vec<f64> = scores.iter().map(|s| s.accuracy).collect();

@@ -5,6 +5,7 @@
 mod compare;
 mod data;
 mod episodes;
+mod import;
 mod eval;
 mod list;
 mod perf;
@@ -77,8 +78,12 @@ enum Command {
     Report(report::Args),
     /// Record and plot the gate values of a learned optimizer on test episodes.
     Trace(trace::Args),
-    /// Sample episodes from a dataset and describe them (class names, image ids).
+    /// Describe a benchmark's (or a dataset's) seeded episodes, or export
+    /// them (CSV, images, safetensors, fingerprint) for other code.
     Episodes(episodes::Args),
+    /// Add a row scored outside fewshot (per-episode accuracy or per-query
+    /// predictions on exported episodes) to a run's leaderboard.
+    Import(import::Args),
     /// Download, verify and inspect datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -186,6 +191,7 @@ fn main() {
         },
         Command::Trace(a) => trace::run(&data_dir, cli.device, a),
         Command::Episodes(a) => episodes::run(&data_dir, a),
+        Command::Import(a) => import::run(&data_dir, a),
         Command::Data(c) => data::run(&data_dir, c),
         Command::Perf(c) => perf::run(&data_dir, cli.device, c),
     });

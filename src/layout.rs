@@ -7,6 +7,8 @@
 //! - [`RESULTS`]: the leaderboard with every test episode's score;
 //! - [`LEADERBOARD_MD`], [`LEADERBOARD_CSV`]: the same table for readers
 //!   and scripts;
+//! - [`CURVES_SVG`], [`CURVES_PNG`]: every algorithm's validation accuracy
+//!   against meta-training time and training episodes (few-shot runs);
 //! - [`LOG`]: every log line of the run, appended by each session;
 //! - [`LOCK`]: held while a process works on the folder;
 //! - [`EVAL_DIR`]`/<name>/`: the run's evaluations on other benchmarks or
@@ -30,6 +32,11 @@ pub const RESULTS: &str = "results.json";
 pub const LEADERBOARD_MD: &str = "leaderboard.md";
 /// The leaderboard as CSV.
 pub const LEADERBOARD_CSV: &str = "leaderboard.csv";
+/// The validation curves of every algorithm as one figure
+/// ([`crate::report::curves`]).
+pub const CURVES_SVG: &str = "curves.svg";
+/// See [`CURVES_SVG`].
+pub const CURVES_PNG: &str = "curves.png";
 /// The run's log file.
 pub const LOG: &str = "run.log";
 /// The lock file of a run folder.
@@ -46,11 +53,13 @@ pub const LOSS_CURVES_SVG: &str = "loss_curves.svg";
 
 /// The files a run writes at the top of its folder (algorithm labels may
 /// not take these names, nor [`EVAL_DIR`]'s).
-pub const RUN_FILES: [&str; 7] = [
+pub const RUN_FILES: [&str; 9] = [
     RESOLVED,
     RESULTS,
     LEADERBOARD_MD,
     LEADERBOARD_CSV,
+    CURVES_SVG,
+    CURVES_PNG,
     LOG,
     LOSS_CURVES,
     LOSS_CURVES_SVG,

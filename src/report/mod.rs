@@ -15,6 +15,8 @@
 use std::path::Path;
 
 pub mod columns;
+pub mod curves;
+pub mod html;
 pub mod import;
 pub mod optimisation;
 pub mod results;
@@ -340,11 +342,13 @@ pub fn csv(r: &RunResults) -> String {
     )
 }
 
-/// Write a results folder's files: `results.json`, `leaderboard.md` and
-/// `leaderboard.csv` (each atomically).
+/// Write a results folder's files: `results.json`, `leaderboard.md`,
+/// `leaderboard.csv` and, when any row's folder has a validation curve,
+/// `curves.svg` and `curves.png` ([`curves::write`]; each atomically).
 pub fn write_files(r: &RunResults, dir: &Path) -> Result<()> {
     r.write_json(dir)?;
-    write_leaderboards(r, dir)
+    write_leaderboards(r, dir)?;
+    curves::write(r, dir).map(|_| ())
 }
 
 /// Write `leaderboard.md` and `leaderboard.csv` (each atomically); a

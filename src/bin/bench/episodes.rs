@@ -217,8 +217,11 @@ fn export(data_dir: &Path, src: &Source, split: Split, count: usize, dir: &Path)
         t.elapsed().as_secs_f64()
     );
     println!(
-        "  {}: episode,role,label,image (bench eval RUN --on <benchmark> --episodes {})",
+        "  {}: episode,role,label,image (bench eval RUN --on {} --episodes {})",
         fewshot::data::export::CSV,
+        src.benchmark
+            .as_ref()
+            .map_or("<benchmark>", |b| b.name.as_str()),
         e.dir.join(fewshot::data::export::CSV).display()
     );
     println!(

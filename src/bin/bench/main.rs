@@ -5,8 +5,8 @@
 mod compare;
 mod data;
 mod episodes;
-mod import;
 mod eval;
+mod import;
 mod list;
 mod perf;
 mod plan;

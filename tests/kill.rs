@@ -130,6 +130,8 @@ fn outcome(dir: &Path) -> Vec<(String, String)> {
     let mut r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
     r["run_dir"] = serde_json::Value::Null;
+    // When the (latest) session started: the only provenance that differs.
+    r["provenance"]["started"] = serde_json::Value::Null;
     for row in r["results"].as_array_mut().unwrap() {
         row["train_seconds"] = serde_json::Value::Null;
         row["test_seconds"] = serde_json::Value::Null;

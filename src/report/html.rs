@@ -136,12 +136,13 @@ fn leaderboard(r: &RunResults, out: &mut String) {
     let pm_html = |s: String| escape(&s.replace("+/-", "±"));
     for x in &t.rows {
         let published = published_cell(&x.published);
+        let [steps, episodes, train, test] = x.training_cells();
         let _ = writeln!(
             out,
             "<tr{}><td>{}</td><td class=\"label\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.0}</td>\
-             <td class=\"num\">{:.1}</td><td>{}</td><td class=\"num published\"{}>{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td>{}</td><td class=\"num published\"{}>{}</td></tr>",
             if x.mark == "*" { " class=\"best\"" } else { "" },
             escape(x.mark),
             escape(&x.label),
@@ -151,10 +152,10 @@ fn leaderboard(r: &RunResults, out: &mut String) {
                 .map(|(v, c)| pm_html(pm(v, c)))
                 .unwrap_or_default(),
             x.test_episodes,
-            x.meta_steps,
-            x.train_episodes,
-            x.train_seconds,
-            x.test_seconds,
+            steps,
+            episodes,
+            train,
+            test,
             escape(&x.tested),
             x.published
                 .as_ref()

@@ -51,6 +51,25 @@ pub struct Row {
     pub seed_sd: Option<f64>,
     /// The published result (percent), if the benchmark names one.
     pub published: Option<crate::spec::Published>,
+    /// Scored outside fewshot (`bench import`): no training or test time.
+    pub imported: bool,
+}
+
+impl Row {
+    /// Meta-steps, training episodes, training and test seconds (`{:.0}`,
+    /// `{:.1}`), or `-` for an imported row, which fewshot neither trained
+    /// nor tested.
+    pub fn training_cells(&self) -> [String; 4] {
+        if self.imported {
+            return std::array::from_fn(|_| "-".into());
+        }
+        [
+            self.meta_steps.to_string(),
+            self.train_episodes.to_string(),
+            format!("{:.0}", self.train_seconds),
+            format!("{:.1}", self.test_seconds),
+        ]
+    }
 }
 
 /// The leaderboard of one run.
@@ -117,6 +136,7 @@ impl Table {
                 seeds: x.seeds.len().max(1),
                 seed_sd: x.seed_sd.map(|v| 100.0 * v),
                 published: x.published.clone(),
+                imported: x.imported.is_some(),
             })
             .collect();
         Table { title, rows }
@@ -217,6 +237,8 @@ pub fn terminal(r: &RunResults) -> String {
         columns::left("published (%)", 0),
     ]);
     for x in &t.rows {
+        let [steps, episodes, train, test] = x.training_cells();
+        let secs = |v: String| if x.imported { v } else { format!("{v}s") };
         table.row(vec![
             x.mark.to_string(),
             x.label.clone(),
@@ -224,10 +246,10 @@ pub fn terminal(r: &RunResults) -> String {
             seeds_cell(x),
             x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
             x.test_episodes.to_string(),
-            x.meta_steps.to_string(),
-            x.train_episodes.to_string(),
-            format!("{:.0}s", x.train_seconds),
-            format!("{:.1}s", x.test_seconds),
+            steps,
+            episodes,
+            secs(train),
+            secs(test),
             x.tested.to_string(),
             published_cell(&x.published),
         ]);
@@ -258,8 +280,9 @@ pub fn markdown(r: &RunResults) -> String {
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
     );
     for x in &t.rows {
+        let [steps, episodes, train, test] = x.training_cells();
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             if x.mark == "*" { "\\*" } else { x.mark },
             x.label,
             pm(x.accuracy, x.ci95).replace("+/-", "±"),
@@ -268,10 +291,10 @@ pub fn markdown(r: &RunResults) -> String {
                 .map(|(v, c)| pm(v, c).replace("+/-", "±"))
                 .unwrap_or_default(),
             x.test_episodes,
-            x.meta_steps,
-            x.train_episodes,
-            x.train_seconds,
-            x.test_seconds,
+            steps,
+            episodes,
+            train,
+            test,
             x.tested,
             published_cell(&x.published).replace("+/-", "±")
         ));
@@ -293,6 +316,7 @@ pub fn csv(r: &RunResults) -> String {
     let t = Table::of(r);
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     let rows = t.rows.iter().map(|x| {
+        let untimed = |v: String| if x.imported { String::new() } else { v };
         [
             r.benchmark.clone(),
             x.mark.to_string(),
@@ -304,10 +328,10 @@ pub fn csv(r: &RunResults) -> String {
             opt(x.vs_best.map(|v| v.0)),
             opt(x.vs_best.and_then(|v| v.1)),
             x.test_episodes.to_string(),
-            x.meta_steps.to_string(),
-            x.train_episodes.to_string(),
-            x.train_seconds.to_string(),
-            x.test_seconds.to_string(),
+            untimed(x.meta_steps.to_string()),
+            untimed(x.train_episodes.to_string()),
+            untimed(x.train_seconds.to_string()),
+            untimed(x.test_seconds.to_string()),
             x.tested.to_string(),
             opt(x.published.as_ref().map(|p| p.accuracy)),
             opt(x.published.as_ref().and_then(|p| p.ci95)),

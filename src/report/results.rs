@@ -107,8 +107,10 @@ pub struct Provenance {
     pub threads: usize,
     /// `fused` or `composed` (the learner's kernels on this device).
     pub kernels: String,
-    /// When the results were written (UTC, RFC 3339).
-    pub written: String,
+    /// When the session that computed the rows started (UTC, RFC 3339;
+    /// a resumed run: its latest session).
+    #[serde(default, alias = "written")]
+    pub started: String,
     /// The data fingerprint of the dataset ([`crate::data::fingerprint`]).
     #[serde(default)]
     pub data_fingerprint: Option<String>,
@@ -131,7 +133,7 @@ impl Provenance {
                 .map(String::from),
             threads: rayon::current_num_threads(),
             kernels: kernels.into(),
-            written: crate::util::utc_now(),
+            started: crate::util::utc_now(),
             data_fingerprint,
             episodes_fingerprint,
         }

@@ -262,3 +262,33 @@ fn results_of_schema_1_still_read_and_a_newer_schema_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn episodes_of_a_benchmark_refuse_what_would_change_them_and_optimisation_benchmarks() {
+    common::assert_bench_fails(
+        &bench_in(&["episodes", "fewshot-5way1shot", "--ways", "3"]),
+        &["--ways", "fewshot-5way1shot fixes it"],
+    );
+    common::assert_bench_fails(
+        &bench_in(&["episodes", "quadratic-10d"]),
+        &["optimisation benchmark", "no episodes"],
+    );
+    common::assert_bench_fails(
+        &bench_in(&["episodes", "nonsense"]),
+        &["neither a dataset", "nor a benchmark"],
+    );
+    let tmp = common::tempdir();
+    let out = tmp.path().join("x");
+    common::assert_bench_fails(
+        &bench_in(&[
+            "episodes",
+            "fewshot-5way1shot",
+            "--split",
+            "train",
+            "--export",
+            out.to_str().unwrap(),
+        ]),
+        &["give --count"],
+    );
+    assert!(!out.exists());
+}

@@ -85,17 +85,18 @@ fn source(a: &Args) -> Result<Source> {
             benchmark: None,
         });
     }
-    let (b, _) = Benchmark::load(&a.source).with_context(|| {
+    let task = fewshot::spec::task_of_file(&a.source).with_context(|| {
         format!(
             "`{}` is neither a dataset (omniglot, mini-imagenet, folder) nor a benchmark",
             a.source
         )
     })?;
     anyhow::ensure!(
-        b.task == fewshot::data::task::TaskKind::Episodic,
+        task == fewshot::data::task::TaskKind::Episodic,
         "{} is an optimisation benchmark: it has no episodes",
-        b.name
+        a.source
     );
+    let (b, _) = Benchmark::load(&a.source)?;
     for (flag, given) in [
         ("--ways", a.ways.is_some()),
         ("--shots", a.shots.is_some()),

@@ -228,6 +228,55 @@ fn exported_episodes_score_as_the_run_and_imported_scores_join_its_leaderboard()
     common::assert_bench_fails(&import("reptile", &planted), &["reptile", "algorithm"]);
     assert_eq!(std::fs::read(run.join("results.json")).unwrap(), before);
 
+    // An evaluation folder: the run's algorithms' labels are refused
+    // there too, and rows of other episodes are never merged into it.
+    let evals = run.join("eval").join("episodes");
+    common::assert_bench_fails(
+        &bench_in(&[
+            "import",
+            evals.to_str().unwrap(),
+            "--label",
+            "fomaml",
+            "--scores",
+            planted.to_str().unwrap(),
+        ]),
+        &["fomaml", "algorithm"],
+    );
+    let val = tmp.path().join("val").join("episodes");
+    std::fs::create_dir(tmp.path().join("val")).unwrap();
+    common::assert_bench_ok(&bench_in(&[
+        "episodes",
+        yaml,
+        "--split",
+        "val",
+        "--count",
+        "6",
+        "--export",
+        val.to_str().unwrap(),
+    ]));
+    // As if only reptile had been evaluated: fomaml could be added.
+    let mut r = RunResults::read(&evals).unwrap();
+    r.results.retain(|x| x.label != "fomaml");
+    r.write_json(&evals).unwrap();
+    let before_eval = std::fs::read(evals.join("results.json")).unwrap();
+    common::assert_bench_fails(
+        &bench_in(&[
+            "eval",
+            run.to_str().unwrap(),
+            "--on",
+            yaml,
+            "--episodes",
+            val.join("episodes.csv").to_str().unwrap(),
+            "--only",
+            "fomaml",
+        ]),
+        &["other episodes", "--force"],
+    );
+    assert_eq!(
+        std::fs::read(evals.join("results.json")).unwrap(),
+        before_eval
+    );
+
     // A later `--resume` keeps the imported rows.
     common::assert_bench_ok(&bench_in(&[
         "run",

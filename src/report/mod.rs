@@ -430,9 +430,15 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
             let vs = x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default();
             let published = published_cell(&x.published);
             let run = r.run_dir.display();
+            let [steps, _, train, _] = x.training_cells();
+            let train_s = if x.imported {
+                train.clone()
+            } else {
+                format!("{train}s")
+            };
             if md {
                 s.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | `{run}` |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | `{run}` |\n",
                     r.benchmark,
                     if x.mark == "*" { "\\*" } else { x.mark },
                     x.label,
@@ -440,8 +446,8 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
                     seeds_cell(x),
                     vs.replace("+/-", "±"),
                     published.replace("+/-", "±"),
-                    x.meta_steps,
-                    x.train_seconds
+                    steps,
+                    train
                 ));
             } else {
                 table.row(vec![
@@ -452,8 +458,8 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
                     seeds_cell(x),
                     vs,
                     published,
-                    x.meta_steps.to_string(),
-                    format!("{:.0}s", x.train_seconds),
+                    steps,
+                    train_s,
                     run.to_string(),
                 ]);
             }

@@ -260,7 +260,14 @@ pub fn run(bench: &Benchmark, data_dir: &Path, opts: &RunOptions) -> Result<RunR
         r.published = bench.published.get(&a.label).cloned();
         out.results.push(r);
         // Rows in the benchmark's order, whichever session wrote them.
-        let order = |r: &AlgoResult| bench.algorithms.iter().position(|x| x.label == r.label);
+        // Imported rows (`bench import`) after the benchmark's.
+        let order = |r: &AlgoResult| {
+            bench
+                .algorithms
+                .iter()
+                .position(|x| x.label == r.label)
+                .unwrap_or(usize::MAX)
+        };
         out.results.sort_by_key(order);
         pair_with_best(&mut out.results);
         crate::report::write_files(&out, &opts.run_dir)?;

@@ -223,6 +223,19 @@ pub fn evaluate_on(
             )
         }
     };
+    // Rows added to an earlier evaluation must be of the same episodes.
+    let earlier = previous
+        .as_ref()
+        .and_then(|p| p.provenance.as_ref())
+        .and_then(|p| p.episodes_fingerprint.as_deref());
+    if let Some(e) = earlier.filter(|e| *e != episodes_fp) {
+        return Err(Error::RunDir {
+            path: out.clone(),
+            reason: format!(
+                "holds an evaluation on other episodes ({e}); these are {episodes_fp}, so their rows could not be paired: give --force to replace it"
+            ),
+        });
+    }
     let provenance = crate::report::results::Provenance::here(
         &crate::run::runner::kernels_name(ctx.learner.kernels.on(device)),
         file.is_none()
@@ -324,7 +337,11 @@ pub fn evaluate_on(
         let mut rows = prev.results;
         rows.append(&mut results.results);
         let order = |r: &crate::report::results::AlgoResult| {
-            trained.algorithms.iter().position(|x| x.label == r.label)
+            trained
+                .algorithms
+                .iter()
+                .position(|x| x.label == r.label)
+                .unwrap_or(usize::MAX)
         };
         rows.sort_by_key(order);
         results.results = rows;

@@ -25,9 +25,19 @@ pub struct Args {
 pub fn run(data_dir: &Path, a: Args) -> Result<()> {
     fewshot::spec::check_label(&a.label).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
     // A label of the run's benchmark is the row its own algorithm writes
-    // (a later `--resume` or `--only` would replace the imported row).
+    // (a later `--resume`, `--only` or `bench eval` would replace or refuse
+    // the imported row); an evaluation folder's run is two levels up.
     let bench = fewshot::spec::Benchmark::of_run(&a.run).ok();
-    if let Some(b) = &bench {
+    let of_eval = a
+        .run
+        .parent()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == fewshot::layout::EVAL_DIR)
+        })
+        .and_then(|p| p.parent())
+        .and_then(|run| fewshot::spec::Benchmark::of_run(run).ok());
+    if let Some(b) = bench.as_ref().or(of_eval.as_ref()) {
         anyhow::ensure!(
             b.algorithm(&a.label).is_err(),
             "--label {}: {} has an algorithm of that label; choose another",

@@ -66,10 +66,11 @@ pub fn export(
     meta: BTreeMap<String, String>,
 ) -> Result<Exported> {
     if dir.exists() {
-        return Err(Error::RunDir {
-            path: dir.to_path_buf(),
-            reason: "already exists: an export is written into a new folder (remove it or choose another)".into(),
-        });
+        return Err(Error::invalid(
+            "export folder",
+            dir.display(),
+            "a folder that does not exist yet: it already exists, and an export never writes into one",
+        ));
     }
     let ds = sampler.dataset;
     let eps: Vec<Episode> = (0..n as u64).map(|i| sampler.episode(i)).collect();
@@ -86,7 +87,7 @@ pub fn export(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    let written = write_into(ds, sampler, &eps, &tmp, meta);
+    let written = write_into(ds, sampler, &eps, ids.len(), &tmp, meta);
     match written {
         Ok(mut e) => {
             crate::util::rename(&tmp, dir)?;
@@ -104,6 +105,7 @@ fn write_into(
     ds: &Dataset,
     sampler: &Sampler,
     eps: &[Episode],
+    images_count: usize,
     dir: &Path,
     mut meta: BTreeMap<String, String>,
 ) -> Result<Exported> {
@@ -214,14 +216,10 @@ fn write_into(
     Ok(Exported {
         dir: dir.to_path_buf(),
         episodes: eps.len(),
-        images: ids_count(eps),
+        images: images_count,
         fingerprint: fp,
         tensor_bytes,
     })
-}
-
-fn ids_count(eps: &[Episode]) -> usize {
-    eps.iter().map(|e| e.support.len() + e.query.len()).sum()
 }
 
 /// One of the four stacked tensors, built when the writer asks for its

@@ -14,8 +14,8 @@
 //!
 //! An algorithm without a curve, with an unreadable one (a warning) or with
 //! no validation rows is absent from the figure; a run with no curve at all
-//! has no figure. Text is drawn as in [`crate::report::trace`]: the embedded
-//! DejaVu Sans (or `$FEWSHOT_FONT`), never a system font.
+//! has no figure. Text: [`crate::report::figure`], the embedded DejaVu Sans (or
+//! `$FEWSHOT_FONT`), never a system font.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::report::figure::{self, DrawResult};
 use crate::report::results::RunResults;
 
 /// One validation point of an algorithm's curve.
@@ -269,9 +270,6 @@ fn tick(axis: Axis, v: f64) -> String {
     }
 }
 
-type DrawResult<DB> =
-    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
-
 /// Draw the figure on `root`. With `text` false every text is fully
 /// transparent (the bitmap backend then skips it, so no font is needed).
 fn draw<DB: DrawingBackend>(
@@ -440,36 +438,18 @@ fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// The figure as SVG text (`<text>` elements, family `sans-serif`).
 pub fn svg(curves: &[Curve], title: &str) -> Result<String> {
-    // Text is measured with the registered font: register it first.
-    let _ = crate::report::trace::font_available();
-    let mut s = String::new();
-    {
-        let root = SVGBackend::with_string(&mut s, FIGURE_SIZE).into_drawing_area();
-        draw(&root, curves, title, true)
-            .map_err(|e| draw_error(Path::new(layout::CURVES_SVG), e))?;
-    }
-    Ok(s)
+    figure::svg(FIGURE_SIZE, |root| draw(root, curves, title, true))
+        .map_err(|e| draw_error(Path::new(layout::CURVES_SVG), e))
 }
 
 /// The figure as an RGB PNG (text only when a font is registered).
 pub fn png(curves: &[Curve], title: &str) -> Result<Vec<u8>> {
-    render_png(curves, title, crate::report::trace::font_available())
+    render_png(curves, title, figure::font_available())
 }
 
 fn render_png(curves: &[Curve], title: &str, text: bool) -> Result<Vec<u8>> {
-    let path = Path::new(layout::CURVES_PNG);
-    let (w, h) = FIGURE_SIZE;
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw(&root, curves, title, text).map_err(|e| draw_error(path, e))?;
-    }
-    let img = image::RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| draw_error(path, "bitmap buffer has the wrong size"))?;
-    let mut out = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .map_err(|e| draw_error(path, format!("PNG encoding failed: {e}")))?;
-    Ok(out)
+    figure::png(FIGURE_SIZE, |root| draw(root, curves, title, text))
+        .map_err(|e| draw_error(Path::new(layout::CURVES_PNG), e))
 }
 
 /// Write [`layout::CURVES_SVG`] and [`layout::CURVES_PNG`] (each

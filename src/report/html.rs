@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::layout;
 use crate::report::curves::{self, Curve};
 use crate::report::results::RunResults;
-use crate::report::{pm, published_cell, seeds_cell, sources, Table, LEGEND};
+use crate::report::{plus_minus, sources, Table, LEGEND};
 
 /// The page's style: plain, readable, printable.
 const STYLE: &str = "
@@ -133,10 +133,9 @@ fn leaderboard(r: &RunResults, out: &mut String) {
          <th class=\"num\">train (s)</th><th class=\"num\">test (s)</th><th>tested</th>\
          <th class=\"num\">published (%)</th></tr></thead>\n<tbody>\n",
     );
-    let pm_html = |s: String| escape(&s.replace("+/-", "±"));
+    let pm_html = |s: &str| escape(&plus_minus(s));
     for x in &t.rows {
-        let published = published_cell(&x.published);
-        let [steps, episodes, train, test] = x.training_cells();
+        let c = x.cells();
         let _ = writeln!(
             out,
             "<tr{}><td>{}</td><td class=\"label\">{}</td><td class=\"num\">{}</td>\
@@ -146,22 +145,20 @@ fn leaderboard(r: &RunResults, out: &mut String) {
             if x.mark == "*" { " class=\"best\"" } else { "" },
             escape(x.mark),
             escape(&x.label),
-            pm_html(pm(x.accuracy, x.ci95)),
-            escape(&seeds_cell(x)),
-            x.vs_best
-                .map(|(v, c)| pm_html(pm(v, c)))
-                .unwrap_or_default(),
+            pm_html(&c.accuracy),
+            escape(&c.seeds),
+            pm_html(&c.vs_best),
             x.test_episodes,
-            steps,
-            episodes,
-            train,
-            test,
+            c.steps,
+            c.episodes,
+            c.train,
+            c.test,
             escape(&x.tested),
             x.published
                 .as_ref()
                 .map(|p| format!(" title=\"published: {}\"", escape(&p.source)))
                 .unwrap_or_default(),
-            pm_html(published),
+            pm_html(&c.published),
         );
     }
     out.push_str("</tbody>\n</table></div>\n");

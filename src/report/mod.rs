@@ -16,6 +16,7 @@ use std::path::Path;
 
 pub mod columns;
 pub mod curves;
+pub mod figure;
 pub mod html;
 pub mod import;
 pub mod optimisation;
@@ -55,20 +56,43 @@ pub struct Row {
     pub imported: bool,
 }
 
-impl Row {
+/// A row's formatted cells, the same in every rendering (plain text with
+/// `+/-`; each renderer escapes or decorates them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cells {
+    /// `12.34 +/- 0.56`.
+    pub accuracy: String,
+    /// `3 (sd 0.41)` over several run seeds, `1` for one.
+    pub seeds: String,
+    /// The paired difference to the best, empty for the best row.
+    pub vs_best: String,
     /// Meta-steps, training episodes, training and test seconds (`{:.0}`,
     /// `{:.1}`), or `-` for an imported row, which fewshot neither trained
     /// nor tested.
-    pub fn training_cells(&self) -> [String; 4] {
-        if self.imported {
-            return std::array::from_fn(|_| "-".into());
+    pub steps: String,
+    pub episodes: String,
+    pub train: String,
+    pub test: String,
+    /// `98.30 +/- 0.50 T` (T: transductive), or empty.
+    pub published: String,
+}
+
+impl Row {
+    pub fn cells(&self) -> Cells {
+        let timed = |v: String| if self.imported { "-".to_string() } else { v };
+        Cells {
+            accuracy: pm(self.accuracy, self.ci95),
+            seeds: match self.seed_sd {
+                Some(sd) => format!("{} (sd {sd:.2})", self.seeds),
+                None => self.seeds.to_string(),
+            },
+            vs_best: self.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
+            steps: timed(self.meta_steps.to_string()),
+            episodes: timed(self.train_episodes.to_string()),
+            train: timed(format!("{:.0}", self.train_seconds)),
+            test: timed(format!("{:.1}", self.test_seconds)),
+            published: published_cell(&self.published),
         }
-        [
-            self.meta_steps.to_string(),
-            self.train_episodes.to_string(),
-            format!("{:.0}", self.train_seconds),
-            format!("{:.1}", self.test_seconds),
-        ]
     }
 }
 
@@ -151,18 +175,15 @@ fn seed_list(seeds: &[u64]) -> String {
         .join(",")
 }
 
-/// `3 (sd 0.41)` for a row over several run seeds, `1` for one.
-fn seeds_cell(x: &Row) -> String {
-    match x.seed_sd {
-        Some(sd) => format!("{} (sd {sd:.2})", x.seeds),
-        None => x.seeds.to_string(),
-    }
-}
-
 /// `12.34 +/- 0.56` (or `n/a` for a missing half-width).
 fn pm(v: f64, c: Option<f64>) -> String {
     let c = c.map(|c| format!("{c:.2}")).unwrap_or_else(|| "n/a".into());
     format!("{v:.2} +/- {c}")
+}
+
+/// `+/-` written `±` (Markdown and HTML).
+fn plus_minus(s: &str) -> String {
+    s.replace("+/-", "±")
 }
 
 /// `98.30 +/- 0.50 T` (T: transductive), or empty.
@@ -237,21 +258,21 @@ pub fn terminal(r: &RunResults) -> String {
         columns::left("published (%)", 0),
     ]);
     for x in &t.rows {
-        let [steps, episodes, train, test] = x.training_cells();
+        let c = x.cells();
         let secs = |v: String| if x.imported { v } else { format!("{v}s") };
         table.row(vec![
             x.mark.to_string(),
             x.label.clone(),
-            pm(x.accuracy, x.ci95),
-            seeds_cell(x),
-            x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default(),
+            c.accuracy,
+            c.seeds,
+            c.vs_best,
             x.test_episodes.to_string(),
-            steps,
-            episodes,
-            secs(train),
-            secs(test),
+            c.steps,
+            c.episodes,
+            secs(c.train),
+            secs(c.test),
             x.tested.to_string(),
-            published_cell(&x.published),
+            c.published,
         ]);
     }
     s.push_str(&table.render());
@@ -280,23 +301,21 @@ pub fn markdown(r: &RunResults) -> String {
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
     );
     for x in &t.rows {
-        let [steps, episodes, train, test] = x.training_cells();
+        let c = x.cells();
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             if x.mark == "*" { "\\*" } else { x.mark },
             x.label,
-            pm(x.accuracy, x.ci95).replace("+/-", "±"),
-            seeds_cell(x),
-            x.vs_best
-                .map(|(v, c)| pm(v, c).replace("+/-", "±"))
-                .unwrap_or_default(),
+            plus_minus(&c.accuracy),
+            c.seeds,
+            plus_minus(&c.vs_best),
             x.test_episodes,
-            steps,
-            episodes,
-            train,
-            test,
+            c.steps,
+            c.episodes,
+            c.train,
+            c.test,
             x.tested,
-            published_cell(&x.published).replace("+/-", "±")
+            plus_minus(&c.published)
         ));
     }
     s.push('\n');
@@ -426,40 +445,37 @@ pub fn across(runs: &[RunResults], md: bool) -> String {
     for r in runs {
         let t = Table::of(r);
         for x in &t.rows {
-            let acc = pm(x.accuracy, x.ci95);
-            let vs = x.vs_best.map(|(v, c)| pm(v, c)).unwrap_or_default();
-            let published = published_cell(&x.published);
+            let c = x.cells();
             let run = r.run_dir.display();
-            let [steps, _, train, _] = x.training_cells();
-            let train_s = if x.imported {
-                train.clone()
-            } else {
-                format!("{train}s")
-            };
             if md {
                 s.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | `{run}` |\n",
                     r.benchmark,
                     if x.mark == "*" { "\\*" } else { x.mark },
                     x.label,
-                    acc.replace("+/-", "±"),
-                    seeds_cell(x),
-                    vs.replace("+/-", "±"),
-                    published.replace("+/-", "±"),
-                    steps,
-                    train
+                    plus_minus(&c.accuracy),
+                    c.seeds,
+                    plus_minus(&c.vs_best),
+                    plus_minus(&c.published),
+                    c.steps,
+                    c.train
                 ));
             } else {
+                let train = if x.imported {
+                    c.train
+                } else {
+                    format!("{}s", c.train)
+                };
                 table.row(vec![
                     r.benchmark.clone(),
                     x.mark.to_string(),
                     x.label.clone(),
-                    acc,
-                    seeds_cell(x),
-                    vs,
-                    published,
-                    steps,
-                    train_s,
+                    c.accuracy,
+                    c.seeds,
+                    c.vs_best,
+                    c.published,
+                    c.steps,
+                    train,
                     run.to_string(),
                 ]);
             }

@@ -316,7 +316,7 @@ pub fn curves_csv(r: &OptResults) -> String {
 }
 
 /// The mean loss curves of every optimiser on a log scale, as SVG (text
-/// measured with the figures' font, [`super::trace`]).
+/// measured with the figures' font, [`super::figure`]).
 pub fn plot_curves(r: &OptResults, svg: &Path) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| Error::Results {
@@ -336,7 +336,7 @@ pub fn plot_curves(r: &OptResults, svg: &Path) -> Result<()> {
     let (lo, hi) = positive
         .iter()
         .fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(*v), b.max(*v)));
-    let text = super::trace::font_available();
+    let text = super::figure::font_available();
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (900, 560)).into_drawing_area();

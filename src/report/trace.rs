@@ -20,15 +20,11 @@
 //! ([`plot`]). `docs/traces.md` describes the files and how to read the
 //! figure.
 //!
-//! Text in the figures is measured and (in the PNG) rasterised with DejaVu
-//! Sans compiled into the binary, or the font file named by `$FEWSHOT_FONT`;
-//! it never depends on the system's fonts. The SVG writes `<text>`
-//! elements (family `sans-serif`).
+//! Text in the figures: [`crate::report::figure`] (never a system font).
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -36,6 +32,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::report::figure::{self, font_available, DrawResult};
 
 /// Format version written in every record.
 ///
@@ -50,9 +47,6 @@ pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// Percentiles over a layer's coordinates kept in every record (the bands
 /// of the figure: 10-90 and 25-75, and the median).
 pub const PERCENTILES: [f64; 5] = [10.0, 25.0, 50.0, 75.0, 90.0];
-
-/// Environment variable naming a TrueType/OpenType font file for PNG text.
-pub const FONT_ENV: &str = "FEWSHOT_FONT";
 
 /// Gate statistics of one learner layer at one update step of one episode.
 ///
@@ -686,9 +680,6 @@ fn decimals_for(span: f64) -> usize {
     ((-span.log10()).ceil() as i64 + 1).clamp(1, 6) as usize
 }
 
-type DrawResult<DB> =
-    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
-
 /// Draw the figure on `root`. With `text` false every text is fully
 /// transparent (the bitmap backend then skips it, so no font is needed).
 fn draw<DB: DrawingBackend>(
@@ -808,49 +799,6 @@ fn draw<DB: DrawingBackend>(
     root.present()
 }
 
-/// Register the font of the figures' text once per process: the file named
-/// by `$FEWSHOT_FONT` when it is set and usable, else DejaVu Sans compiled
-/// into the binary (the `dejavu` crate), so text never depends on what the
-/// system has installed. True when a font is registered (false only if
-/// plotters rejects the embedded font, which would be a build fault).
-pub(crate) fn font_available() -> bool {
-    static FOUND: OnceLock<bool> = OnceLock::new();
-    *FOUND.get_or_init(|| {
-        if let Some(path) = std::env::var_os(FONT_ENV).map(PathBuf::from) {
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    // plotters keeps fonts for the whole process: leak one copy.
-                    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                        .is_ok()
-                    {
-                        tracing::debug!("figure text uses the font {}", path.display());
-                        return true;
-                    }
-                    tracing::warn!(
-                        "{FONT_ENV}={} is not a usable TrueType font; using the embedded DejaVu Sans",
-                        path.display()
-                    );
-                }
-                Err(e) => tracing::warn!(
-                    "{FONT_ENV}={} cannot be read ({e}); using the embedded DejaVu Sans",
-                    path.display()
-                ),
-            }
-        }
-        let ok = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        )
-        .is_ok();
-        if !ok {
-            tracing::warn!("the embedded DejaVu Sans was refused; figures are drawn without text");
-        }
-        ok
-    })
-}
-
 fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Config {
         source_name: path.display().to_string(),
@@ -860,18 +808,10 @@ fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Render the figure into an RGB PNG held in memory.
 fn render_png(fig: &Figure, title: &str, text: bool, path: &Path) -> Result<Vec<u8>> {
-    let (w, h) = figure_size(fig.layers.len());
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw(&root, fig, title, text).map_err(|e| draw_error(path, e))?;
-    }
-    let img = image::RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| draw_error(path, "bitmap buffer has the wrong size"))?;
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| draw_error(path, format!("PNG encoding failed: {e}")))?;
-    Ok(png)
+    figure::png(figure_size(fig.layers.len()), |root| {
+        draw(root, fig, title, text)
+    })
+    .map_err(|e| draw_error(path, e))
 }
 
 /// Draw Figure-2-style panels of `records` and write them to `svg` and `png`.
@@ -888,13 +828,10 @@ pub fn plot(records: &[GateRecord], title: &str, svg: &Path, png: &Path) -> Resu
         });
     }
     let fig = Figure::new(records);
-    let (w, h) = figure_size(fig.layers.len());
-
-    let mut svg_text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg_text, (w, h)).into_drawing_area();
-        draw(&root, &fig, title, true).map_err(|e| draw_error(svg, e))?;
-    }
+    let svg_text = figure::svg(figure_size(fig.layers.len()), |root| {
+        draw(root, &fig, title, true)
+    })
+    .map_err(|e| draw_error(svg, e))?;
     crate::util::write_atomic(svg, svg_text.as_bytes())?;
 
     let png_bytes = render_png(&fig, title, font_available(), png)?;

@@ -188,11 +188,6 @@ pub fn run(data_dir: &Path, a: Args) -> Result<()> {
 }
 
 fn export(data_dir: &Path, src: &Source, split: Split, count: usize, dir: &Path) -> Result<()> {
-    anyhow::ensure!(
-        !dir.exists(),
-        "{} already exists: an export is written into a new folder",
-        dir.display()
-    );
     let ds = fewshot::data::open(&src.dataset, data_dir, &src.options)?;
     let sampler = Sampler::new(&ds, split, src.spec, src.seed)?;
     let mut meta = BTreeMap::new();

@@ -299,18 +299,10 @@ pub(crate) fn provenance(
         t.elapsed().as_secs_f64()
     );
     Ok(crate::report::results::Provenance::here(
-        &kernels_name(bench.kernels.on(device)),
+        &spec::variant_name(&bench.kernels.on(device)),
         Some(data),
         Some(episodes),
     ))
-}
-
-/// `fused` or `composed`.
-pub(crate) fn kernels_name(k: crate::model::kernels::Kernels) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_else(|| format!("{k:?}"))
 }
 
 /// Decode every image of every split before training: a corrupt file is

@@ -237,7 +237,7 @@ pub fn evaluate_on(
         });
     }
     let provenance = crate::report::results::Provenance::here(
-        &crate::run::runner::kernels_name(ctx.learner.kernels.on(device)),
+        &crate::spec::variant_name(&ctx.learner.kernels.on(device)),
         file.is_none()
             .then(|| crate::data::fingerprint::data(&ds, &[data::Split::Test]))
             .transpose()?,
